@@ -1,0 +1,259 @@
+"""`python -m lora_core …`: the engine from a terminal. Each handler is a thin call into the public API."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .config import ConfigError
+
+
+def _emit(obj, as_json: bool, text: str | None = None) -> None:
+    if as_json:
+        print(json.dumps(obj, default=str))
+    else:
+        print(text if text is not None else json.dumps(obj, indent=2, default=str))
+
+
+def _runs_dir(args) -> Path | None:
+    return Path(args.runs_dir) if getattr(args, "runs_dir", None) else None
+
+
+# -- engine commands -----------------------------------------------------------------------------------------
+
+def cmd_train(args) -> int:
+    from . import launcher, storage
+    from .config import ExperimentConfig
+
+    cfg = ExperimentConfig.from_file(args.config)
+    run_id = launcher.launch(cfg, runs_dir=_runs_dir(args))
+    if not args.wait:
+        _emit({"run_id": run_id}, args.json, run_id)
+        return 0
+    print(run_id, file=sys.stderr if args.json else sys.stdout, flush=True)
+    record = launcher.wait(run_id, runs_dir=_runs_dir(args))
+    results = storage.read_results(run_id, runs_dir=_runs_dir(args)) or {}
+    out = {"run_id": run_id, "status": record.status, "error": record.error, **results}
+    _emit(out, args.json)
+    return 0 if record.status == "SUCCEEDED" else 1
+
+
+def cmd_params(args) -> int:
+    from .config import ExperimentConfig
+    from .models import count_params
+
+    cfg = ExperimentConfig.from_file(args.config)
+    counts = count_params(cfg)
+    text = (f"trainable {counts['trainable']:,} / total {counts['total']:,} ({counts['percent']:.4f}%), "
+            f"adapter {counts['adapter_bytes'] / 1e6:.2f} MB")
+    _emit(counts, args.json, text)
+    return 0
+
+
+def cmd_targets(args) -> int:
+    from .models import list_targets, target_presets
+
+    targets = list_targets(args.model, trust_remote_code=args.trust_remote_code)
+    presets = target_presets(args.model)
+    if args.json:
+        _emit({"targets": targets, "presets": presets}, True)
+        return 0
+    for t in targets:
+        print(f"{t['name']:<60} {t['type']:<12} {t['in_features']:>6} -> {t['out_features']:<6}")
+    for name, leaves in presets.items():
+        print(f"preset:{name}: {', '.join(leaves)}")
+    return 0
+
+
+def cmd_merge(args) -> int:
+    from . import storage
+    from .merge import merge_adapter
+
+    record = storage.get_run(args.run_id, runs_dir=_runs_dir(args))
+    cfg = storage.read_config(record.id, runs_dir=_runs_dir(args))
+    report = merge_adapter(cfg, storage.artifacts_dir(record.id, runs_dir=_runs_dir(args)) / "adapter",
+                           Path(args.out))
+    _emit(report, args.json)
+    return 0
+
+
+def cmd_estimate(args) -> int:
+    from .estimator import estimate
+
+    knobs = {k: v for k, v in vars(args).items()
+             if k not in ("func", "json", "command", "model", "method", "batch_size", "seq_len") and v is not None}
+    est = estimate(model=args.model, method=args.method, batch_size=args.batch_size, seq_len=args.seq_len, **knobs)
+    _emit(est.to_dict(), args.json, est.summary() if hasattr(est, "summary") else None)
+    return 0
+
+
+# -- run commands --------------------------------------------------------------------------------------------
+
+def cmd_status(args) -> int:
+    from . import launcher, storage
+
+    launcher.reconcile(runs_dir=_runs_dir(args))
+    record = storage.get_run(args.run_id, runs_dir=_runs_dir(args))
+    metrics = storage.read_metrics(record.id, runs_dir=_runs_dir(args))
+    last = metrics[-1] if metrics else {}
+    out = {**record.to_dict(), "progress": last.get("progress"), "last_metrics": last}
+    _emit(out, args.json, f"{record.id}  {record.status}  pid={record.pid}  progress={last.get('progress')}")
+    return 0
+
+
+def cmd_list(args) -> int:
+    from . import launcher, storage
+
+    launcher.reconcile(runs_dir=_runs_dir(args))
+    runs = storage.list_runs(runs_dir=_runs_dir(args))
+    if args.json:
+        _emit([r.to_dict() for r in runs], True)
+        return 0
+    for r in runs:
+        print(f"{r.id:<40} {r.status:<10} {r.method:<10} r={r.rank!s:<5} {r.name}")
+    return 0
+
+
+def cmd_stop(args) -> int:
+    from . import launcher
+
+    status = launcher.stop(args.run_id, timeout=args.timeout, runs_dir=_runs_dir(args))
+    print(status)
+    return 0
+
+
+def cmd_resume(args) -> int:
+    from . import launcher
+
+    print(launcher.resume(args.run_id, runs_dir=_runs_dir(args)))
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    import yaml
+
+    from . import launcher
+    from .config import ExperimentConfig
+
+    cfg = ExperimentConfig.from_file(args.config)
+    vary: dict[str, list] = {}
+    for item in args.vary:
+        key, sep, values = item.partition("=")
+        if not sep or not values:
+            raise ConfigError(key, "--vary takes KEY=V1,V2,… (e.g. lora.r=4,8,16)")
+        vary.setdefault(key.strip(), []).extend(yaml.safe_load(v) for v in values.split(","))
+    sweep_id, run_ids = launcher.sweep(cfg, vary, runs_dir=_runs_dir(args))
+    _emit({"sweep_id": sweep_id, "run_ids": run_ids}, args.json, "\n".join([sweep_id, *run_ids]))
+    return 0
+
+
+def cmd_logs(args) -> int:
+    from . import launcher, storage
+
+    if not args.follow:
+        print(storage.log_tail(args.run_id, n=args.lines, runs_dir=_runs_dir(args)))
+        return 0
+    for line in launcher.follow_log(args.run_id, runs_dir=_runs_dir(args)):
+        print(line, end="", flush=True)
+    return 0
+
+
+def cmd_delete(args) -> int:
+    from . import launcher
+
+    launcher.delete(args.run_id, runs_dir=_runs_dir(args))
+    print(f"deleted {args.run_id}")
+    return 0
+
+
+# -- the parser ---------------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m lora_core", description="LoRA Lab: LoRA / QLoRA experiments.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def cmd(name, func, help):
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.set_defaults(func=func)
+        return sp
+
+    def with_runs_dir(sp):
+        sp.add_argument("--runs-dir", help="runs directory (default: $LORA_LAB_RUNS_DIR or ./runs)")
+        return sp
+
+    sp = with_runs_dir(cmd("train", cmd_train, "Launch a training run in the background and print its id."))
+    sp.add_argument("config", help="experiment config (YAML or JSON)")
+    sp.add_argument("--wait", action="store_true", help="wait for the run to end; exit 1 unless it succeeded")
+    sp.add_argument("--json", action="store_true", help="with --wait: final results as JSON on the last line")
+
+    sp = cmd("params", cmd_params, "Trainable/total parameters and adapter size for a config (no training).")
+    sp.add_argument("config")
+    sp.add_argument("--json", action="store_true")
+
+    sp = cmd("targets", cmd_targets, "List the adaptable layers of a model and the architecture presets.")
+    sp.add_argument("model", help="minilm, tiny-random-gpt2, tiny-random-llama, a hub id or a local directory")
+    sp.add_argument("--trust-remote-code", action="store_true")
+    sp.add_argument("--json", action="store_true")
+
+    sp = with_runs_dir(cmd("merge", cmd_merge, "Merge a LoRA run's adapter into its base and save a plain model."))
+    sp.add_argument("run_id")
+    sp.add_argument("--out", required=True, help="output directory for the merged model")
+    sp.add_argument("--json", action="store_true")
+
+    sp = cmd("estimate", cmd_estimate, "Estimate training memory, term by term.")
+    sp.add_argument("--model", required=True, help="a preset (e.g. llama-2-7b), config.json / model dir, "
+                                                   "hub id, or a parameter count like 7e9")
+    sp.add_argument("--method", default="lora",
+                    choices=["full", "full-bf16", "full-fp16", "lora", "qlora", "head-only"])
+    sp.add_argument("--batch-size", type=int, default=1)
+    sp.add_argument("--seq-len", type=int, default=512)
+    sp.add_argument("--rank", type=int)
+    sp.add_argument("--targets", help="comma-separated target modules or a preset name")
+    sp.add_argument("--optimizer", choices=["adamw", "adamw_8bit", "sgd"])
+    sp.add_argument("--quant-type", choices=["nf4", "fp4"])
+    sp.add_argument("--no-double-quant", dest="double_quant", action="store_false", default=None)
+    sp.add_argument("--gradient-checkpointing", action="store_true", default=None)
+    sp.add_argument("--attention", choices=["eager", "sdpa"])
+    sp.add_argument("--device", choices=["cuda", "cpu"])
+    sp.add_argument("--json", action="store_true")
+
+    sp = with_runs_dir(cmd("status", cmd_status, "Status, pid, progress and last metrics of a run."))
+    sp.add_argument("run_id")
+    sp.add_argument("--json", action="store_true")
+
+    sp = with_runs_dir(cmd("list", cmd_list, "List runs."))
+    sp.add_argument("--json", action="store_true")
+
+    sp = with_runs_dir(cmd("stop", cmd_stop, "Stop a run: graceful (saves adapter + checkpoint), then kill."))
+    sp.add_argument("run_id")
+    sp.add_argument("--timeout", type=float, default=15.0, help="seconds before the process group is killed")
+
+    sp = with_runs_dir(cmd("resume", cmd_resume, "Resume a STOPPED or FAILED run from its last checkpoint "
+                                                 "as a new linked run; prints the new run id."))
+    sp.add_argument("run_id")
+
+    sp = with_runs_dir(cmd("sweep", cmd_sweep, "Launch one run per combination of varied fields."))
+    sp.add_argument("config")
+    sp.add_argument("--vary", action="append", default=[], help="KEY=V1,V2 (repeatable), e.g. lora.r=4,8,16")
+    sp.add_argument("--json", action="store_true")
+
+    sp = with_runs_dir(cmd("logs", cmd_logs, "Print a run's worker log."))
+    sp.add_argument("run_id")
+    sp.add_argument("--follow", action="store_true", help="keep printing until the run ends")
+    sp.add_argument("-n", "--lines", type=int, default=200)
+
+    sp = with_runs_dir(cmd("delete", cmd_delete, "Delete a finished or queued run and its files."))
+    sp.add_argument("run_id")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, ValueError, FileNotFoundError, KeyError) as exc:
+        # Known bad input: one clear line, no traceback.
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"error: {message}", file=sys.stderr)
+        return 2

@@ -1,0 +1,401 @@
+"""The experiment config: one typed object, read from and written to YAML or JSON, validated in one place.
+
+Every field carries help text (`field_help`) that the dashboard shows as tooltips. Types and allowed values
+come from the annotations, so the check in `_convert` is the only place a value is accepted or refused.
+Errors are `ConfigError("section.field", message)` and name the allowed values.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+Task = Literal["seq-cls", "causal-lm"]
+Method = Literal["full", "lora", "qlora", "head-only"]
+
+BUNDLED_MODELS = ("minilm", "tiny-random-gpt2", "tiny-random-llama")
+LORA_PRESETS = ("qv", "attention", "all-linear")
+SAMPLE_DATASETS = ("sample:sentiment-2", "sample:sentiment-3", "sample:instructions")
+
+
+class ConfigError(ValueError):
+    """A config value is wrong. `field` is the dotted path, e.g. `lora.r`."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}" if field else message)
+
+
+def _f(default: Any = dataclasses.MISSING, help: str = "", **kw):
+    """A dataclass field with help text (and a factory for mutable defaults)."""
+    if isinstance(default, (list, dict)):
+        value = default
+        return field(default_factory=lambda: list(value) if isinstance(value, list) else dict(value),
+                     metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class ModelConfig:
+    source: str = _f("minilm", "Model to fine-tune: 'minilm' (bundled MiniLM-L6, offline), 'tiny-random-gpt2' or "
+                     "'tiny-random-llama' (tiny random causal LMs, offline), a Hugging Face hub id, or a local directory.")
+    revision: Optional[str] = _f(None, "Hub revision (branch, tag or commit) when `source` is a hub id.")
+    trust_remote_code: bool = _f(False, "Run model code shipped with a hub repo. Off unless you trust the repo.")
+
+
+@dataclass
+class LoraSettings:
+    r: int = _f(8, "LoRA rank: width of the low-rank update B·A. Trainable params per layer = r·(d_in + d_out).",
+                min=1, max=1024)
+    alpha: float = _f(16.0, "LoRA alpha: the update is scaled by alpha/r (alpha/sqrt(r) with rsLoRA).", min_excl=0)
+    dropout: float = _f(0.1, "Dropout on the LoRA input path.", min=0.0, max_excl=1.0)
+    target_modules: Optional[Union[str, list[str]]] = _f(
+        None, "Layers to adapt, by leaf name (e.g. [query, value]); 'all-linear'; or a preset "
+              "'preset:qv', 'preset:attention', 'preset:all-linear'. Empty means the architecture's Q+V preset.")
+    bias: Literal["none", "all", "lora_only"] = _f("none", "Which biases to train alongside LoRA.")
+    use_rslora: bool = _f(False, "Rank-stabilized LoRA: scale by alpha/sqrt(r) so higher ranks keep learning.")
+    use_dora: bool = _f(False, "DoRA: learn a magnitude vector beside the LoRA direction (slower, sometimes better).")
+    modules_to_save: Optional[list[str]] = _f(
+        None, "Extra modules trained in full and saved with the adapter (the classifier head is added "
+              "automatically for seq-cls).")
+
+
+@dataclass
+class QuantConfig:
+    bits: Literal[4] = _f(4, "Bits per quantized weight (bitsandbytes 4-bit).")
+    quant_type: Literal["nf4", "fp4"] = _f("nf4", "4-bit data type: NF4 (normal float, QLoRA's) or FP4.")
+    double_quant: bool = _f(True, "Quantize the quantization constants too (saves ~0.37 bit/param).")
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = _f("bfloat16", "Dtype of the 4-bit matmuls.")
+
+
+@dataclass
+class DataConfig:
+    train: str = _f("sample:sentiment-2", "Training data: a bundled sample (sample:sentiment-2, sample:sentiment-3, "
+                    "sample:instructions), a local csv/tsv/json/jsonl/parquet file, or a hub dataset id.")
+    eval: Optional[str] = _f(None, "Evaluation data (same forms as `train`). Empty: split off `eval_fraction` of train.")
+    subset: Optional[str] = _f(None, "Hub dataset configuration name (e.g. 'sst2' for 'glue').")
+    train_split: str = _f("train", "Split of a hub dataset used for training.")
+    eval_split: Optional[str] = _f(None, "Split of a hub dataset used for evaluation (e.g. 'validation').")
+    eval_fraction: float = _f(0.2, "Fraction of train held out for evaluation when no eval set is given (seeded).",
+                              min_excl=0.0, max_excl=1.0)
+    text_column: str = _f("text", "Input text column (seq-cls).")
+    label_column: str = _f("label", "Label column (seq-cls); string labels are mapped to ids and the mapping saved.")
+    prompt_column: str = _f("prompt", "Prompt/instruction column (causal-lm).")
+    response_column: str = _f("response", "Response column (causal-lm). Leave empty-valued rows out.")
+    mask_prompt: bool = _f(True, "causal-lm: compute the loss on response tokens only.")
+    max_length: int = _f(128, "Maximum tokens per example; longer ones are truncated.", min=8, max=32768)
+    max_train_samples: Optional[int] = _f(None, "Use at most this many training rows (seeded shuffle).", min=1)
+    max_eval_samples: Optional[int] = _f(None, "Use at most this many evaluation rows.", min=1)
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = _f(2.0, "Passes over the training data.", min_excl=0)
+    max_steps: Optional[int] = _f(None, "Stop after this many optimizer steps (overrides epochs).", min=1)
+    batch_size: int = _f(32, "Examples per device step.", min=1, max=4096)
+    eval_batch_size: Optional[int] = _f(None, "Examples per eval step (defaults to batch_size).", min=1)
+    gradient_accumulation_steps: int = _f(1, "Steps whose gradients are summed before each optimizer step.", min=1)
+    learning_rate: Optional[float] = _f(None, "Peak learning rate. Empty: 5e-5 for full, 1e-3 for lora/qlora, "
+                                        "1e-3 for head-only.", min_excl=0.0, max=10.0)
+    optimizer: Literal["adamw", "adamw_8bit", "sgd"] = _f("adamw", "Optimizer (8-bit AdamW uses bitsandbytes).")
+    weight_decay: float = _f(0.0, "AdamW weight decay.", min=0.0, max=1.0)
+    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = _f("linear", "LR schedule.")
+    warmup_ratio: float = _f(0.0, "Fraction of steps spent warming the LR up.", min=0.0, max_excl=1.0)
+    max_grad_norm: float = _f(1.0, "Gradient clipping norm (0 turns clipping off).", min=0.0)
+    gradient_checkpointing: bool = _f(False, "Recompute activations in backward to save memory (~30% slower).")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = _f(
+        "auto", "Training precision. auto: bf16 mixed precision on GPUs that support it, else fp32.")
+    seed: int = _f(0, "Seed for data shuffling, the eval split and weight init.", min=0)
+    logging_steps: int = _f(5, "Log train loss every N optimizer steps.", min=1)
+    eval_steps: Optional[int] = _f(None, "Evaluate every N steps. Empty: at the end of each epoch.", min=1)
+    save_steps: Optional[int] = _f(None, "Checkpoint every N steps (for resume). Empty: at each evaluation.", min=1)
+    early_stopping_patience: Optional[int] = _f(None, "Stop when the eval metric has not improved for N "
+                                                "evaluations.", min=1)
+
+
+@dataclass
+class GenerateConfig:
+    prompts: list[str] = _f(["The movie was", "Write a short greeting:"],
+                            "causal-lm: prompts generated from before and after training, stored with the results.")
+    max_new_tokens: int = _f(24, "Tokens to generate per prompt.", min=1, max=1024)
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = _f("experiment", "A label for the run (any text; the run id is derived safely from it).")
+    task: Task = _f("seq-cls", "seq-cls: sequence classification; causal-lm: language modelling / instruction tuning.")
+    method: Method = _f("lora", "full: every weight; lora: low-rank adapters; qlora: LoRA on a 4-bit base; "
+                        "head-only: frozen backbone, train the classifier head.")
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "Which model to fine-tune."})
+    lora: LoraSettings = field(default_factory=LoraSettings, metadata={"help": "LoRA knobs (lora and qlora)."})
+    quant: QuantConfig = field(default_factory=QuantConfig, metadata={"help": "4-bit quantization (qlora)."})
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Where the data comes from."})
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "Optimization settings."})
+    generate: GenerateConfig = field(default_factory=GenerateConfig, metadata={"help": "Before/after generations."})
+
+    # -- construction -------------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict | None) -> "ExperimentConfig":
+        cfg = _build(cls, data or {}, "")
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "ExperimentConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError("", f"config file not found: {path}")
+        text = path.read_text(encoding="utf-8")
+        return cls.from_text(text, fmt="json" if path.suffix.lower() == ".json" else "yaml", source=str(path))
+
+    @classmethod
+    def from_text(cls, text: str, fmt: str = "yaml", source: str = "config") -> "ExperimentConfig":
+        try:
+            if fmt == "json":
+                data = json.loads(text)
+            else:
+                import yaml
+                data = yaml.safe_load(text)
+        except Exception as exc:  # yaml.YAMLError / json.JSONDecodeError: say where
+            raise ConfigError("", f"{source} is not valid {fmt.upper()}: {exc}") from None
+        if data is not None and not isinstance(data, dict):
+            raise ConfigError("", f"{source} must be a mapping of keys to values, got {type(data).__name__}")
+        return cls.from_dict(data)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        import yaml
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(self.to_json() if path.suffix.lower() == ".json" else self.to_yaml(), encoding="utf-8")
+        return path
+
+    def replace(self, **dotted: Any) -> "ExperimentConfig":
+        """A validated copy with dotted keys changed, e.g. `cfg.replace(**{"lora.r": 16, "method": "full"})`."""
+        data = self.to_dict()
+        for key, value in dotted.items():
+            set_dotted(data, key, value)
+        return ExperimentConfig.from_dict(data)
+
+    # -- the cross-field rules (types and ranges are checked while building) --------------------------------
+    def validate(self) -> None:
+        if not self.name.strip():
+            raise ConfigError("name", "must not be empty")
+        if len(self.name) > 200:
+            raise ConfigError("name", "must be at most 200 characters")
+        if not self.model.source.strip():
+            raise ConfigError("model.source", f"must not be empty; use one of {', '.join(BUNDLED_MODELS)}, "
+                                              "a hub id or a local directory")
+        if self.method == "head-only" and self.task != "seq-cls":
+            raise ConfigError("method", "head-only trains a classifier head on a frozen backbone, so it needs "
+                                        "task: seq-cls (allowed for causal-lm: full, lora, qlora)")
+        if self.task == "seq-cls" and self.model.source in ("tiny-random-gpt2", "tiny-random-llama") \
+                and self.data.train == "sample:instructions":
+            raise ConfigError("data.train", "sample:instructions is a causal-lm dataset; for seq-cls use "
+                                            "sample:sentiment-2 or sample:sentiment-3")
+        if self.task == "causal-lm" and self.data.train in ("sample:sentiment-2", "sample:sentiment-3"):
+            raise ConfigError("data.train", "a sentiment sample has no prompt/response columns; for causal-lm use "
+                                            "sample:instructions or a file with prompt and response columns")
+        if self.data.train.startswith("sample:") and self.data.train not in SAMPLE_DATASETS:
+            raise ConfigError("data.train", f"unknown bundled sample {self.data.train!r}; allowed: "
+                                            f"{', '.join(SAMPLE_DATASETS)}")
+        if self.data.eval and self.data.eval.startswith("sample:") and self.data.eval not in SAMPLE_DATASETS:
+            raise ConfigError("data.eval", f"unknown bundled sample {self.data.eval!r}; allowed: "
+                                           f"{', '.join(SAMPLE_DATASETS)}")
+        targets = self.lora.target_modules
+        if isinstance(targets, list) and any(not t.strip() for t in targets):
+            raise ConfigError("lora.target_modules", "names must not be empty")
+        if isinstance(targets, str) and targets != "all-linear" and not targets.startswith("preset:"):
+            # "query, value" from a form or the CLI means a list of names
+            self.lora.target_modules = targets = [t.strip() for t in targets.split(",") if t.strip()]
+        if isinstance(targets, str) and targets.startswith("preset:") and targets[7:] not in LORA_PRESETS:
+            raise ConfigError("lora.target_modules", f"unknown preset {targets!r}; allowed: "
+                                                     + ", ".join(f"preset:{p}" for p in LORA_PRESETS))
+        if isinstance(targets, list) and not targets:
+            self.lora.target_modules = targets = None
+        if self.train.precision == "fp16" and self.method == "qlora" and self.quant.compute_dtype == "bfloat16":
+            raise ConfigError("quant.compute_dtype", "fp16 training needs compute_dtype float16 or float32, "
+                                                     "not bfloat16")
+
+    # -- derived values ------------------------------------------------------------------------------------
+    @property
+    def learning_rate(self) -> float:
+        if self.train.learning_rate is not None:
+            return self.train.learning_rate
+        return 5e-5 if self.method == "full" else 1e-3
+
+    @property
+    def uses_lora(self) -> bool:
+        return self.method in ("lora", "qlora")
+
+    @property
+    def lora_scaling(self) -> float:
+        r = self.lora.r
+        return self.lora.alpha / (r ** 0.5 if self.lora.use_rslora else r)
+
+
+# -- helpers for dotted keys (sweeps, CLI overrides, the dashboard) ---------------------------------------------
+
+def set_dotted(data: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            raise ConfigError(key, f"{part!r} is not a section")
+        node = node[part]
+    node[parts[-1]] = value
+
+
+def get_dotted(cfg: ExperimentConfig | dict, key: str) -> Any:
+    node: Any = cfg.to_dict() if isinstance(cfg, ExperimentConfig) else cfg
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise ConfigError(key, "no such config key")
+        node = node[part]
+    return node
+
+
+def field_help(dotted: str) -> str:
+    """Help text of a field, for tooltips: `field_help("lora.r")`."""
+    cls: Any = ExperimentConfig
+    f = None
+    for part in dotted.split("."):
+        fields = {x.name: x for x in dataclasses.fields(cls)}
+        if part not in fields:
+            raise ConfigError(dotted, "no such config key")
+        f = fields[part]
+        cls = f.type if isinstance(f.type, type) else _HINTS(cls).get(part)
+    return f.metadata.get("help", "") if f else ""
+
+
+def field_choices(dotted: str) -> tuple | None:
+    """Allowed values of a Literal field, e.g. `field_choices("method")`, else None."""
+    owner, name = _owner(dotted)
+    hint = _HINTS(owner)[name]
+    args = _literal_args(hint)
+    return tuple(args) if args else None
+
+
+# -- the one conversion/validation routine -----------------------------------------------------------------------
+
+def _HINTS(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def _owner(dotted: str):
+    cls: Any = ExperimentConfig
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        cls = _HINTS(cls).get(part)
+        if not dataclasses.is_dataclass(cls):
+            raise ConfigError(dotted, "no such config key")
+    if parts[-1] not in _HINTS(cls):
+        raise ConfigError(dotted, "no such config key")
+    return cls, parts[-1]
+
+
+def _literal_args(hint) -> list | None:
+    if typing.get_origin(hint) is Literal:
+        return list(typing.get_args(hint))
+    return None
+
+
+def _build(cls, data: Any, prefix: str):
+    if not isinstance(data, dict):
+        raise ConfigError(prefix.rstrip("."), f"must be a mapping, got {type(data).__name__}")
+    hints = _HINTS(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        where = prefix.rstrip(".") or "config"
+        raise ConfigError(f"{prefix}{unknown[0]}", f"unknown key in {where}; allowed keys: {', '.join(fields)}")
+    kwargs = {}
+    for name, value in data.items():
+        path = f"{prefix}{name}"
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value if value is not None else {}, path + ".")
+        else:
+            kwargs[name] = _convert(path, value, hint, fields[name].metadata)
+    return cls(**kwargs)
+
+
+def _type_name(hint) -> str:
+    return getattr(hint, "__name__", str(hint))
+
+
+def _convert(path: str, value: Any, hint, meta) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _convert(path, value, option, meta)
+            except ConfigError as exc:
+                errors.append(exc.message)
+        raise ConfigError(path, " or ".join(dict.fromkeys(errors)))
+    literal = _literal_args(hint)
+    if literal is not None:
+        if value not in literal:
+            raise ConfigError(path, f"{value!r} is not allowed; allowed: {', '.join(map(str, literal))}")
+        return value
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if isinstance(value, str):  # "query, value" from a form or the CLI
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(path, f"must be a list, got {type(value).__name__}")
+        return [_convert(f"{path}[{i}]", v, item, {}) for i, v in enumerate(value)]
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(path, f"must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+            raise ConfigError(path, f"must be a whole number, got {value!r}")
+        value = int(value)
+    elif hint is float:
+        if isinstance(value, str):
+            try:
+                value = float(value)  # YAML reads 1e-3 (no dot) as a string
+            except ValueError:
+                raise ConfigError(path, f"must be a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(path, f"must be a number, got {value!r}")
+        value = float(value)
+    elif hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(path, f"must be text, got {value!r}")
+        return value
+    else:
+        raise ConfigError(path, f"unsupported type {_type_name(hint)}")
+    _check_range(path, value, meta)
+    return value
+
+
+def _check_range(path: str, value: float, meta) -> None:
+    if "min" in meta and value < meta["min"]:
+        raise ConfigError(path, f"must be >= {meta['min']}, got {value}")
+    if "min_excl" in meta and value <= meta["min_excl"]:
+        raise ConfigError(path, f"must be > {meta['min_excl']}, got {value}")
+    if "max" in meta and value > meta["max"]:
+        raise ConfigError(path, f"must be <= {meta['max']}, got {value}")
+    if "max_excl" in meta and value >= meta["max_excl"]:
+        raise ConfigError(path, f"must be < {meta['max_excl']}, got {value}")
