@@ -27,14 +27,23 @@ def cmd_train(args) -> int:
     from .config import ExperimentConfig
 
     cfg = ExperimentConfig.from_file(args.config)
-    run_id = launcher.launch(cfg, runs_dir=_runs_dir(args))
+    runs_dir = _runs_dir(args)
+    run_id = launcher.launch(cfg, runs_dir=runs_dir)
     if not args.wait:
         _emit({"run_id": run_id}, args.json, run_id)
         return 0
     print(run_id, file=sys.stderr if args.json else sys.stdout, flush=True)
-    record = launcher.wait(run_id, runs_dir=_runs_dir(args))
-    results = storage.read_results(run_id, runs_dir=_runs_dir(args)) or {}
-    out = {"run_id": run_id, "status": record.status, "error": record.error, **results}
+    try:
+        # The worker's log, live, on stderr: stdout stays clean for the results.
+        for line in launcher.follow_log(run_id, runs_dir=runs_dir):
+            print(line, end="", file=sys.stderr, flush=True)
+        record = launcher.wait(run_id, runs_dir=runs_dir)
+    except KeyboardInterrupt:
+        print(f"\nthe run continues in the background; stop it with: python -m lora_core stop {run_id}",
+              file=sys.stderr)
+        return 130
+    results = storage.read_results(run_id, runs_dir=runs_dir) or {}
+    out = {**results, "run_id": run_id, "status": record.status, "error": record.error}
     _emit(out, args.json)
     return 0 if record.status == "SUCCEEDED" else 1
 
@@ -44,23 +53,35 @@ def cmd_params(args) -> int:
     from .models import count_params
 
     cfg = ExperimentConfig.from_file(args.config)
-    counts = count_params(cfg)
+    num_labels = 2
+    if cfg.task == "seq-cls":  # the head's size depends on the class count: read it off the data when we can
+        try:
+            from .data import label_counts
+
+            num_labels = max(2, len(label_counts(cfg.data.train, cfg.data.label_column, subset=cfg.data.subset,
+                                                 split=cfg.data.train_split)))
+        except Exception as exc:  # unreadable data is reported by `train`; counts still help here
+            print(f"note: counting with 2 labels ({exc})", file=sys.stderr)
+    counts = {**count_params(cfg, num_labels=num_labels), "num_labels": num_labels if cfg.task == "seq-cls" else None}
     text = (f"trainable {counts['trainable']:,} / total {counts['total']:,} ({counts['percent']:.4f}%), "
-            f"adapter {counts['adapter_bytes'] / 1e6:.2f} MB")
+            f"adapter {counts['adapter_bytes'] / 1e6:.2f} MB\n"
+            + "\n".join(f"  {name:<24} {n:>12,}" for name, n in counts["by_module"].items()))
     _emit(counts, args.json, text)
     return 0
 
 
 def cmd_targets(args) -> int:
-    from .models import list_targets, target_presets
+    from .models import list_targets, load_config, target_presets
 
+    model_type = load_config(args.model, args.trust_remote_code).model_type
     targets = list_targets(args.model, trust_remote_code=args.trust_remote_code)
-    presets = target_presets(args.model)
+    presets = target_presets(args.model, args.trust_remote_code, layers=targets, model_type=model_type)
     if args.json:
-        _emit({"targets": targets, "presets": presets}, True)
+        _emit({"model_type": model_type, "targets": targets, "presets": presets}, True)
         return 0
     for t in targets:
-        print(f"{t['name']:<60} {t['type']:<12} {t['in_features']:>6} -> {t['out_features']:<6}")
+        mark = "  (head: not a LoRA target)" if t["head"] else ""
+        print(f"{t['name']:<60} {t['type']:<12} {t['in_features']:>6} -> {t['out_features']:<6}{mark}")
     for name, leaves in presets.items():
         print(f"preset:{name}: {', '.join(leaves)}")
     return 0
@@ -74,8 +95,12 @@ def cmd_merge(args) -> int:
     cfg = storage.read_config(record.id, runs_dir=_runs_dir(args))
     report = merge_adapter(cfg, storage.artifacts_dir(record.id, runs_dir=_runs_dir(args)) / "adapter",
                            Path(args.out))
-    _emit(report, args.json)
-    return 0
+    text = (f"merged into {report['out_dir']} ({report['merged_bytes'] / 1e6:.1f} MB; adapter "
+            f"{report['adapter_bytes'] / 1e6:.2f} MB)\nmax |logit diff| vs adapter model: "
+            f"{report['max_abs_diff']:.2e} (tolerance {report['tolerance']:.0e}), LoRA params left: "
+            f"{report['lora_params_left']}\n{report['note']}")
+    _emit(report, args.json, text)
+    return 0 if report["ok"] else 1
 
 
 def cmd_estimate(args) -> int:
@@ -93,33 +118,39 @@ def cmd_estimate(args) -> int:
 def cmd_status(args) -> int:
     from . import launcher, storage
 
-    launcher.reconcile(runs_dir=_runs_dir(args))
-    record = storage.get_run(args.run_id, runs_dir=_runs_dir(args))
+    record = launcher.get(args.run_id, runs_dir=_runs_dir(args))  # reconciles first: a dead worker shows FAILED
     metrics = storage.read_metrics(record.id, runs_dir=_runs_dir(args))
-    last = metrics[-1] if metrics else {}
-    out = {**record.to_dict(), "progress": last.get("progress"), "last_metrics": last}
-    _emit(out, args.json, f"{record.id}  {record.status}  pid={record.pid}  progress={last.get('progress')}")
+    last = next((e for e in reversed(metrics) if e.get("kind") in ("log", "eval")), {})
+    phase = next((e.get("phase") for e in reversed(metrics) if e.get("kind") == "phase"), None)
+    progress = next((e["progress"] for e in reversed(metrics) if e.get("progress") is not None), record.progress)
+    out = {**record.to_dict(), "progress": progress, "phase": phase, "last_metrics": last}
+    text = (f"{record.id}  {record.status}  pid={record.pid}  phase={phase}  step={last.get('step')}  "
+            f"progress={'-' if progress is None else f'{100 * progress:.0f}%'}")
+    if record.error:
+        text += f"\n{record.error}"
+    if record.status == "FAILED" and record.error_log:
+        text += "\n--- last lines of worker.log ---\n" + record.error_log
+    _emit(out, args.json, text)
     return 0
 
 
 def cmd_list(args) -> int:
-    from . import launcher, storage
+    from . import launcher
 
-    launcher.reconcile(runs_dir=_runs_dir(args))
-    runs = storage.list_runs(runs_dir=_runs_dir(args))
+    runs = launcher.list_runs(runs_dir=_runs_dir(args))  # reconciles first
     if args.json:
         _emit([r.to_dict() for r in runs], True)
         return 0
     for r in runs:
-        print(f"{r.id:<40} {r.status:<10} {r.method:<10} r={r.rank!s:<5} {r.name}")
+        rank = "-" if r.rank is None else r.rank
+        print(f"{r.id:<48} {r.status:<10} {r.method or '-':<10} r={rank!s:<5} {r.name}")
     return 0
 
 
 def cmd_stop(args) -> int:
     from . import launcher
 
-    status = launcher.stop(args.run_id, timeout=args.timeout, runs_dir=_runs_dir(args))
-    print(status)
+    print(launcher.stop(args.run_id, timeout=args.timeout, runs_dir=_runs_dir(args)))
     return 0
 
 

@@ -342,6 +342,9 @@ def _convert(path: str, value: Any, hint, meta) -> Any:
         options = typing.get_args(hint)
         if value is None and type(None) in options:
             return None
+        # typing caches Union[str, list[str]] and Union[list[str], str] as one object, so the order of
+        # `options` depends on which was created first (peft creates the other one): put an exact type match first.
+        options = sorted(options, key=lambda o: o is not type(value))
         errors = []
         for option in options:
             if option is type(None):

@@ -1,0 +1,39 @@
+"""LoRA Lab dashboard: `streamlit run app.py`.
+
+The entry point only sets up navigation; each page is a plain script in pages/. The engine
+(lora_core) does the work: pages launch runs through lora_core.launcher and never train in this process.
+"""
+import streamlit as st
+
+st.set_page_config(page_title="LoRA Lab", page_icon="🧪", layout="wide")
+
+PAGES = {
+    "Experiment": [
+        st.Page("pages/train.py", title="Train", icon=":material/rocket_launch:", default=True),
+        st.Page("pages/config_builder.py", title="Config builder", icon=":material/tune:"),
+        st.Page("pages/estimator.py", title="Estimator", icon=":material/memory:"),
+        st.Page("pages/qlora.py", title="QLoRA loader", icon=":material/compress:"),
+    ],
+    "Results": [
+        st.Page("pages/runs.py", title="Runs", icon=":material/list_alt:"),
+        st.Page("pages/compare.py", title="Compare", icon=":material/bar_chart:"),
+        st.Page("pages/merge.py", title="Merge & export", icon=":material/call_merge:"),
+        st.Page("pages/playground.py", title="Playground", icon=":material/chat:"),
+    ],
+}
+
+page = st.navigation(PAGES)
+
+with st.sidebar:
+    st.markdown("### :material/science: LoRA Lab")
+    st.caption("LoRA trains a low-rank update beside each frozen weight:  \n"
+               "**W' = W + (α/r)·B·A**, with B ∈ ℝ^(d_out×r), A ∈ ℝ^(r×d_in).  \n"
+               "Only A and B learn: r·(d_in + d_out) parameters per layer instead of d_in·d_out.")
+    try:
+        from lora_core import storage
+
+        st.caption(f"Runs directory: `{storage.default_runs_dir()}`")
+    except Exception as exc:  # noqa: BLE001 - the sidebar must not take the app down
+        st.caption(f"Runs directory unavailable: {exc}")
+
+page.run()

@@ -1,0 +1,141 @@
+"""How long each dashboard page takes to render with 200 runs in the registry (goal: under 1 s each).
+
+    .venv/bin/python bench/ui_latency.py [--runs 200] [--repeats 5]
+
+Set-up: one real tiny run is trained through the launcher (tiny-random-gpt2, 2 steps). Then BENCH FIXTURES:
+200 more runs are created through lora_core.storage with real, validated configs (LoRA ranks 2-64, full,
+head-only, QLoRA; in sweeps of 5) and given that real run's metrics stream and results — written through
+storage's own API (create_run, append_metrics, set_status, write_results), with the method/rank/params
+fields adjusted per run. They are labelled as fixtures in their names; nothing here claims they were trained.
+
+Each page is rendered through Streamlit's AppTest in a fresh Python process (so nothing is imported or
+cached beforehand): once on its first visit (the Config builder's first visit includes importing torch,
+transformers and peft, once per server process) and then `--repeats` times warm; the table prints the first
+visit and the warm median. Pages that load models
+only on a button press (QLoRA loader, Playground, Merge) are timed as a user first sees them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+PAGES = ["train", "config_builder", "estimator", "qlora", "runs", "compare", "merge", "playground"]
+GOAL_S = 1.0
+
+
+def train_template(runs_dir: Path):
+    """One real run whose metrics and results the fixtures copy."""
+    from lora_core import launcher
+    from lora_core.config import ExperimentConfig
+
+    cfg = ExperimentConfig.from_dict({
+        "name": "bench-template", "model": {"source": "tiny-random-gpt2"}, "lora": {"r": 2},
+        "data": {"max_train_samples": 16, "max_eval_samples": 16, "max_length": 32},
+        "train": {"max_steps": 2, "batch_size": 8, "logging_steps": 1}})
+    run_id = launcher.launch(cfg, runs_dir=runs_dir)
+    record = launcher.wait(run_id, timeout=600, runs_dir=runs_dir)
+    if record.status != "SUCCEEDED":
+        raise SystemExit(f"template run {run_id} ended {record.status}: {record.error}")
+    return run_id
+
+
+def make_fixtures(runs_dir: Path, template_id: str, n: int) -> None:
+    """n finished runs through storage's API, copying the template run's metrics and results."""
+    from lora_core import storage
+    from lora_core.config import ExperimentConfig
+    from lora_core.models import count_params
+
+    events = storage.read_metrics(template_id, runs_dir)
+    results = storage.read_results(template_id, runs_dir) or {}
+    variants = [("lora", 2), ("lora", 8), ("lora", 64), ("full", None), ("head-only", None)]
+    counts: dict = {}
+    for i in range(n):
+        method, rank = variants[i % len(variants)]
+        sweep_id = f"sweep-bench-fixture-{i // len(variants):03d}"
+        cfg = ExperimentConfig.from_dict({"name": f"bench-fixture-{i:03d}", "method": method,
+                                          "lora": {"r": rank or 8}, "model": {"source": "tiny-random-gpt2"}})
+        record = storage.create_run(cfg, runs_dir=runs_dir, sweep_id=sweep_id)
+        for event in events:
+            storage.append_metrics(record.id, event, runs_dir)
+        if (method, rank) not in counts:  # the real counts for this config (meta device)
+            counts[(method, rank)] = count_params(cfg)
+        c = counts[(method, rank)]
+        res = dict(results, method=method, trainable_params=c["trainable"], total_params=c["total"],
+                   trainable_percent=c["percent"], accuracy=0.5 + 0.4 * ((i * 37) % 100) / 100, bench_fixture=True)
+        storage.set_status(record.id, "RUNNING", runs_dir=runs_dir)
+        storage.write_results(record.id, res, runs_dir)
+        storage.set_status(record.id, "SUCCEEDED", runs_dir=runs_dir, results=storage.key_results(res))
+
+
+def time_pages(repeats: int) -> list[tuple[str, float, float]]:
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
+    at.run()
+    rows = []
+    for page in PAGES:
+        started = time.perf_counter()
+        at.switch_page(f"pages/{page}.py").run()
+        cold = time.perf_counter() - started
+        if at.exception:
+            raise SystemExit(f"{page}: {at.exception[0].value}")
+        warm = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            at.run()
+            warm.append(time.perf_counter() - started)
+        rows.append((page, cold, statistics.median(warm)))
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--time-only", action="store_true", help=argparse.SUPPRESS)  # the fresh child process
+    args = parser.parse_args()
+    if args.time_only:
+        print(json.dumps(time_pages(args.repeats)))
+        return 0
+
+    with tempfile.TemporaryDirectory() as tmp:
+        runs_dir = Path(tmp) / "runs"
+        os.environ["LORA_LAB_RUNS_DIR"] = str(runs_dir)
+        started = time.perf_counter()
+        template = train_template(runs_dir)
+        make_fixtures(runs_dir, template, args.runs - 1)
+        from lora_core import storage
+
+        count = len(storage.list_runs(runs_dir))
+        print(f"registry: {count} runs (1 trained + {count - 1} bench fixtures), set up in "
+              f"{time.perf_counter() - started:.1f} s")
+        child = subprocess.run([sys.executable, __file__, "--time-only", "--repeats", str(args.repeats)],
+                               capture_output=True, text=True, env=dict(os.environ), cwd=ROOT)
+        if child.returncode != 0:
+            raise SystemExit(f"page timing failed:\n{child.stderr[-3000:]}")
+        rows = json.loads(child.stdout.strip().splitlines()[-1])
+
+    print(f"\n{'page':<16}{'first visit (s)':>16}{'warm median (s)':>17}  goal < {GOAL_S:g} s")
+    for page, cold, warm in rows:
+        print(f"{page:<16}{cold:>16.3f}{warm:>17.3f}  {'ok' if warm < GOAL_S else 'SLOW'}")
+    worst = max(rows, key=lambda r: r[2])
+    print(f"\nworst warm render: {worst[0]} {worst[2]:.3f} s; "
+          f"pages under {GOAL_S:g} s warm: {sum(r[2] < GOAL_S for r in rows)}/{len(rows)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

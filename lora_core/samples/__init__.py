@@ -1,0 +1,1 @@
+"""Bundled sample datasets (written by make_samples.py) for offline runs and tests."""

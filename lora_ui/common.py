@@ -1,0 +1,174 @@
+"""Small helpers every page uses: the runs directory, error display, number formatting, run lookups."""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from typing import Any, Iterator
+
+import streamlit as st
+
+from lora_core.config import ConfigError, ExperimentConfig
+
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+LIVE = ("QUEUED", "RUNNING")
+STATUS_ICON = {"QUEUED": "⏳", "RUNNING": "🏃", "SUCCEEDED": "✅", "FAILED": "❌", "STOPPED": "⏹️"}
+
+
+def runs_dir():
+    """The runs directory every page reads: $LORA_LAB_RUNS_DIR or ./runs (re-read each call, so tests can set it)."""
+    from lora_core import storage
+
+    return storage.default_runs_dir()
+
+
+# -- errors ------------------------------------------------------------------------------------------------
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that mean "the input is wrong" (ConfigError, DataError, ModelError are ValueErrors)."""
+    return (ConfigError, ValueError, FileNotFoundError, KeyError, OSError)
+
+
+def error_text(exc: BaseException) -> str:
+    """One readable line for any engine error: ConfigError/DataError/ModelError already name the field."""
+    if isinstance(exc, KeyError) and exc.args:
+        return str(exc.args[0])
+    text = str(exc).strip() or type(exc).__name__
+    name = type(exc).__name__
+    if isinstance(exc, (ConfigError,)) or name in ("DataError", "ModelError", "ValueError"):
+        return text
+    return f"{name}: {text}"
+
+
+def show_error(exc: BaseException, where=None) -> None:
+    """Show an engine error as st.error (in `where` if given) — never a traceback."""
+    (where or st).error(error_text(exc), icon="🚫")
+
+
+@contextlib.contextmanager
+def guarded(what: str = "", where=None) -> Iterator[None]:
+    """Run a block; any error becomes an st.error line instead of a traceback on the page.
+
+    Used around every engine call whose input came from the user, so nothing typed can crash a page.
+    """
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - the page must survive any engine error
+        prefix = f"{what}: " if what else ""
+        (where or st).error(prefix + error_text(exc), icon="🚫")
+
+
+class FieldSlots:
+    """An empty slot under each form field, so a ConfigError lands next to the field it names."""
+
+    def __init__(self) -> None:
+        self._slots: dict[str, Any] = {}
+
+    def add(self, dotted: str) -> None:
+        self._slots[dotted] = st.empty()
+
+    def has(self, dotted: str) -> bool:
+        return self._best(dotted) is not None
+
+    def _best(self, dotted: str):
+        # "lora.target_modules[0]" -> "lora.target_modules"; fall back to the section
+        key = dotted.split("[")[0]
+        while key:
+            if key in self._slots:
+                return self._slots[key]
+            key = key.rpartition(".")[0]
+        return None
+
+    def show(self, exc: BaseException, fallback=None) -> None:
+        field = getattr(exc, "field", "")
+        slot = self._best(field) if field else None
+        (slot or fallback or st).error(error_text(exc), icon="🚫")
+
+
+# -- formatting --------------------------------------------------------------------------------------------
+
+def fmt_bytes(n: float | None) -> str:
+    if n is None or (isinstance(n, float) and math.isnan(n)):
+        return "—"
+    n = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000
+    return f"{n:.2f} TB"
+
+
+def fmt_gb(n: float | None) -> str:
+    return "—" if n is None else f"{n / 1e9:.2f} GB"
+
+
+def fmt_count(n: float | None) -> str:
+    if n is None:
+        return "—"
+    n = float(n)
+    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None or (isinstance(seconds, float) and math.isnan(seconds)):
+        return "—"
+    seconds = max(0, int(round(seconds)))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h {m:02d}m" if h else (f"{m}m {s:02d}s" if m else f"{s}s")
+
+
+def fmt_time(ts: float | str | None) -> str:
+    if ts in (None, ""):
+        return "—"
+    if isinstance(ts, str):
+        return ts.replace("T", " ")[:19]
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+# -- the shared config -------------------------------------------------------------------------------------
+
+CURRENT_CONFIG_KEY = "cfg_current"  # a validated config dict, written by the Config builder, read by Train
+
+
+def default_config() -> ExperimentConfig:
+    """The offline default: bundled MiniLM, LoRA r=8 on Q+V, the bundled 2-class sentiment sample."""
+    return ExperimentConfig.from_dict({"name": "minilm-lora-r8"})
+
+
+def current_config() -> ExperimentConfig:
+    data = st.session_state.get(CURRENT_CONFIG_KEY)
+    if data:
+        try:
+            return ExperimentConfig.from_dict(data)
+        except ConfigError:
+            pass
+    return default_config()
+
+
+def set_current_config(cfg: ExperimentConfig) -> None:
+    st.session_state[CURRENT_CONFIG_KEY] = cfg.to_dict()
+
+
+# -- run helpers ---------------------------------------------------------------------------------------------
+
+def run_label(rec) -> str:
+    rank = f" r={rec.rank}" if getattr(rec, "rank", None) and rec.method in ("lora", "qlora") else ""
+    return f"{STATUS_ICON.get(rec.status, '')} {rec.name} · {rec.method}{rank} · {rec.id}"
+
+
+def primary_metric(results: dict | None) -> tuple[str, float | None]:
+    """(name, value) of the headline eval metric: accuracy for classification, eval loss for causal LM."""
+    if not results:
+        return "accuracy", None
+    metrics = results.get("metrics") if isinstance(results.get("metrics"), dict) else results
+    for key in ("eval_accuracy", "accuracy"):
+        if metrics.get(key) is not None:
+            return "accuracy", float(metrics[key])
+    for key in ("eval_loss",):
+        if metrics.get(key) is not None:
+            return "eval loss", float(metrics[key])
+    return "accuracy", None

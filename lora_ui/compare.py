@@ -1,0 +1,92 @@
+"""The comparison table: one row per finished run, with ratios relative to full fine-tuning.
+
+Built from the registry's key results only (no file reads), so comparing a sweep of any size is fast.
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+import pandas as pd
+
+from lora_ui.common import primary_metric
+
+COLUMNS = ["label", "status", "method", "rank", "trainable", "trainable %", "accuracy", "macro-F1", "eval loss",
+           "train time (s)", "peak mem (GB)", "est. peak (GB)", "adapter (MB)", "vs full: accuracy",
+           "vs full: time", "vs full: trainable", "vs full: memory", "eval rows", "data fingerprint", "id"]
+
+
+def short_label(rec) -> str:
+    label = f"{rec.method} r={rec.rank}" if rec.method in ("lora", "qlora") and rec.rank else (rec.method or rec.name)
+    return label + (" (stopped)" if rec.status == "STOPPED" else "")
+
+
+def labels_for(records) -> list[str]:
+    """Short labels (method + rank), made unique with the run id's tail when two runs share one."""
+    base = [short_label(r) for r in records]
+    seen = Counter(base)
+    return [b if seen[b] == 1 else f"{b} ({r.id[-6:]})" for b, r in zip(base, records)]
+
+
+def estimate_bytes(results: dict) -> float | None:
+    """The memory estimate recorded with a run (flattened key `memory_estimate.peak_bytes`, or nested)."""
+    if results.get("memory_estimate.peak_bytes") is not None:
+        return results["memory_estimate.peak_bytes"]
+    est = results.get("memory_estimate")
+    if isinstance(est, dict):
+        return est.get("peak_bytes")
+    return None
+
+
+def rows(records) -> list[dict]:
+    out = []
+    for rec, label in zip(records, labels_for(records)):
+        res = rec.results or {}
+        name, value = primary_metric(res)
+        est = estimate_bytes(res)
+        adapter = res.get("adapter_bytes_on_disk")
+        out.append({
+            "label": label,
+            "status": rec.status,
+            "method": rec.method,
+            "rank": rec.rank,
+            "trainable": res.get("trainable_params"),
+            "trainable %": res.get("trainable_percent"),
+            "accuracy": value if name == "accuracy" else None,
+            "macro-F1": res.get("macro_f1"),
+            "eval loss": res.get("eval_loss"),
+            "train time (s)": res.get("train_time_s"),
+            "peak mem (GB)": res["peak_mem_bytes"] / 1e9 if res.get("peak_mem_bytes") else None,
+            "est. peak (GB)": est / 1e9 if est else None,
+            "adapter (MB)": adapter / 1e6 if adapter else None,
+            "eval rows": res.get("eval_rows"),
+            "data fingerprint": res.get("dataset_fingerprint"),
+            "id": rec.id,
+        })
+    add_relative(out)
+    return out
+
+
+def add_relative(table: list[dict]) -> None:
+    """Ratios to the (first) full fine-tuning run in the table; None when there is none."""
+    full = next((r for r in table if r["method"] == "full"), None)
+
+    def ratio(row, key):
+        if full is None or row.get(key) in (None, 0) or full.get(key) in (None, 0):
+            return None
+        return row[key] / full[key]
+
+    for row in table:
+        row["vs full: accuracy"] = ratio(row, "accuracy")
+        row["vs full: time"] = ratio(row, "train time (s)")
+        row["vs full: trainable"] = ratio(row, "trainable")
+        row["vs full: memory"] = ratio(row, "peak mem (GB)")
+
+
+def frame(table: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame(table, columns=COLUMNS)
+
+
+def same_eval_set(table: list[dict]) -> bool:
+    """True when every run was scored on the same data (same fingerprint): a fair comparison."""
+    prints = {r["data fingerprint"] for r in table if r.get("data fingerprint")}
+    return len(prints) <= 1

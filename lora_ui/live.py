@@ -1,0 +1,80 @@
+"""Reading a run's metrics stream into what the pages show: progress, ETA, throughput, curves."""
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+
+from lora_ui import charts
+from lora_ui.common import fmt_bytes, fmt_duration
+
+
+def last(events: list[dict], key: str, kind: str | None = None) -> Any:
+    """The latest value of `key` in the stream (optionally only in events of one kind)."""
+    for e in reversed(events):
+        if (kind is None or e.get("kind") == kind) and e.get(key) is not None:
+            return e[key]
+    return None
+
+
+def phase(events: list[dict]) -> str | None:
+    return last(events, "phase", kind="phase") or last(events, "name", kind="phase")
+
+
+def progress_line(rec, events: list[dict]) -> tuple[float, str]:
+    """(fraction done, one line of text) for a live or finished run."""
+    frac = last(events, "progress")
+    if frac is None:
+        frac = rec.progress
+    frac = min(1.0, max(0.0, float(frac or 0.0)))
+    parts = []
+    step = last(events, "step")
+    total = last(events, "max_steps")
+    if total is None and step and frac > 0:
+        total = round(step / frac)  # events carry progress = step / max_steps
+    if step is not None:
+        parts.append(f"step {step}" + (f"/{total}" if total else ""))
+    epoch = last(events, "epoch")
+    if epoch is not None:
+        parts.append(f"epoch {float(epoch):.2f}")
+    if rec.status == "RUNNING":
+        current = phase(events)
+        if current and current != "training":
+            parts.insert(0, current.replace("_", " ") + "…")
+        eta = last(events, "eta_s")
+        if eta is not None:
+            parts.append(f"ETA {fmt_duration(eta)}")
+    elapsed = last(events, "elapsed_s")
+    if elapsed is not None:
+        parts.append(f"elapsed {fmt_duration(elapsed)}")
+    return frac, " · ".join(parts) or rec.status.lower()
+
+
+def throughput_metrics(events: list[dict], cols) -> None:
+    """Samples/s, tokens/s, peak memory and the latest loss as st.metric tiles in `cols` (4 columns)."""
+    sps = last(events, "samples_per_s")
+    tps = last(events, "tokens_per_s")
+    peak = last(events, "peak_mem_bytes")
+    loss = last(events, "loss", kind="log")
+    cols[0].metric("Samples / s", f"{sps:.1f}" if sps is not None else "—")
+    cols[1].metric("Tokens / s", f"{tps:,.0f}" if tps is not None else "—")
+    cols[2].metric("Peak memory", fmt_bytes(peak))
+    cols[3].metric("Train loss", f"{loss:.4f}" if loss is not None else "—")
+
+
+def curves(label: str, events: list[dict], key: str, x: str = "step") -> None:
+    """Loss (train + eval) and eval-metric charts for one run, side by side."""
+    has_loss = any(e.get("kind") == "log" and e.get("loss") is not None for e in events)
+    if not has_loss and last(events, "eval_loss") is None:
+        st.caption("No loss logged yet — the first point appears after `logging_steps` steps.")
+        return
+    c1, c2 = st.columns(2)
+    with c1:
+        st.plotly_chart(charts.curves_figure([(label, events)], x=x, title="Loss"), key=f"{key}_loss",
+                        width="stretch")
+    fig = charts.eval_metrics_figure(events, x=x)
+    with c2:
+        if fig is not None:
+            st.plotly_chart(fig, key=f"{key}_eval", width="stretch")
+        else:
+            st.caption("Eval metrics appear after the first evaluation.")

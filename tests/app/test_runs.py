@@ -1,0 +1,78 @@
+"""Runs page: lists the real runs, filters, opens one in full, deletes."""
+import pytest
+import yaml
+
+from apptest_helpers import errors, no_exception, open_page, texts
+from lora_core import storage
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def runs_table(at):
+    return next(d.value for d in at.dataframe if "status" in d.value.columns and "id" in d.value.columns)
+
+
+def test_empty_runs_dir(runs_dir):
+    at = open_page("runs")
+    no_exception(at)
+    assert "No runs yet" in texts(at)
+
+
+def test_lists_and_filters(use_seeded):
+    at = open_page("runs")
+    no_exception(at)
+    assert not errors(at)
+    table = runs_table(at)
+    records = storage.list_runs(use_seeded)
+    assert sorted(table["id"]) == sorted(r.id for r in records) and len(table) == 5
+    full = next(r for r in records if r.method == "full")
+    row = table.set_index("id").loc[full.id]
+    assert row["accuracy"] == pytest.approx(full.results["accuracy"])
+    assert row["trainable"] == full.results["trainable_params"]
+    at.multiselect(key="runs_method").set_value(["lora"]).run()
+    assert sorted(runs_table(at)["method"]) == ["lora", "lora", "lora"]
+    at.text_input(key="runs_search").set_value("gen").run()
+    assert list(runs_table(at)["name"]) == ["seed-gen"]
+    at.text_input(key="runs_search").set_value("no such run").run()
+    no_exception(at)
+    assert not any("status" in d.value.columns for d in at.dataframe)
+
+
+def test_open_run_detail(use_seeded):
+    record = next(r for r in storage.list_runs(use_seeded) if r.method == "head-only")
+    at = open_page("runs")
+    at.selectbox(key="runs_open").set_value(record.id).run()
+    no_exception(at)
+    config_yaml = next(c.value for c in at.code if c.language == "yaml")
+    assert yaml.safe_load(config_yaml) == storage.read_config(record.id, use_seeded).to_dict()
+    results = next(d.value for d in at.dataframe if list(d.value.columns) == ["key", "value"])
+    assert "dataset_fingerprint" in set(results["key"])
+    files = next(d.value for d in at.dataframe if "file" in d.value.columns)
+    assert any(f.startswith("head/") for f in files["file"])
+    assert at.get("plotly_chart"), "the run's loss curve"
+    assert not any(b.key == "runs_resume" for b in at.button)  # a SUCCEEDED run is not resumable
+
+
+def test_delete_run(seeded_copy):
+    victim = next(r for r in storage.list_runs(seeded_copy) if r.method == "full")
+    at = open_page("runs")
+    at.selectbox(key="runs_open").set_value(victim.id).run()
+    next(b for b in at.button if b.key == "runs_delete").click().run()
+    no_exception(at)
+    assert any(f"Deleted {victim.id}" in s.value for s in at.success)
+    assert victim.id not in {r.id for r in storage.list_runs(seeded_copy)}
+    assert not (seeded_copy / victim.id).exists()
+    assert victim.id not in set(runs_table(at)["id"])
+
+
+def test_open_config_in_builder(use_seeded):
+    record = next(r for r in storage.list_runs(use_seeded) if r.name == "seed-gen")
+    at = open_page("runs")
+    at.selectbox(key="runs_open").set_value(record.id).run()
+    next(b for b in at.button if b.key == "runs_use").click().run()
+    no_exception(at)
+    assert at.session_state["cfg_current"] == storage.read_config(record.id, use_seeded).to_dict()
+    at.switch_page("pages/config_builder.py").run()
+    no_exception(at)
+    assert at.selectbox(key="cfg_task").value == "causal-lm"
+    assert at.selectbox(key="cfg_train_choice").value == "sample:instructions"

@@ -1,0 +1,156 @@
+"""Shared by the real-browser test and the README screenshot script: start `streamlit run app.py`, drive it."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+SHOTS = ROOT / "test-artifacts" / "screenshots"
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 90.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"streamlit exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"streamlit not healthy after {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+@contextmanager
+def streamlit_server(runs: Path, log: Path, refresh_s: float = 1.0):
+    """`streamlit run app.py` on a free port with LORA_LAB_RUNS_DIR=runs; yields its URL. On exit, stops the
+    runs it left going and the server's whole process group."""
+    port = free_port()
+    env = dict(os.environ, LORA_LAB_RUNS_DIR=str(runs), LORA_LAB_REFRESH_S=str(refresh_s), HF_HUB_OFFLINE="1",
+               HF_DATASETS_OFFLINE="1", PYTHONUNBUFFERED="1")
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+             "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
+             "--client.toolbarMode", "minimal"],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, proc, log)
+        yield url
+    finally:
+        from lora_core import launcher, storage
+
+        for record in storage.list_runs(runs, status=["QUEUED", "RUNNING"]):
+            launcher.stop(record.id, timeout=20, runs_dir=runs)
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@contextmanager
+def browser_page(url: str, width: int = 1440, height: int = 1000):
+    """A Playwright page on Debian's Chromium (Playwright's own browser download cannot work offline)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        context = browser.new_context(viewport={"width": width, "height": height})
+        pg = context.new_page()
+        pg.set_default_timeout(60_000)
+        pg.goto(url)
+        try:
+            yield pg
+        finally:
+            context.close()
+            browser.close()
+
+
+def settle(pg, timeout: float = 90.0) -> None:
+    """Wait until the app is idle (no script running)."""
+    pg.wait_for_timeout(300)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if pg.locator('[data-testid="stStatusWidget"]').count() == 0:
+            return
+        pg.wait_for_timeout(200)
+
+
+def goto_page(pg, title: str) -> None:
+    # the link's accessible name may start with its Material icon's ligature text
+    name = re.compile(rf"(^|\s){re.escape(title)}$")
+    pg.locator('[data-testid="stSidebarNav"]').get_by_role("link", name=name).click()
+    pg.get_by_role("heading", level=1).filter(has_text=title.split(" ")[0]).first.wait_for()
+    settle(pg)
+
+
+def shot(pg, name: str, docs: str | None = None) -> None:
+    """A screenshot of the whole page: Streamlit scrolls inside its main block, so the viewport is grown to
+    the content's height for the shot."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    height = pg.evaluate("""() => {
+        const main = document.querySelector('[data-testid="stMain"]');
+        return Math.max(main ? main.scrollHeight : 0, document.body.scrollHeight);
+    }""")
+    size = pg.viewport_size
+    pg.set_viewport_size({"width": size["width"], "height": int(min(max(size["height"], height + 40), 7000))})
+    pg.wait_for_timeout(600)  # let the charts re-layout
+    pg.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+    pg.set_viewport_size(size)
+    if docs and os.environ.get("LORA_LAB_DOCS_SCREENSHOTS") == "1":
+        (ROOT / "docs" / "screenshots").mkdir(parents=True, exist_ok=True)
+        shutil.copy(SHOTS / f"{name}.png", ROOT / "docs" / "screenshots" / docs)
+
+
+def fill(pg, label: str, value: str) -> None:
+    box = pg.get_by_label(label, exact=True)
+    box.fill(value)
+    box.press("Enter")
+    settle(pg)
+
+
+def choose(pg, label: str, option: str) -> None:
+    """Pick an option of an st.selectbox (a searchable combobox)."""
+    pg.get_by_label(label, exact=True).click()
+    pg.get_by_role("option", name=option, exact=True).click()
+    settle(pg)
+
+
+def loss_points(pg) -> int:
+    """Points of the first 'train loss' trace among the Plotly charts on the page (0 if none yet)."""
+    return pg.evaluate("""() => {
+        for (const el of document.querySelectorAll('.js-plotly-plot')) {
+            for (const t of (el.data || [])) {
+                if ((t.name || '').endsWith('train loss')) return (t.y || []).length;
+            }
+        }
+        return 0;
+    }""")
+
+
+def no_exception_on_page(pg) -> None:
+    assert pg.locator('[data-testid="stException"]').count() == 0, pg.locator(
+        '[data-testid="stException"]').first.inner_text()

@@ -1,0 +1,105 @@
+"""Take the README's screenshots (docs/screenshots/train.png, compare.png) from real runs.
+
+    .venv/bin/python tests/browser/make_screenshots.py [--keep DIR]
+
+Trains a real sweep on the offline default (bundled MiniLM, sample:sentiment-2): LoRA r=4/8/16 plus full
+fine-tuning and head-only baselines, 2 epochs each (about 5-8 minutes on a 2-core CPU), then starts one more
+LoRA run, opens the dashboard in Chromium, and captures the Train page while that run trains and the
+Compare page for the sweep. Not a test (pytest does not collect it); needs /usr/bin/chromium and playwright.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from browser_helpers import ROOT, SHOTS, browser_page, goto_page, loss_points, settle, streamlit_server  # noqa: E402
+
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+BASE = {"name": "minilm-sentiment", "data": {"max_length": 64}, "train": {"epochs": 2, "eval_steps": 5,
+                                                                         "logging_steps": 1}}
+
+
+def train_sweep(runs: Path) -> str:
+    from lora_core import launcher
+    from lora_core.config import ExperimentConfig
+
+    sweep_id, ids = launcher.sweep(ExperimentConfig.from_dict(dict(BASE, lora={"r": 4})),
+                                   {"lora.r": [4, 8, 16], "method": ["full", "head-only"]}, runs_dir=runs)
+    started = time.time()
+    for run_id in ids:
+        record = launcher.wait(run_id, timeout=1800, runs_dir=runs)
+        print(f"  {record.name:<40} {record.status:<10} accuracy={record.results.get('accuracy')} "
+              f"({time.time() - started:.0f} s)", flush=True)
+        if record.status != "SUCCEEDED":
+            raise SystemExit(f"{run_id} {record.status}: {record.error}")
+    return sweep_id
+
+
+def has_eval_chart(pg) -> bool:
+    return pg.evaluate("""() => Array.from(document.querySelectorAll('.js-plotly-plot')).some(
+        el => el.layout && el.layout.title && el.layout.title.text === 'Eval metrics')""")
+
+
+def full_shot(pg, path: Path) -> None:
+    height = pg.evaluate("""() => {
+        const main = document.querySelector('[data-testid="stMain"]');
+        return Math.max(main ? main.scrollHeight : 0, document.body.scrollHeight);
+    }""")
+    size = pg.viewport_size
+    pg.set_viewport_size({"width": size["width"], "height": int(min(max(size["height"], height + 40), 4000))})
+    pg.wait_for_timeout(1000)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pg.screenshot(path=str(path), full_page=True)
+    pg.set_viewport_size(size)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--keep", help="use (and keep) this runs directory instead of a temporary one")
+    args = parser.parse_args()
+    tmp = None if args.keep else tempfile.mkdtemp(prefix="lora-lab-shots-")
+    runs = Path(args.keep or tmp) / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    docs = ROOT / "docs" / "screenshots"
+    try:
+        print(f"training the sweep in {runs} …", flush=True)
+        train_sweep(runs)
+        from lora_core import launcher
+        from lora_core.config import ExperimentConfig
+
+        live = launcher.launch(ExperimentConfig.from_dict(dict(BASE, name="minilm-lora-r8-live",
+                                                               train=dict(BASE["train"], epochs=4))), runs_dir=runs)
+        with streamlit_server(runs, Path(args.keep or tmp) / "streamlit.log", refresh_s=1.0) as url, \
+                browser_page(url, width=1400, height=1000) as pg:
+            pg.get_by_role("heading", name="Train", exact=True).wait_for()
+            settle(pg)
+            deadline = time.time() + 600
+            while time.time() < deadline and (loss_points(pg) < 25 or not has_eval_chart(pg)):
+                pg.wait_for_timeout(1000)
+            full_shot(pg, SHOTS / "readme-train.png")
+            launcher.stop(live, runs_dir=runs)
+            goto_page(pg, "Compare")
+            pg.get_by_text("Efficiency frontier").wait_for()
+            pg.wait_for_timeout(1500)
+            full_shot(pg, SHOTS / "readme-compare.png")
+        docs.mkdir(parents=True, exist_ok=True)
+        shutil.copy(SHOTS / "readme-train.png", docs / "train.png")
+        shutil.copy(SHOTS / "readme-compare.png", docs / "compare.png")
+        print(f"wrote {docs / 'train.png'} and {docs / 'compare.png'}")
+    finally:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

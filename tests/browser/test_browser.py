@@ -1,0 +1,105 @@
+"""The dashboard in a real browser: `streamlit run app.py` on a free port, driven by Playwright through Debian's
+Chromium. Build a config, launch a tiny run, watch the loss chart gain points while it trains (the live
+fragment, no page reload), stop it, open Compare. Screenshots of every page go to test-artifacts/screenshots/.
+
+Skips (saying why) when /usr/bin/chromium or playwright is missing; `make test` installs Debian's chromium.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from browser_helpers import CHROMIUM, browser_page, choose, fill, goto_page, loss_points, no_exception_on_page, \
+    settle, shot, streamlit_server
+
+PAGES = ["Train", "Config builder", "Estimator", "QLoRA loader", "Runs", "Compare", "Merge & export", "Playground"]
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(420)]
+
+
+@pytest.fixture
+def server(tmp_path):
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium; `make test` "
+                    "does it when it can) to run the real-browser test")
+    pytest.importorskip("playwright.sync_api", reason="playwright (PyPI) is not installed")
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    with streamlit_server(runs, tmp_path / "streamlit.log") as url:
+        yield url, runs
+
+
+@pytest.fixture
+def page(server):
+    with browser_page(server[0]) as pg:
+        yield pg
+
+
+# -- the test -----------------------------------------------------------------------------------------------------
+
+def test_build_launch_watch_stop_compare(page, server):
+    from lora_core import storage
+
+    _, runs = server
+    pg = page
+    pg.get_by_role("heading", name="Train", exact=True).wait_for()
+    settle(pg)
+    no_exception_on_page(pg)
+
+    # build a config: a tiny classifier that trains long enough to watch
+    goto_page(pg, "Config builder")
+    pg.get_by_text("Trainable params").first.wait_for()
+    fill(pg, "Run name", "browser-run")
+    choose(pg, "Model", "tiny-random-gpt2")
+    pg.get_by_role("tab", name="Training").click()
+    fill(pg, "Max steps", "600")
+    fill(pg, "Log every N steps", "3")
+    fill(pg, "Batch size", "8")
+    pg.get_by_role("tab", name="Model & method").click()
+    pg.get_by_text("✅ Valid config").wait_for()
+    no_exception_on_page(pg)
+    shot(pg, "config_builder")
+
+    # launch it from the Train page
+    goto_page(pg, "Train")
+    assert pg.get_by_text("browser-run").count() > 0
+    pg.get_by_role("button", name="Launch run").click()
+    pg.get_by_text("Launched").first.wait_for()
+    record = storage.list_runs(runs)[0]
+    assert record.name == "browser-run"
+
+    # the live fragment redraws the loss chart with more points as the worker logs them
+    deadline = time.time() + 180
+    first = 0
+    while time.time() < deadline and (first := loss_points(pg)) < 2:
+        pg.wait_for_timeout(500)
+    assert first >= 2, "the loss chart never showed two points"
+    deadline = time.time() + 60
+    later = first
+    while time.time() < deadline and (later := loss_points(pg)) <= first:
+        pg.wait_for_timeout(500)
+    assert later > first, f"the loss chart did not grow ({first} -> {later} points)"
+    no_exception_on_page(pg)
+    shot(pg, "train_live", docs="train.png")
+
+    # stop it: graceful, the card turns into a stopped run with a Resume button
+    pg.get_by_role("button", name="Stop").first.click()
+    deadline = time.time() + 90
+    while time.time() < deadline and not storage.get_run(record.id, runs).terminal:
+        pg.wait_for_timeout(500)
+    assert storage.get_run(record.id, runs).status == "STOPPED"
+    pg.get_by_role("button", name="Resume").first.wait_for(timeout=30_000)
+    shot(pg, "train_stopped")
+
+    # every other page renders without an exception
+    for title in PAGES[1:]:
+        goto_page(pg, title)
+        no_exception_on_page(pg)
+        if title == "Compare":
+            pg.get_by_text("Efficiency frontier").wait_for()
+            pg.locator(".js-plotly-plot").first.wait_for()
+            shot(pg, "compare", docs="compare.png")
+        else:
+            shot(pg, title.lower().replace(" & ", "_").replace(" ", "_"))
