@@ -109,7 +109,7 @@ def cmd_estimate(args) -> int:
     knobs = {k: v for k, v in vars(args).items()
              if k not in ("func", "json", "command", "model", "method", "batch_size", "seq_len") and v is not None}
     est = estimate(model=args.model, method=args.method, batch_size=args.batch_size, seq_len=args.seq_len, **knobs)
-    _emit(est.to_dict(), args.json, est.summary() if hasattr(est, "summary") else None)
+    _emit(est.to_dict(), args.json, est.summary())
     return 0
 
 
@@ -232,21 +232,32 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="output directory for the merged model")
     sp.add_argument("--json", action="store_true")
 
-    sp = cmd("estimate", cmd_estimate, "Estimate training memory, term by term.")
-    sp.add_argument("--model", required=True, help="a preset (e.g. llama-2-7b), config.json / model dir, "
-                                                   "hub id, or a parameter count like 7e9")
-    sp.add_argument("--method", default="lora",
-                    choices=["full", "full-bf16", "full-fp16", "lora", "qlora", "head-only"])
+    sp = cmd("estimate", cmd_estimate, "Estimate training memory, term by term, and which GPUs it fits.")
+    sp.add_argument("--model", required=True, help="a preset (e.g. llama-2-7b, gpt2, minilm), a config.json or "
+                                                   "model dir, a hub id, or a parameter count like 7e9")
+    sp.add_argument("--method", default="lora", choices=["full", "full-bf16", "full-fp16", "lora", "qlora",
+                                                         "head-only"],
+                    help="full = fp32; full-bf16/full-fp16 = mixed precision with fp32 master weights")
     sp.add_argument("--batch-size", type=int, default=1)
     sp.add_argument("--seq-len", type=int, default=512)
-    sp.add_argument("--rank", type=int)
-    sp.add_argument("--targets", help="comma-separated target modules or a preset name")
+    sp.add_argument("--task", choices=["causal-lm", "seq-cls"], help="default: causal-lm for decoders")
+    sp.add_argument("--num-labels", type=int, help="classes of a seq-cls head (default 2)")
+    sp.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16", "bf16-mixed", "fp16-mixed",
+                                            "bf16-true", "fp16-true"],
+                    help="compute precision (default: fp32 for full, auto = bf16-mixed on CUDA otherwise)")
+    sp.add_argument("--weights-dtype", choices=["fp32", "bf16", "fp16"], help="dtype the weights are loaded in")
+    sp.add_argument("--rank", type=int, help="LoRA rank (default 8)")
+    sp.add_argument("--targets", help="comma-separated layer names, all-linear, or preset:qv / preset:attention")
+    sp.add_argument("--lora-dropout", type=float, help="LoRA dropout (default 0.1)")
     sp.add_argument("--optimizer", choices=["adamw", "adamw_8bit", "sgd"])
+    sp.add_argument("--adamw-impl", choices=["fused", "foreach", "for-loop"],
+                    help="AdamW implementation: its step temporaries (default fused)")
     sp.add_argument("--quant-type", choices=["nf4", "fp4"])
     sp.add_argument("--no-double-quant", dest="double_quant", action="store_false", default=None)
     sp.add_argument("--gradient-checkpointing", action="store_true", default=None)
-    sp.add_argument("--attention", choices=["eager", "sdpa"])
-    sp.add_argument("--device", choices=["cuda", "cpu"])
+    sp.add_argument("--attention", choices=["sdpa", "eager", "flash"])
+    sp.add_argument("--grad-accum", type=int, help="gradient accumulation steps (gradients live through forward)")
+    sp.add_argument("--device", choices=["cuda", "cpu"], help="cpu: no CUDA context, no allocator slack")
     sp.add_argument("--json", action="store_true")
 
     sp = with_runs_dir(cmd("status", cmd_status, "Status, pid, progress and last metrics of a run."))

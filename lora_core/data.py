@@ -490,6 +490,28 @@ class CausalCollator:
                 "labels": pad("labels", IGNORE_INDEX)}
 
 
+def tokenized_preview(cfg: ExperimentConfig, n: int = 3, tokenizer=None) -> list[dict]:
+    """What the model will see for the first n training rows: tokens, and which of them the loss is computed on
+    (causal-lm with mask_prompt: the response only). For checking a dataset config before launching."""
+    if tokenizer is None:
+        from .models import load_tokenizer
+
+        tokenizer = load_tokenizer(cfg.model.source, cfg.model.trust_remote_code, cfg.model.revision)
+    splits = load_splits(cfg)
+    rows = splits.train.select(range(min(n, len(splits.train))))
+    out = []
+    if cfg.task == "seq-cls":
+        for text, label in zip(rows["text"], rows["label"]):
+            ids = tokenizer(text, truncation=True, max_length=cfg.data.max_length)["input_ids"]
+            out.append({"tokens": tokenizer.convert_ids_to_tokens(ids), "label": splits.id2label[label],
+                        "label_id": label})
+        return out
+    enc = encode_causal(tokenizer, rows["prompt"], rows["response"], cfg.data.max_length, cfg.data.mask_prompt)
+    for ids, labels in zip(enc["input_ids"], enc["labels"]):
+        out.append({"tokens": tokenizer.convert_ids_to_tokens(ids), "in_loss": [x != IGNORE_INDEX for x in labels]})
+    return out
+
+
 def mean_tokens(dataset) -> float:
     """Average tokens per tokenized example (for a tokens/s estimate)."""
     lengths = [len(x) for x in dataset["input_ids"]]

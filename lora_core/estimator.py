@@ -305,6 +305,8 @@ class _Arch:
     heads: tuple = ()
     tied: bool = False
     type_vocab: int = 0
+    buffers: int = 0        # bytes of registered buffers (position ids, rotary frequencies)
+    max_pos: int = 0
     family_note: str = ""
 
 
@@ -508,6 +510,7 @@ def _walk(kind: str, payload: str, task: str, num_labels: int, trust_remote_code
         else:
             kind = "other"
         params.append((name, int(p.numel()), kind, name.split(".")[0] in heads, name.endswith("bias"), owner))
+    buffers = sum(b.numel() * b.element_size() for b in model.buffers())
     out_emb, in_emb = model.get_output_embeddings(), model.get_input_embeddings()
     tied = bool(out_emb is not None and in_emb is not None and out_emb.weight is in_emb.weight)
 
@@ -522,7 +525,9 @@ def _walk(kind: str, payload: str, task: str, num_labels: int, trust_remote_code
                  I=inter, V=int(getattr(config, "vocab_size", 0) or 0), act=act, p_attn=p_attn, p_hidden=p_hidden,
                  p_emb=p_emb, total=sum(p[1] for p in params), params=params, linears=linears,
                  embeddings=embeddings, heads=heads, tied=tied,
-                 type_vocab=int(getattr(config, "type_vocab_size", 0) or 0), family_note=note)
+                 type_vocab=int(getattr(config, "type_vocab_size", 0) or 0), buffers=int(buffers),
+                 max_pos=int(_first(config, "max_position_embeddings", "n_positions", default=0) or 0),
+                 family_note=note)
 
 
 def _raw_arch(count: int, task: str, num_labels: int) -> _Arch:
@@ -560,7 +565,7 @@ _B = {"f32": 4, "bf16": 2, "f16": 2, "i64": 8, "bool": 1, "u8": 1}
 _BLOCK = 64            # bitsandbytes 4-bit block size (one absmax per 64 weights)
 _DQ_BLOCK = 256        # double quantization: the absmaxes are quantized to 8 bits in blocks of 256
 _4BIT_CODE = 16 * 4    # each layer's quant_state keeps its 16-value NF4/FP4 code table
-_DYNAMIC_MAP = 256 * 4  # the 8-bit map of double quantization, shared by every layer
+_DYNAMIC_MAP = 256 * 4  # the 8-bit map of double quantization (a copy per layer once a model is loaded)
 
 
 @dataclass
@@ -673,7 +678,8 @@ def _plan_params(arch: _Arch, s: _Setup) -> _Params:
             P.quantized += numel
             P.weights += (numel + 1) // 2  # two 4-bit values per byte
             blocks = -(-numel // _BLOCK)
-            P.quant += (blocks + 4 * -(-blocks // _DQ_BLOCK) + 4 if s.double_quant else 4 * blocks) + _4BIT_CODE
+            P.quant += (blocks + 4 * -(-blocks // _DQ_BLOCK) + 4 + _DYNAMIC_MAP if s.double_quant else 4 * blocks) \
+                + _4BIT_CODE
             continue
         P.weights += numel * _B[other_dt]
         if copied:  # modules_to_save: PEFT keeps the original (frozen) and trains a copy
@@ -681,8 +687,6 @@ def _plan_params(arch: _Arch, s: _Setup) -> _Params:
             total += numel
         if trains:
             P.tensors.append((numel, other_dt))
-    if qlora and s.double_quant and P.quantized:
-        P.quant += _DYNAMIC_MAP
     if lora:
         for lin in arch.linears:
             if not P.lin[lin.name].lora:
@@ -697,6 +701,7 @@ def _plan_params(arch: _Arch, s: _Setup) -> _Params:
                     P.tensors.append((numel, "f32"))
         P.weights += 4 * P.lora
         total += P.lora
+    P.weights += arch.buffers
     P.total = total
     P.trainable = sum(n for n, _ in P.tensors)
     P.grads = sum(n * _B[dt] for n, dt in P.tensors)
@@ -767,6 +772,7 @@ class _Sim:
         self._ids = 0
         self._saved: set[int] = set()
         self._cache: set[str] = set()   # autocast's per-forward cache of trainable weights' 16-bit copies
+        self._held: list[_T] = []       # tensors a Python variable keeps alive for a while (see hold())
         self.ac = s.autocast
         self.cuda = s.device == "cuda"
 
@@ -789,8 +795,19 @@ class _Sim:
         bwd = (o[0] + gi[0] + bwd_extra[0], o[1] + gi[1] + bwd_extra[1]) if on_path else (0, 0)
         # forward: the input (unless it is kept anyway), the output and any temporaries are alive at once
         held = (0, 0) if inp is None or inp.id in self._saved else i
+        for t in self._held:
+            if t.id not in self._saved and t is not inp and t is not out:
+                held = (held[0] + _bytes(t)[0], held[1] + _bytes(t)[1])
         fwd = (o[0] + held[0] + fwd_extra[0], o[1] + held[1] + fwd_extra[1])
         self.ops.append(_Op(first, fwd, bwd, wgrad, label))
+
+    def hold(self, t: _T) -> None:
+        """A tensor still referenced by a Python variable (e.g. BERT's intermediate output until its layer
+        returns) stays alive in the forward even when autograd does not keep it."""
+        self._held.append(t)
+
+    def release(self, t: _T) -> None:
+        self._held = [x for x in self._held if x is not t]
 
     def cast(self, t: _T, dt: str) -> _T:
         return t if t.dt == dt else self.new(t.n, dt, t.rg, t.const)
@@ -805,9 +822,9 @@ class _Sim:
         w_numel = d_in * d_out
         out_rg = x.rg or plan.trainable or plan.bias_trainable or plan.lora
         if plan.quant:  # bitsandbytes Linear4bit: dequantize, matmul, keep only the packed weight for backward
-            cd = self.s.compute_dtype if not self.ac else self.ac
+            cd = self.s.compute_dtype  # bnb casts the input to its compute dtype and the output back
             tmp = (tokens * d_in * _B[cd] if x.dt != cd else 0, w_numel * _B[cd])
-            out = self.new(tokens * d_out, x.dt if not self.ac else self.ac, out_rg)
+            out = self.new(tokens * d_out, x.dt, out_rg)
             self.op(label, (), out, x, fwd_extra=tmp, bwd_extra=(0, w_numel * _B[cd]) if x.rg else (0, 0))
         else:
             xin = self.lower(x)
@@ -923,7 +940,7 @@ class _Sim:
             noise = self.new(probs, "bool" if self.cuda else dt, False) if p > 0 else None
             dropped = self.new(probs, dt, rg) if p > 0 else attn
             out = self.new(q.n, dt, rg)
-            saved = [qs, ks, vs, attn] + ([noise, dropped] if p > 0 else []) if rg else []
+            saved = self._attention_saves(q, k, v, qs, ks, vs, attn, attn, noise, dropped)
             inputs = (q.n + k.n + v.n) * _B[q.dt]
             # forward: the inputs, then the scores (until softmax); unsaved, the scaled q/k and the
             # probabilities, noise and dropped probabilities are temporaries too
@@ -947,7 +964,7 @@ class _Sim:
             noise = self.new(probs, "bool" if self.cuda else attn.dt, False)
             dropped = self.new(probs, attn.dt, rg)
         mm_in = self.lower(dropped)
-        saved = ([qs, ks, soft] + ([noise] if noise else []) + [mm_in, vs]) if rg else []
+        saved = self._attention_saves(q, k, v, qs, ks, vs, soft, attn, noise, mm_in)
         out = self.new(q.n, mm_in.dt, rg)
         inputs = (q.n + k.n + v.n) * _B[q.dt]
         tmp = probs * _B[sdt] if rg else (3 if p > 0 else 2) * probs * _B[sdt]
@@ -956,6 +973,19 @@ class _Sim:
         ctx = self.new(q.n, out.dt, rg)  # transpose(1, 2).contiguous()
         self.op("merge_heads", (), ctx, None)
         return ctx
+
+
+    @staticmethod
+    def _attention_saves(q, k, v, qs, ks, vs, soft, attn, noise, mm_in) -> list:
+        """What matmul(q, kᵀ) -> softmax -> dropout -> matmul(·, v) keeps: each operand only for the other's
+        gradient (in a LoRA model's first layer a frozen k needs no gradient, so q is not kept)."""
+        qk = q.rg or k.rg
+        saved = ([qs] if k.rg else []) + ([ks] if q.rg else [])
+        if qk:
+            saved += [soft] + ([noise] if noise is not None else []) + [vs]
+        if v.rg:
+            saved.append(mm_in)
+        return saved
 
 
 # Where each family keeps its layers' linears (names inside one transformer layer).
@@ -1040,19 +1070,28 @@ def _layer_gpt2(sim: _Sim, lay: _Layer, x: _T) -> _T:
 
 def _layer_bert(sim: _Sim, lay: _Layer, x: _T, distil: bool) -> _T:
     A = sim.arch
+    layer_input = x  # the encoder loop's variable keeps it until the layer returns (held once x moves on)
     q = sim.linear(x, *lay.get("q", A.h, A.h))
     k = sim.linear(x, *lay.get("k", A.h, A.h))
     v = sim.linear(x, *lay.get("v", A.h, A.h))
-    o = sim.attention(q, k, v, A.a, A.a, A.p_attn, "bert")
-    o = sim.linear(o, *lay.get("o", A.h, A.h))
+    ctx = sim.attention(q, k, v, A.a, A.a, A.p_attn, "bert")
+    sim.hold(ctx)  # BertAttention keeps the attention output in a variable until its output block returns
+    o = sim.linear(ctx, *lay.get("o", A.h, A.h))
     if not distil:  # DistilBERT has no dropout after the attention output
         o = sim.dropout(o, A.p_hidden)
     x = sim.layer_norm(sim.add(o, x), A.h, sim.P.norm_trainable)
+    sim.release(ctx)
+    sim.hold(layer_input)
     u = sim.linear(x, *lay.get("up", A.h, A.I))
     u = sim.act(u, A.act)
+    sim.hold(u)  # ... and the intermediate activation until the layer returns
     d = sim.linear(u, *lay.get("down", A.I, A.h))
     d = sim.dropout(d, A.p_hidden)
-    return sim.layer_norm(sim.add(d, x), A.h, sim.P.norm_trainable)
+    sim.hold(d)
+    out = sim.layer_norm(sim.add(d, x), A.h, sim.P.norm_trainable)
+    for t in (u, d, layer_input):
+        sim.release(t)
+    return out
 
 
 def _layer(sim: _Sim, index: int, x: _T, rope_dt: str) -> _T:
@@ -1201,9 +1240,11 @@ def _replay(segments: list[_Segment], ckpt: bool, resid: int, g0: int) -> list:
     for seg in reversed(segments):
         for _ in range(seg.repeat):
             in_layer = resid if seg.kind == "layer" else 0
-            if ckpt and seg.kind == "layer":  # recompute this layer's forward
+            if ckpt and seg.kind == "layer":  # recompute this layer's forward: its saves plus its transients
                 lp, lc = _sum_saved(seg.ops, seg.x.id)
                 act_p, act_c = act_p + lp, act_c + lc
+                worst = max(seg.ops, key=lambda op: op.fwd[0])
+                points.append((act_p, act_c, grad, worst.fwd[0] + resid, worst.fwd[1]))
             for op in reversed(seg.ops):
                 skip = seg.x.id if (ckpt and seg.kind == "layer") else -1
                 points.append((act_p, act_c, grad + op.wgrad, op.bwd[0] + in_layer, op.bwd[1]))
@@ -1239,7 +1280,7 @@ def _simulate(arch: _Arch, s: _Setup, P: _Params, seq: int) -> _Timeline:
     segments.append(head)
     stream = _B[x.dt] if x.dt in _B else 4
     resid = seq * arch.h * stream
-    points = _replay(segments, s.ckpt, resid, P.grads if s.grad_accum > 1 else 0)
+    points = _envelope(_replay(segments, s.ckpt, resid, P.grads if s.grad_accum > 1 else 0))
     head_saved = _sum_saved(head.ops)
     loss_ops = [op for op in head.ops if op.label in ("log_softmax", "to_fp32")]
     loss_saved = _sum_saved(loss_ops)[0]
@@ -1255,6 +1296,18 @@ def _simulate(arch: _Arch, s: _Setup, P: _Params, seq: int) -> _Timeline:
         total_c = pre_saved[1] + first[1] + rest[1] * (arch.L - 1) + head_saved[1]
     return _Timeline(points, total_p, total_c, layer_saved[0], layer_saved[1], pre_saved, head_saved, loss_saved,
                      loss_peak, _bytes(segments[1].x)[0])
+
+
+def _envelope(points: list) -> list:
+    """The points that can be the peak for some batch size: memory is const + batch x per-sample, so only those
+    not beaten by another with at least as much of both matter (a few out of thousands)."""
+    keyed = sorted(((pt[0] + pt[3], pt[1] + pt[2] + pt[4], pt) for pt in points), key=lambda x: (-x[0], -x[1]))
+    out, best_const = [], -1
+    for per, const, pt in keyed:
+        if const > best_const:
+            out.append(pt)
+            best_const = const
+    return out
 
 
 def _peak_at(points: list, b: int) -> tuple[int, tuple]:
@@ -1314,7 +1367,8 @@ def estimate(model: Any = "llama-2-7b", method: str = "qlora", batch_size: int =
         at_peak.update(activations=0, gradients=P.grads, temporaries=P.step_tmp)
     phases = {"forward_backward": resident + fb, "optimizer_step": resident + step,
               "peak_phase": "forward_backward" if in_fb else "optimizer_step", "at_peak": at_peak}
-    naive = (P.weights - P.grads) + 6 * P.grads  # the tutorial's weights x 6, applied to what trains
+    # the tutorial's weights x 6 (weights, gradients, 2 Adam states, 2x for activations) applied to what trains
+    naive = (P.weights - arch.buffers - P.grads) + 6 * P.grads
     layer = tl.layer_rest if arch.L > 1 else tl.layer_first
     est = Estimate(
         model=arch.label, method=method, batch_size=b, seq_len=seq_len, settings=_settings_dict(s, P),
@@ -1322,7 +1376,7 @@ def estimate(model: Any = "llama-2-7b", method: str = "qlora", batch_size: int =
         accelerate_bytes=int(_accelerate_style(arch, s, P)),
         params={"total": P.total, "trainable": P.trainable, "percent": 100.0 * P.trainable / P.total if P.total else 0.0,
                 "base": arch.total, "quantized": P.quantized, "lora": P.lora, "trainable_bytes": P.grads,
-                "targets": list(P.targets), "tied_embeddings": arch.tied},
+                "targets": list(P.targets), "tied_embeddings": arch.tied, "buffer_bytes": arch.buffers},
         activations={
             "per_layer_bytes": tl.layer_input * b if s.ckpt else _at(layer, b),
             "first_layer_bytes": tl.layer_input * b if s.ckpt else _at(tl.layer_first, b),
@@ -1394,13 +1448,8 @@ def _notes(arch: _Arch, s: _Setup, seq_len: int) -> list[str]:
     notes = []
     if arch.family_note:
         notes.append(arch.family_note)
-    max_pos = None
-    if arch.family not in ("raw",):
-        try:
-            cfg = _config_and_task  # keep the cached config for the position limit
-            del cfg
-        except NameError:
-            pass
+    if arch.max_pos and seq_len > arch.max_pos:
+        notes.append(f"seq_len {seq_len} is longer than the model's {arch.max_pos} positions")
     notes.append("peak of a steady training step: optimizer states already exist, gradients are freed after "
                  "each step (zero_grad(set_to_none=True))")
     if s.device == "cuda":
@@ -1408,9 +1457,8 @@ def _notes(arch: _Arch, s: _Setup, seq_len: int) -> list[str]:
                      "assumptions (PyTorch version and fragmentation dependent)")
     if s.method == "qlora" and s.kbit_prepare:
         notes.append("prepare_model_for_kbit_training keeps embeddings, norms and heads in fp32")
-    if s.method in ("lora", "qlora") and s.device == "cuda" and s.wdt == "f32":
-        notes.append("the frozen base is stored in fp32 (the engine loads fp32): loading it in bf16 halves it")
-    del max_pos
+    if s.method in ("lora", "qlora", "head-only") and s.device == "cuda" and s.wdt == "f32":
+        notes.append("the frozen base is stored in fp32: loading it in bf16 would halve it")
     return notes
 
 

@@ -37,7 +37,7 @@ from typing import Any, Iterator
 
 from . import storage
 from .config import ConfigError, ExperimentConfig, get_dotted, set_dotted
-from .storage import FAILED, QUEUED, RUNNING, STOPPED, TERMINAL, RunRecord
+from .storage import FAILED, QUEUED, RUNNING, STOPPED, RunRecord
 
 STALE_AFTER_S = 10.0       # heartbeat age after which a worker we cannot check by pid counts as dead
 HUNG_AFTER_S = 180.0       # heartbeat age after which a live-looking worker is killed as hung
@@ -160,9 +160,7 @@ def reconcile(runs_dir: str | Path | None = None) -> list[str]:
     registry = storage.Registry(runs_dir)
     _reap()
     for record in registry.list(status=RUNNING):
-        reason = _dead_reason(record)
-        if reason:
-            _end_dead(registry, record, reason)
+        _check_running(registry, record)
     started = []
     if registry.count(QUEUED):
         limit = max_concurrent()
@@ -170,6 +168,22 @@ def reconcile(runs_dir: str | Path | None = None) -> list[str]:
             _spawn(record, registry.runs_dir, limit)
             started.append(record.id)
     return started
+
+
+def _check_running(registry: storage.Registry, record: RunRecord) -> None:
+    """End a RUNNING run whose worker is dead, or whose stop deadline has passed (killing its group)."""
+    reason = _dead_reason(record)
+    if reason:
+        _kill_group(record)  # children of a dead worker must not keep holding memory
+        _end_dead(registry, record, reason)
+    elif record.stop_deadline and time.time() > record.stop_deadline:
+        _kill_group(record)
+        waited = record.stop_deadline - (record.stop_requested or record.stop_deadline)
+        try:
+            registry.set_status(record.id, STOPPED, expect=RUNNING,
+                                error=f"did not stop within {waited:.3g} s; its process group was killed")
+        except storage.StatusError:
+            pass  # it ended by itself meanwhile
 
 
 def _reap() -> None:
@@ -241,7 +255,7 @@ def _end_dead(registry: storage.Registry, record: RunRecord, reason: str) -> Non
     if status == STOPPED:
         reason = "stopped: " + reason
     try:
-        registry.set_status(record.id, status, error=reason)
+        registry.set_status(record.id, status, expect=RUNNING, error=reason)
     except storage.StatusError:
         pass  # the worker (or another reconciler) recorded the end first; its word stands
 
@@ -292,13 +306,15 @@ def _ensure_group_gone(record: RunRecord, timeout: float = 10.0) -> None:
 
 # -- stop, cancel, move, wait ------------------------------------------------------------------------------------
 
-def stop(run_id: str, timeout: float = 15.0, runs_dir: str | Path | None = None) -> str:
-    """Stop a run and return its final status.
+def stop(run_id: str, timeout: float = 15.0, runs_dir: str | Path | None = None, wait: bool = True) -> str:
+    """Stop a run; returns its status (with wait=True, the final one).
 
-    QUEUED: cancelled at once (STOPPED). RUNNING: a stop is requested in the registry and the worker gets
-    SIGTERM; it finishes the current step, saves the adapter and a checkpoint and ends STOPPED. If it has not
-    ended after `timeout` seconds its whole process group is killed and the run marked STOPPED. Either way no
-    process of the group survives."""
+    QUEUED: cancelled at once (STOPPED). RUNNING: the stop and its deadline (now + `timeout`) go into the
+    registry and the worker gets SIGTERM; it finishes the current step, saves the adapter and a checkpoint and
+    ends STOPPED. Past the deadline its whole process group is SIGKILLed and the run marked STOPPED. That
+    escalation is part of `reconcile()`, so it happens even if the caller goes away (wait=False returns at
+    once, for a dashboard button; the next look escalates). With wait=True no process of the group survives
+    this call."""
     registry = storage.Registry(runs_dir)
     record = registry.get(run_id)
     if record.status == QUEUED:
@@ -308,33 +324,26 @@ def stop(run_id: str, timeout: float = 15.0, runs_dir: str | Path | None = None)
             record = registry.get(record.id)  # it was started meanwhile: stop it as a running run
     if record.terminal:
         return record.status
-    registry.update(record.id, only_if_status=RUNNING, stop_requested=time.time())
-    deadline = time.time() + timeout
+    now = time.time()
+    registry.update(record.id, only_if_status=RUNNING, stop_requested=record.stop_requested or now,
+                    stop_deadline=now + timeout)
     signalled = False
-    while time.time() < deadline:
+    while True:
         _reap()
         record = registry.get(record.id)
         if record.terminal:
             break
-        if record.pid and record.host in (None, storage.this_host()):
-            if _process_state(record.pid, record.pid_created) == "gone":
-                _end_dead(registry, record, "the worker ended during the stop")
-            elif not signalled:
-                try:
-                    os.kill(record.pid, signal.SIGTERM)  # the worker only: its children keep going to the step end
-                except ProcessLookupError:
-                    pass
-                signalled = True
+        if not signalled and record.pid and record.host in (None, storage.this_host()) \
+                and _process_state(record.pid, record.pid_created) == "alive":
+            try:
+                os.kill(record.pid, signal.SIGTERM)  # the worker only: its children keep going to the step end
+            except ProcessLookupError:
+                pass
+            signalled = True
+        if not wait:
+            return record.status
+        _check_running(registry, record)
         time.sleep(0.1)
-    record = registry.get(record.id)
-    if not record.terminal:
-        _kill_group(record)
-        try:
-            registry.set_status(record.id, STOPPED, error=f"did not stop within {timeout:g} s; its process "
-                                                           "group was killed")
-        except storage.StatusError:
-            pass
-    record = registry.get(record.id)
     if record.pgid is not None and record.host in (None, storage.this_host()):
         _ensure_group_gone(record)
     reconcile(runs_dir)  # the freed slot goes to the next queued run
@@ -345,9 +354,11 @@ def cancel(run_id: str, runs_dir: str | Path | None = None) -> str:
     """Cancel a QUEUED run (it becomes STOPPED with reason 'cancelled')."""
     registry = storage.Registry(runs_dir)
     record = registry.get(run_id)
-    if record.status != QUEUED:
-        raise storage.StatusError(f"run {record.id} is {record.status}, not QUEUED; use stop")
-    registry.set_status(record.id, STOPPED, error="cancelled")
+    try:  # expect=QUEUED: a run claimed by a launcher a moment ago is not marked stopped under its worker
+        registry.set_status(record.id, STOPPED, expect=QUEUED, error="cancelled")
+    except storage.StatusError:
+        raise storage.StatusError(f"run {record.id} is {registry.get(record.id).status}, not QUEUED; "
+                                  "use stop") from None
     return STOPPED
 
 
@@ -464,10 +475,14 @@ def sweep_configs(cfg: ExperimentConfig, vary: dict[str, list]) -> list[Experime
         get_dotted(cfg, key)  # ConfigError for an unknown key
         if not isinstance(values, (list, tuple)) or not values:
             raise ConfigError(key, "give a non-empty list of values to try")
-    methods = [cfg.method] + [m for m in vary.get("method", []) if m != cfg.method]
+    methods = list(dict.fromkeys([cfg.method, *vary.get("method", [])]))
     others = {k: list(dict.fromkeys(map(_hashable, v))) for k, v in vary.items() if k != "method"}
+    for key in others:
+        if not any(_applies(key, m) for m in methods):
+            raise ConfigError(key, f"no method in this sweep ({', '.join(map(str, methods))}) uses it; add "
+                                   f"method=lora or qlora for lora.*, method=qlora for quant.*")
     configs, seen = [], set()
-    for method in dict.fromkeys(methods):
+    for method in methods:
         keys = [k for k in others if _applies(k, method)]
         for combo in itertools.product(*(others[k] for k in keys)):
             changes = dict(zip(keys, combo))

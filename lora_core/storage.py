@@ -173,6 +173,7 @@ class RunRecord:
     queue_pos: int | None = None
     heartbeat: float | None = None
     stop_requested: float | None = None
+    stop_deadline: float | None = None  # when a stop escalates to killing the process group
     progress: float | None = None
     step: int | None = None
     error: str | None = None          # FAILED/STOPPED: the reason, one line
@@ -205,17 +206,19 @@ CREATE TABLE IF NOT EXISTS runs (
     task TEXT, model TEXT, method TEXT, rank INTEGER, results TEXT,
     sweep_id TEXT, parent_id TEXT, resume_from TEXT,
     pid INTEGER, pgid INTEGER, pid_created REAL, host TEXT, slot INTEGER, queue_pos INTEGER,
-    heartbeat REAL, stop_requested REAL, progress REAL, step INTEGER,
+    heartbeat REAL, stop_requested REAL, stop_deadline REAL, progress REAL, step INTEGER,
     error TEXT, error_log TEXT
 );
+"""
+_INDEXES = """
 CREATE INDEX IF NOT EXISTS runs_by_status ON runs(status, queue_pos);
 CREATE INDEX IF NOT EXISTS runs_by_created ON runs(created);
 CREATE INDEX IF NOT EXISTS runs_by_sweep ON runs(sweep_id);
 CREATE INDEX IF NOT EXISTS runs_by_parent ON runs(parent_id);
 """
 # Fields a caller may set besides status (status only changes through _transition).
-_UPDATABLE = {"pid", "pgid", "pid_created", "host", "heartbeat", "stop_requested", "progress", "step", "results",
-              "error", "error_log"}
+_UPDATABLE = {"pid", "pgid", "pid_created", "host", "heartbeat", "stop_requested", "stop_deadline", "progress",
+              "step", "results", "error", "error_log"}
 
 
 def _record(row: sqlite3.Row, runs_dir: Path) -> RunRecord:
@@ -287,6 +290,7 @@ class Registry:
                     except sqlite3.OperationalError as exc:  # another process added it first
                         if "duplicate column" not in str(exc):
                             raise
+            con.executescript("BEGIN IMMEDIATE;" + _INDEXES + "COMMIT;")
         finally:
             con.close()
         if fresh:
@@ -369,12 +373,14 @@ class Registry:
         with self._write() as con:
             return con.execute(sql, args).rowcount == 1
 
-    def set_status(self, run_id: str, status: str, **fields: Any) -> RunRecord:
+    def set_status(self, run_id: str, status: str, *, expect: str | None = None, **fields: Any) -> RunRecord:
+        """Change the status; with `expect`, only if the run is still in that status (else StatusError)."""
         with self._write() as con:
-            self._transition(con, run_id, status, fields)
+            self._transition(con, run_id, status, fields, expect)
         return self._mirror(run_id)
 
-    def _transition(self, con: sqlite3.Connection, run_id: str, new: str, fields: dict) -> None:
+    def _transition(self, con: sqlite3.Connection, run_id: str, new: str, fields: dict,
+                    expect: str | None = None) -> None:
         """The one place a status changes. Runs inside the caller's write transaction, so check-and-set is
         atomic: two processes racing to end the same run cannot both succeed."""
         if new not in STATUSES:
@@ -383,6 +389,8 @@ class Registry:
         if row is None:
             raise KeyError(f"unknown run id {run_id!r} in {self.runs_dir}")
         old = row[0]
+        if expect is not None and old != expect:
+            raise StatusError(f"run {run_id} is {old}, not {expect}")
         if new not in _ALLOWED.get(old, ()):
             raise StatusError(f"run {run_id} cannot go from {old} to {new}"
                               + (f" ({old} is final)" if old in TERMINAL else ""))
@@ -425,7 +433,8 @@ class Registry:
         return self._mirror(row[0])
 
     def heartbeat(self, run_id: str, progress: float | None = None, step: int | None = None) -> bool:
-        """Record that the worker is alive; returns True when someone asked the run to stop."""
+        """Record that the worker is alive; returns True when the worker should stop: someone asked for it,
+        or the run is no longer RUNNING (e.g. force-stopped while its worker was still starting)."""
         with self._write() as con:
             fields = {"heartbeat": time.time()}
             if progress is not None:
@@ -434,8 +443,8 @@ class Registry:
                 fields["step"] = step
             con.execute(f"UPDATE runs SET {', '.join(f'{k} = ?' for k in fields)} WHERE id = ? AND status = ?",
                         [*fields.values(), run_id, RUNNING])
-            row = con.execute("SELECT stop_requested FROM runs WHERE id = ?", (run_id,)).fetchone()
-        return bool(row and row[0])
+            row = con.execute("SELECT stop_requested, status FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return row is None or bool(row[0]) or row[1] != RUNNING
 
     def move(self, run_id: str, position: int) -> list[str]:
         """Put a QUEUED run at `position` (0 = next to start) and renumber the queue; returns the new order."""

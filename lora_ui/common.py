@@ -1,17 +1,14 @@
-"""Small helpers every page uses: the runs directory, error display, number formatting, run lookups."""
+"""Small helpers every page uses: the runs directory, error display, number formatting, the shared config."""
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import streamlit as st
 
 from lora_core.config import ConfigError, ExperimentConfig
 
-TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
-LIVE = ("QUEUED", "RUNNING")
 STATUS_ICON = {"QUEUED": "⏳", "RUNNING": "🏃", "SUCCEEDED": "✅", "FAILED": "❌", "STOPPED": "⏹️"}
 
 
@@ -24,18 +21,13 @@ def runs_dir():
 
 # -- errors ------------------------------------------------------------------------------------------------
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Exception types that mean "the input is wrong" (ConfigError, DataError, ModelError are ValueErrors)."""
-    return (ConfigError, ValueError, FileNotFoundError, KeyError, OSError)
-
-
 def error_text(exc: BaseException) -> str:
     """One readable line for any engine error: ConfigError/DataError/ModelError already name the field."""
     if isinstance(exc, KeyError) and exc.args:
         return str(exc.args[0])
     text = str(exc).strip() or type(exc).__name__
     name = type(exc).__name__
-    if isinstance(exc, (ConfigError,)) or name in ("DataError", "ModelError", "ValueError"):
+    if isinstance(exc, ConfigError) or name in ("DataError", "ModelError", "EstimateError", "ValueError"):
         return text
     return f"{name}: {text}"
 
@@ -43,19 +35,6 @@ def error_text(exc: BaseException) -> str:
 def show_error(exc: BaseException, where=None) -> None:
     """Show an engine error as st.error (in `where` if given) — never a traceback."""
     (where or st).error(error_text(exc), icon="🚫")
-
-
-@contextlib.contextmanager
-def guarded(what: str = "", where=None) -> Iterator[None]:
-    """Run a block; any error becomes an st.error line instead of a traceback on the page.
-
-    Used around every engine call whose input came from the user, so nothing typed can crash a page.
-    """
-    try:
-        yield
-    except Exception as exc:  # noqa: BLE001 - the page must survive any engine error
-        prefix = f"{what}: " if what else ""
-        (where or st).error(prefix + error_text(exc), icon="🚫")
 
 
 class FieldSlots:
@@ -66,9 +45,6 @@ class FieldSlots:
 
     def add(self, dotted: str) -> None:
         self._slots[dotted] = st.empty()
-
-    def has(self, dotted: str) -> bool:
-        return self._best(dotted) is not None
 
     def _best(self, dotted: str):
         # "lora.target_modules[0]" -> "lora.target_modules"; fall back to the section
@@ -96,10 +72,6 @@ def fmt_bytes(n: float | None) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
         n /= 1000
     return f"{n:.2f} TB"
-
-
-def fmt_gb(n: float | None) -> str:
-    return "—" if n is None else f"{n / 1e9:.2f} GB"
 
 
 def fmt_count(n: float | None) -> str:
@@ -154,11 +126,6 @@ def set_current_config(cfg: ExperimentConfig) -> None:
 
 
 # -- run helpers ---------------------------------------------------------------------------------------------
-
-def run_label(rec) -> str:
-    rank = f" r={rec.rank}" if getattr(rec, "rank", None) and rec.method in ("lora", "qlora") else ""
-    return f"{STATUS_ICON.get(rec.status, '')} {rec.name} · {rec.method}{rank} · {rec.id}"
-
 
 def primary_metric(results: dict | None) -> tuple[str, float | None]:
     """(name, value) of the headline eval metric: accuracy for classification, eval loss for causal LM."""

@@ -11,8 +11,7 @@ import shlex
 import typing
 from typing import Any
 
-from lora_core.config import (BUNDLED_MODELS, LORA_PRESETS, SAMPLE_DATASETS, ExperimentConfig, get_dotted,
-                              set_dotted)
+from lora_core.config import BUNDLED_MODELS, SAMPLE_DATASETS, ExperimentConfig, get_dotted, set_dotted
 
 P = "cfg_"
 OTHER_MODEL = "Hub id or local directory…"
@@ -200,7 +199,3 @@ def cli_command(cfg: ExperimentConfig, vary: dict[str, list] | None = None) -> s
         return f"python -m lora_core train {path} --wait"
     flags = " ".join(f"--vary {shlex.quote(k + '=' + ','.join(str(v) for v in vals))}" for k, vals in vary.items())
     return f"python -m lora_core sweep {path} {flags}"
-
-
-def preset_names() -> tuple[str, ...]:
-    return LORA_PRESETS

@@ -73,6 +73,9 @@ with st.expander("Load a saved config (YAML or JSON)", expanded=False, icon=":ma
             S["cfg_load_message"] = ("ok", f"Loaded {upload.name}: {loaded.name}")
         except (ConfigError, UnicodeDecodeError, ValueError) as exc:
             S["cfg_load_message"] = ("error", f"{upload.name}: {error_text(exc)}")
+    if upload is None:  # the file was removed: forget its message
+        S.pop("cfg_load_message", None)
+        S.pop("cfg_loaded_file", None)
     message = S.get("cfg_load_message")
     if message:
         (st.success if message[0] == "ok" else st.error)(message[1])
@@ -334,13 +337,21 @@ if cfg is not None and layer_error is None:
         except Exception as exc:  # noqa: BLE001 - e.g. a target name that does not exist (ModelError)
             slots.show(ConfigError("lora.target_modules", error_text(exc)), fallback=summary)
             c[0].metric("Trainable params", "—")
+        est = None
         try:
             est = engine.estimate_for_experiment(cfg)
-            peak = est.get("peak_bytes")
-            c[3].metric("Est. training memory", fmt_bytes(peak), help="Estimated peak (see the Estimator page)")
+            c[3].metric("Est. training memory", fmt_bytes(est.get("peak_bytes")),
+                        help=f"Estimated peak on {est.get('settings', {}).get('device', 'this device')} at batch "
+                             f"{cfg.train.batch_size} × {cfg.data.max_length} tokens (see the Estimator page)")
         except Exception as exc:  # noqa: BLE001
             c[3].metric("Est. training memory", "—", help=error_text(exc))
         c[4].metric("Scale α/r", f"{cfg.lora_scaling:.3g}" if cfg.uses_lora else "—")
+        if est and est.get("terms"):
+            with st.expander("Memory estimate by term"):
+                st.dataframe(pd.DataFrame([{"term": k.replace("_", " "), "bytes": fmt_bytes(v)}
+                                           for k, v in est["terms"].items() if v]), hide_index=True,
+                             width="stretch")
+                st.caption(f"The tutorial's rule (weights × 6) would say {fmt_bytes(est.get('naive_bytes'))}.")
         st.caption(f"✅ Valid config · {cfg.method} on `{cfg.model.source}` · data `{cfg.data.train}` · "
                    f"lr {cfg.learning_rate:g}. Launch it from the Train page.")
         st.page_link("pages/train.py", label="Go to Train", icon=":material/rocket_launch:")

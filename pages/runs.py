@@ -109,6 +109,16 @@ def resume_run(rid: str) -> None:
         S["runs_message"] = ("error", f"Resume {rid}: {error_text(exc)}")
 
 
+def stop_run(rid: str) -> None:
+    from lora_core import launcher
+
+    try:
+        launcher.stop(rid, runs_dir=runs_dir(), wait=False)
+        S["runs_message"] = ("ok", f"Stopping {rid}: it saves the adapter and a checkpoint first.")
+    except Exception as exc:  # noqa: BLE001
+        S["runs_message"] = ("error", f"Stop {rid}: {error_text(exc)}")
+
+
 def use_config(rid: str) -> None:
     from lora_core import storage
 
@@ -143,8 +153,11 @@ st.caption(f"id `{rec.id}` · created {fmt_time(rec.created)} · started {fmt_ti
 a = st.columns(4)
 a[0].button("Open config in builder", key="runs_use", on_click=use_config, args=(rec.id,))
 if rec.status in ("STOPPED", "FAILED"):
-    a[1].button("▶ Resume", key="runs_resume", on_click=resume_run, args=(rec.id,))
-with a[3].popover("🗑 Delete", disabled=rec.status == "RUNNING",
+    a[1].button("Resume", icon=":material/play_arrow:", key="runs_resume", on_click=resume_run, args=(rec.id,))
+elif rec.status in ("RUNNING", "QUEUED"):
+    a[1].button("Stop" if rec.status == "RUNNING" else "Cancel", icon=":material/stop_circle:", key="runs_stop",
+                on_click=stop_run, args=(rec.id,), disabled=bool(rec.stop_requested))
+with a[3].popover("Delete", icon=":material/delete:", disabled=rec.status == "RUNNING",
                   help="Stop a running run first" if rec.status == "RUNNING" else "Remove the run and its files"):
     st.markdown(f"Delete **{rec.name}** and all its files? This cannot be undone.")
     st.button("Delete for good", key="runs_delete", type="primary", on_click=delete_run, args=(rec.id,))

@@ -9,15 +9,18 @@ import os
 import pandas as pd
 import streamlit as st
 
-from lora_core.config import ConfigError
+from lora_core.config import BUNDLED_MODELS, ConfigError, ExperimentConfig
 from lora_ui import engine
 from lora_ui.common import (STATUS_ICON, current_config, error_text, fmt_duration, primary_metric, runs_dir,
                             show_error)
-from lora_ui.config_form import cli_command
+from lora_ui.config_form import P, cli_command, config_dict_from_state
 from lora_ui.live import curves, progress_line, throughput_metrics
 
 S = st.session_state
-REFRESH_S = float(os.environ.get("LORA_LAB_REFRESH_S", "2"))
+try:  # how often the live panel re-reads the registry (the browser test uses 1 s)
+    REFRESH_S = max(0.5, float(os.environ.get("LORA_LAB_REFRESH_S", "2")))
+except ValueError:
+    REFRESH_S = 2.0
 SWEEP_RANKS = [1, 2, 4, 8, 16, 32, 64]
 
 S.setdefault("train_launched", [])  # run ids launched from this browser session, newest last
@@ -25,9 +28,12 @@ S.setdefault("train_launched", [])  # run ids launched from this browser session
 
 def preflight(cfg) -> None:
     """The checks a worker would fail on, done here first so the error lands on this page: data columns and
-    labels (DataError), the model and its target names (ModelError). Raises the engine's own errors."""
+    labels (DataError), the model and its target names (ModelError). Raises the engine's own errors.
+    A bundled model with a preset cannot fail the model check, so the first launch of the default config
+    does not wait for torch to import in this process."""
     engine.preview(cfg)
-    engine.count_params(cfg, num_labels=3 if cfg.data.train == "sample:sentiment-3" else 2)
+    if cfg.model.source not in BUNDLED_MODELS or isinstance(cfg.lora.target_modules, list):
+        engine.count_params(cfg)
 
 
 def sweep_request(cfg, ranks: list[int], lora_methods: list[str], baselines: list[str]):
@@ -45,6 +51,12 @@ def sweep_request(cfg, ranks: list[int], lora_methods: list[str], baselines: lis
 
 st.title("Train")
 cfg = current_config()
+if P + "name" in S:  # the Config builder has been used: say so if its form is invalid right now
+    try:
+        ExperimentConfig.from_dict(config_dict_from_state(S))
+    except ConfigError as exc:
+        st.warning(f"The Config builder has an invalid field ({exc}); this page launches the last valid config "
+                   "shown below.")
 
 with st.container(border=True):
     c1, c2 = st.columns([3, 1])
@@ -99,7 +111,8 @@ with tab_sweep:
             st.caption("Terminal equivalent: `" + cli_command(base, vary) + "`")
         except Exception as exc:  # noqa: BLE001 - e.g. head-only with a causal-lm config
             show_error(exc)
-    if st.button(f"Launch sweep ({len(planned)} runs)", icon=":material/science:", key="train_sweep_go", disabled=not planned):
+    if st.button(f"Launch sweep ({len(planned)} runs)", icon=":material/science:", key="train_sweep_go",
+                 disabled=not planned):
         try:
             from lora_core import launcher
 
@@ -114,27 +127,16 @@ with tab_sweep:
 
 
 def stop_run(run_id: str) -> None:
-    """Ask for a graceful stop and return at once; a background thread waits for the worker to save and
-    escalates to killing its process group after the timeout. The card shows "stopping…" meanwhile."""
-    import threading
+    """Ask for a graceful stop and return at once (wait=False): the worker finishes the current step and saves
+    the adapter and a checkpoint; past the timeout the live panel's reconcile() kills its process group."""
+    from lora_core import launcher
 
-    from lora_core import launcher, storage
-
-    rec = storage.get_run(run_id, runs_dir=runs_dir())
-    if rec.terminal:
-        return
-    where = runs_dir()
-    threading.Thread(target=_stop_quietly, args=(launcher, run_id, where), daemon=True,
-                     name=f"stop-{run_id}").start()
-    S["train_message"] = ("ok", f"Stopping {run_id}: it finishes the current step and saves the adapter "
-                                "and a checkpoint.")
-
-
-def _stop_quietly(launcher, run_id: str, where) -> None:
     try:
-        launcher.stop(run_id, runs_dir=where)
-    except Exception:  # noqa: BLE001 - the registry shows the outcome; nothing to report to here
-        pass
+        launcher.stop(run_id, runs_dir=runs_dir(), wait=False)
+        S["train_message"] = ("ok", f"Stopping {run_id}: it finishes the current step and saves the adapter "
+                                    "and a checkpoint.")
+    except Exception as exc:  # noqa: BLE001 - e.g. it already finished
+        S["train_message"] = ("error", f"Stop {run_id}: {error_text(exc)}")
 
 
 def resume_run(run_id: str) -> None:
@@ -175,12 +177,12 @@ def run_card(rec, x_axis: str) -> None:
         c1.markdown(f"{STATUS_ICON.get(rec.status, '')} **{rec.name}** · {rec.method}"
                     + (f" r={rec.rank}" if rec.rank else "") + f" · `{rec.id}`")
         if rec.status == "RUNNING":
-            c2.button("Stop", icon=":material/stop_circle:", key=f"train_stop_{rec.id}", on_click=stop_run, args=(rec.id,),
-                      help="Graceful: finishes the current step, saves the adapter and a checkpoint.",
-                      disabled=bool(rec.stop_requested))
+            c2.button("Stop", icon=":material/stop_circle:", key=f"train_stop_{rec.id}", on_click=stop_run,
+                      args=(rec.id,), disabled=bool(rec.stop_requested),
+                      help="Graceful: finishes the current step, saves the adapter and a checkpoint.")
         elif rec.status in ("STOPPED", "FAILED"):
-            c2.button("Resume", icon=":material/play_arrow:", key=f"train_resume_{rec.id}", on_click=resume_run, args=(rec.id,),
-                      help="Continue from the last checkpoint as a new run linked to this one.")
+            c2.button("Resume", icon=":material/play_arrow:", key=f"train_resume_{rec.id}", on_click=resume_run,
+                      args=(rec.id,), help="Continue from the last checkpoint as a new run linked to this one.")
         frac, text = progress_line(rec, events)
         if rec.status == "RUNNING" and rec.stop_requested:
             text = "stopping: saving the adapter and a checkpoint… · " + text
@@ -216,8 +218,8 @@ def live_panel() -> None:
 
     st.subheader(f"Live runs ({len(running)} running, {len(queued)} queued)")
     if not running and not queued:
-        st.caption("Nothing is training right now. Launch the config above — the first run of the default "
-                   "config (MiniLM, LoRA r=8, 600 sentiment rows) takes about a minute on a laptop CPU.")
+        st.caption("Nothing is training right now. Launch the config above: the default (the bundled MiniLM, "
+                   "LoRA r=8, the 600-row sentiment sample) needs no download and trains on a CPU.")
     for rec in running:
         run_card(rec, x_axis)
     if queued:
@@ -230,7 +232,8 @@ def live_panel() -> None:
                         disabled=pos == 0, help="Move up the queue")
             c[2].button("↓", key=f"train_down_{rec.id}", on_click=move_run, args=(rec.id, pos + 1),
                         disabled=pos == len(queued) - 1, help="Move down the queue")
-            c[3].button("Cancel", icon=":material/close:", key=f"train_cancel_{rec.id}", on_click=cancel_run, args=(rec.id,))
+            c[3].button("Cancel", icon=":material/close:", key=f"train_cancel_{rec.id}", on_click=cancel_run,
+                        args=(rec.id,))
     if mine:
         st.subheader("Launched from this session")
         for run_id in reversed(mine[-5:]):

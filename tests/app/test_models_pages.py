@@ -19,7 +19,8 @@ def metric(at, label):
 # -- merge ------------------------------------------------------------------------------------------------------
 
 def test_merge_and_verify(seeded_copy):
-    record = next(r for r in storage.list_runs(seeded_copy) if r.method == "lora" and r.rank == 4 and r.task == "seq-cls")
+    record = next(r for r in storage.list_runs(seeded_copy)
+                  if r.method == "lora" and r.rank == 4 and r.task == "seq-cls")
     at = open_page("merge")
     no_exception(at)
     at.selectbox(key="merge_run").set_value(record.id).run()
@@ -51,7 +52,8 @@ def test_full_run_has_nothing_to_merge(use_seeded):
 # -- playground -------------------------------------------------------------------------------------------------
 
 def test_playground_classifies_with_base_and_tuned(use_seeded):
-    record = next(r for r in storage.list_runs(use_seeded) if r.method == "lora" and r.rank == 2 and r.task == "seq-cls")
+    record = next(r for r in storage.list_runs(use_seeded)
+                  if r.method == "lora" and r.rank == 2 and r.task == "seq-cls")
     at = open_page("playground")
     at.selectbox(key="play_run").set_value(record.id).run()
     assert button(at, "play_go").disabled  # nothing loaded yet: no model loads on page render

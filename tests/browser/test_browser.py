@@ -64,7 +64,7 @@ def test_build_launch_watch_stop_compare(page, server):
 
     # launch it from the Train page
     goto_page(pg, "Train")
-    assert pg.get_by_text("browser-run").count() > 0
+    pg.get_by_text("browser-run").first.wait_for(timeout=30_000)  # the config built above is what launches
     pg.get_by_role("button", name="Launch run").click()
     pg.get_by_text("Launched").first.wait_for()
     record = storage.list_runs(runs)[0]

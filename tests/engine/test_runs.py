@@ -163,6 +163,7 @@ def test_sweep_of_8_runs_with_limit_2_drains_after_the_launcher_exits(runs_dir, 
     """The sweep is launched by a CLI process that exits at once (a dashboard restart); nobody reconciles
     afterwards except the workers themselves. The registry is sampled every 100 ms."""
     monkeypatch.setenv("LORA_LAB_MAX_CONCURRENT", "2")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # two workers share two cores
     config = tmp_path / "sweep.yaml"
     tiny("../../etc", max_steps=2).save(config)
     out = cli("sweep", str(config), "--vary", "lora.r=1,2,3,4,5,6,7", "--vary", "method=full", "--json",

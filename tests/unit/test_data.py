@@ -330,3 +330,13 @@ def test_causal_collator_pads_labels_with_ignore_index(tokenizer):
     assert batch["input_ids"].tolist() == [[101, 5, 6, 7, 102], [101, 5, 102, pad, pad]]
     assert batch["attention_mask"].tolist() == [[1] * 5, [1, 1, 1, 0, 0]]
     assert batch["labels"].tolist() == [[-100, -100, 6, 7, 102], [-100, 5, 102, -100, -100]]
+
+
+def test_tokenized_preview_shows_what_the_loss_sees(tokenizer):
+    seq = data.tokenized_preview(cfg(train="sample:sentiment-2", max_length=8), n=2, tokenizer=tokenizer)
+    assert len(seq) == 2 and seq[0]["tokens"][0] == "[CLS]" and len(seq[0]["tokens"]) <= 8
+    assert seq[0]["label"] in ("negative", "positive")
+    causal = data.tokenized_preview(cfg(task="causal-lm"), n=1, tokenizer=tokenizer)[0]
+    flags = causal["in_loss"]
+    assert len(flags) == len(causal["tokens"]) and not flags[0] and flags[-1]
+    assert flags == sorted(flags)  # prompt tokens first (masked), then the response (in the loss)

@@ -1,6 +1,8 @@
 """Run directories, the registry and its state machine, the metrics stream, and the launcher's pure parts
 (sweep expansion, the concurrency limit, config preparation). No training here."""
 import json
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -150,7 +152,10 @@ def test_cancel_and_delete(runs_dir):
     assert storage.get_run(a, runs_dir).error == "cancelled"
     with pytest.raises(storage.StatusError):
         launcher.cancel(a, runs_dir)
-    storage.set_status(b, RUNNING, runs_dir)
+    storage.Registry(runs_dir).claim_next(limit=1)  # b is claimed by a launcher: cancel must not touch it
+    with pytest.raises(storage.StatusError, match="RUNNING, not QUEUED"):
+        launcher.cancel(b, runs_dir)
+    assert storage.get_run(b, runs_dir).status == RUNNING
     with pytest.raises(ValueError, match="stop it first"):
         storage.delete_run(b, runs_dir)
     storage.delete_run(a, runs_dir)
@@ -278,6 +283,7 @@ def test_sweep_crosses_other_fields_and_dedupes():
     ({"method": ["tiny"]}, "method"),
     ({"data.train": ["a.csv"]}, "data.train"),
     ({"train.seed": [1, 2]}, "train.seed"),
+    ({"quant.quant_type": ["nf4", "fp4"]}, "quant.quant_type"),  # no qlora run in this sweep
 ])
 def test_invalid_sweeps_raise_before_anything_launches(runs_dir, vary, field):
     with pytest.raises(ConfigError) as err:
@@ -321,3 +327,38 @@ def test_prepare_checks_local_files_and_makes_paths_absolute(tmp_path, monkeypat
     assert launcher.prepare(cfg(**{"data.train": "imdb"})).data.train == "imdb"  # a hub id is left alone
     with pytest.raises(ConfigError, match="model.source: .*config.json"):
         launcher.prepare(cfg(**{"model.source": "./no-model"}))
+
+
+def test_liveness_rules():
+    import psutil
+
+    now = time.time()
+    me = psutil.Process()
+    base = dict(id="x", name="x", status=RUNNING, created=now - 100, started=now - 100, host=storage.this_host())
+
+    def reason(**fields):
+        return launcher._dead_reason(storage.RunRecord(**{**base, **fields}))
+
+    assert reason(pid=os.getpid(), pid_created=me.create_time(), heartbeat=now) is None  # alive
+    assert "ended without recording an end" in reason(pid=os.getpid(), pid_created=me.create_time() - 50)  # reused
+    assert "ended without recording an end" in reason(pid=2 ** 22 + 7, pid_created=now - 10)  # no such pid
+    assert "never started" in reason(pid=None)  # claimed 100 s ago, no worker ever registered
+    assert reason(pid=None, started=now - 1) is None  # being spawned right now
+    other = dict(pid=os.getpid(), host="another-host")  # a pid we cannot check: only the heartbeat counts
+    assert reason(**other, heartbeat=now - 3) is None
+    assert "no heartbeat for" in reason(**other, heartbeat=now - 30)
+
+
+def test_a_stop_escalates_on_the_next_look_even_if_the_stopper_went_away(runs_dir):
+    rid = storage.create_run(cfg(), runs_dir).id
+    storage.Registry(runs_dir).claim_next(limit=1)  # RUNNING, its worker not registered yet
+    assert launcher.stop(rid, timeout=0.2, runs_dir=runs_dir, wait=False) == RUNNING
+    record = storage.get_run(rid, runs_dir)
+    assert record.stop_requested and record.stop_deadline
+    assert storage.Registry(runs_dir).heartbeat(rid) is True  # the worker learns of the stop from its heartbeat
+    launcher.reconcile(runs_dir)
+    assert storage.get_run(rid, runs_dir).status == RUNNING  # before the deadline nothing is forced
+    time.sleep(0.3)
+    launcher.reconcile(runs_dir)
+    record = storage.get_run(rid, runs_dir)
+    assert record.status == STOPPED and "did not stop within" in record.error
