@@ -28,6 +28,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # Small models with a real hidden size, so activations (not just logits) matter. Random weights, saved once.
@@ -70,19 +72,22 @@ QUICK = {"minilm lora", "tiny-gpt2 full", "tiny-llama lora ckpt", "small-llama q
 # litgpt tutorials/resource-tables.md: A100, bf16-true, LoRA r=8 on query+value, the longest Alpaca-2k sample
 # (1,304 tokens), torch.cuda.max_memory_allocated. torchtune's QLoRA tutorial: Llama-2-7B, LoRA on q,v,output
 # and the MLP, r=8, batch 2, activation checkpointing, bf16, peak *reserved*; its sequence length is not stated
-# (Alpaca, padded per batch): 512 is assumed.
+# (Alpaca, padded per batch): 512 is assumed. The bitsandbytes of those runs (0.41-0.42) kept the input of every
+# 4-bit matmul for backward (MatMul4Bit: ctx.tensors = (A, B)); today's keeps only the packed weight.
 PUBLISHED = [
     ("litgpt 7B LoRA mb1", "llama-2-7b", "lora", 1, 1304, {"precision": "bf16-true", "lora_dropout": 0.05}, 21.30e9),
     ("litgpt 7B LoRA mb2", "llama-2-7b", "lora", 2, 1304, {"precision": "bf16-true", "lora_dropout": 0.05}, 29.07e9),
     ("litgpt 7B NF4", "llama-2-7b", "qlora", 1, 1304,
-     {"precision": "bf16-true", "double_quant": False, "lora_dropout": 0.05, "kbit_prepare": False}, 14.14e9),
+     {"precision": "bf16-true", "double_quant": False, "lora_dropout": 0.05, "kbit_prepare": False,
+      "bnb_saves_input": True}, 14.14e9),
     ("litgpt 7B NF4-dq", "llama-2-7b", "qlora", 1, 1304,
-     {"precision": "bf16-true", "lora_dropout": 0.05, "kbit_prepare": False}, 13.84e9),
+     {"precision": "bf16-true", "lora_dropout": 0.05, "kbit_prepare": False, "bnb_saves_input": True}, 13.84e9),
     ("litgpt 13B LoRA", "llama-2-13b", "lora", 1, 1304, {"precision": "bf16-true", "lora_dropout": 0.05}, 38.12e9),
     ("litgpt 13B NF4", "llama-2-13b", "qlora", 1, 1304,
-     {"precision": "bf16-true", "double_quant": False, "lora_dropout": 0.05, "kbit_prepare": False}, 23.14e9),
+     {"precision": "bf16-true", "double_quant": False, "lora_dropout": 0.05, "kbit_prepare": False,
+      "bnb_saves_input": True}, 23.14e9),
     ("litgpt 13B NF4-dq", "llama-2-13b", "qlora", 1, 1304,
-     {"precision": "bf16-true", "lora_dropout": 0.05, "kbit_prepare": False}, 22.55e9),
+     {"precision": "bf16-true", "lora_dropout": 0.05, "kbit_prepare": False, "bnb_saves_input": True}, 22.55e9),
     ("torchtune 7B LoRA (reserved)", "llama-2-7b", "lora", 2, 512,
      {"precision": "bf16-true", "gradient_checkpointing": True, "lora_dropout": 0.05,
       "targets": ["q_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}, 15.57e9),
@@ -168,10 +173,15 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="only a few configs (a smoke run)")
     args = ap.parse_args()
+    import warnings
+
     import torch
+    from transformers.utils import logging as hf_logging
 
     from lora_core.estimator import estimate, experiment_knobs
 
+    warnings.filterwarnings("ignore")
+    hf_logging.disable_progress_bar()
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     root = Path(tempfile.mkdtemp(prefix="lora-lab-bench-"))
     try:

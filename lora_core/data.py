@@ -157,7 +157,8 @@ def read_file(path: Path) -> pd.DataFrame:
         else:
             df = _read_json(path, text)
     if len(df) == 0:
-        raise DataError(f"{path}: the file is empty (no data rows; columns: {', '.join(map(str, df.columns)) or 'none'})")
+        columns = ", ".join(map(str, df.columns)) or "none"
+        raise DataError(f"{path}: the file is empty (no data rows; columns: {columns})")
     return df.reset_index(drop=True)
 
 

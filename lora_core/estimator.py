@@ -24,8 +24,16 @@ How the figure is built (sources in /work/shared/notes/memory-formulas.md):
   runs) and the step phase is gradients + optimizer temporaries. On CUDA a CUDA context and allocator slack are
   added. Optimizer states count as present: the peak of a steady training step, not of the very first one.
 
-The simulator was calibrated against exact CPU measurements (`measure_step_peak`, bench/estimator_accuracy.py),
-never per config.
+Checked against reality: `measure_step_peak` measures one real training step exactly (CPU: allocator events
+from torch.profiler; CUDA: max_memory_allocated) and bench/estimator_accuracy.py compares 20 CPU configs (tiny and
+small GPT-2 / Llama / MiniLM models; full, LoRA, QLoRA, head-only; fp32 and bf16 autocast; checkpointing on/off)
+and published GPU peaks (litgpt, torchtune). The rules were read off what PyTorch saves, never fitted per config.
+
+Limits: the CUDA-only rules (1-byte dropout masks, flash attention, foreach AdamW temporaries, CUDA autocast's
+fp32 ops) are checked only against published peaks, not measured here; the CUDA context and allocator slack are
+assumptions (knobs); architectures outside the four families get exact parameters but borrowed activations;
+batches are assumed unpadded (a padding mask can make SDPA copy k/v for grouped-query attention); DoRA's extra
+activations are not modelled.
 """
 from __future__ import annotations
 
@@ -40,8 +48,8 @@ from typing import Any
 
 from .model_presets import MODEL_PRESETS, preset_config, preset_key
 
-__all__ = ["estimate", "estimate_for_experiment", "lora_param_table", "measure_step_peak", "Estimate",
-           "EstimateError", "MODEL_PRESETS", "GPUS", "KNOBS"]
+__all__ = ["estimate", "estimate_for_experiment", "experiment_knobs", "lora_param_table", "measure_step_peak",
+           "live_tensor_bytes", "Estimate", "EstimateError", "MODEL_PRESETS", "GPUS", "KNOBS"]
 
 
 class EstimateError(ValueError):
@@ -90,6 +98,7 @@ KNOBS: dict[str, Any] = {
     "double_quant": True,
     "compute_dtype": "bf16",
     "kbit_prepare": True,          # peft.prepare_model_for_kbit_training: non-quantized params -> fp32
+    "bnb_saves_input": False,      # bitsandbytes before 0.45-ish kept each 4-bit matmul's input for backward
     "device": "cuda",
     "grad_accum": 1,
     "cuda_context_gb": 0.5,        # PyTorch PR #86509: 0.3-0.7 GB depending on version / lazy loading
@@ -142,6 +151,10 @@ class Estimate:
         lines.append(f"  {'-' * (width + 12)}")
         lines.append(f"  {'peak':<{width}}{_fmt(self.peak_bytes):>12}   "
                      f"(peak phase: {self.phases['peak_phase'].replace('_', '/')})")
+        at = self.phases["at_peak"]
+        lines.append(f"  {'':<{width}}(forward/backward {_fmt(self.phases['forward_backward'])}, optimizer step "
+                     f"{_fmt(self.phases['optimizer_step'])}; at the peak: activations {_fmt(at['activations'])}, "
+                     f"gradients {_fmt(at['gradients'])}, temporaries {_fmt(at['temporaries'])})")
         lines.append(f"  {'tutorial rule (weights x 6)':<{width}}{_fmt(self.naive_bytes):>12}")
         lines.append(f"  {'accelerate estimate-memory':<{width}}{_fmt(self.accelerate_bytes):>12}")
         act = self.activations
@@ -192,6 +205,7 @@ class _Setup:
     double_quant: bool
     compute_dtype: str
     kbit_prepare: bool
+    bnb_saves_input: bool
     grad_accum: int
     cuda_context: float
     slack: float
@@ -204,6 +218,26 @@ def _choice(name: str, value, allowed) -> Any:
     if value not in allowed:
         raise EstimateError(f"{name}: {value!r} is not allowed; allowed: {', '.join(map(str, allowed))}")
     return value
+
+
+def _precision(method: str, precision, weights_dtype, device: str) -> tuple[str, str | None, str]:
+    """-> (precision, its 16-bit dtype or None, the dtype the weights are stored in)."""
+    if method in ("full-bf16", "full-fp16") and precision in (None, "auto"):
+        precision = method[5:] + "-mixed"
+    elif precision is None:
+        precision = "fp32" if method == "full" else "auto"
+    precision = _PRECISION_ALIASES.get(str(precision).lower(), str(precision).lower())
+    _choice("precision", precision, PRECISIONS)
+    if precision == "auto":
+        precision = "bf16-mixed" if device == "cuda" else "fp32"
+    half = {"bf16-mixed": "bf16", "bf16-true": "bf16", "fp16-mixed": "f16", "fp16-true": "f16"}.get(precision)
+    if weights_dtype is not None:
+        wdt = _DT.get(str(weights_dtype).lower()) or _choice("weights_dtype", weights_dtype, DTYPES)
+    elif precision.endswith("-true") or (not method.startswith("full") and device == "cuda" and half):
+        wdt = half  # on GPUs a frozen base is loaded in 16-bit in practice (torch_dtype=bfloat16)
+    else:
+        wdt = "f32"  # full FT keeps fp32 master weights under mixed precision
+    return precision, half, wdt
 
 
 def _settings(method: str, batch_size, seq_len, knobs: dict, default_task: str) -> _Setup:
@@ -222,23 +256,8 @@ def _settings(method: str, batch_size, seq_len, knobs: dict, default_task: str) 
     device = _choice("device", str(k["device"]).lower(), DEVICES)
     task = k["task"] or default_task
     _choice("task", task, ("causal-lm", "seq-cls"))
-    precision = k["precision"]
-    if method in ("full-bf16", "full-fp16") and precision in (None, "auto"):
-        precision = method[5:] + "-mixed"
-    elif precision is None:
-        precision = "fp32" if method == "full" else "auto"
-    precision = _PRECISION_ALIASES.get(str(precision).lower(), str(precision).lower())
-    _choice("precision", precision, PRECISIONS)
-    if precision == "auto":
-        precision = "bf16-mixed" if device == "cuda" else "fp32"
-    half = {"bf16-mixed": "bf16", "bf16-true": "bf16", "fp16-mixed": "f16", "fp16-true": "f16"}.get(precision)
     base_method = "full" if method.startswith("full") else method
-    if k["weights_dtype"] is not None:
-        wdt = _DT.get(str(k["weights_dtype"]).lower()) or _choice("weights_dtype", k["weights_dtype"], DTYPES)
-    elif precision.endswith("-true") or (base_method != "full" and device == "cuda" and half):
-        wdt = half  # on GPUs a frozen base is loaded in 16-bit in practice (torch_dtype=bfloat16)
-    else:
-        wdt = "f32"  # full FT keeps fp32 master weights under mixed precision
+    precision, half, wdt = _precision(method, k["precision"], k["weights_dtype"], device)
     optimizer = _choice("optimizer", str(k["optimizer"]).lower(), OPTIMIZERS)
     attention = {"flash_attention_2": "flash", "flash-attention": "flash"}.get(k["attention"], k["attention"])
     _choice("attention", attention, ATTENTIONS)
@@ -262,6 +281,7 @@ def _settings(method: str, batch_size, seq_len, knobs: dict, default_task: str) 
         use_dora=bool(k["use_dora"]), modules_to_save=tuple(mts or ()) if not isinstance(mts, str) else (mts,),
         quant_type=_choice("quant_type", str(k["quant_type"]).lower(), ("nf4", "fp4")),
         double_quant=bool(k["double_quant"]), compute_dtype=compute, kbit_prepare=bool(k["kbit_prepare"]),
+        bnb_saves_input=bool(k["bnb_saves_input"]),
         grad_accum=k["grad_accum"], cuda_context=float(k["cuda_context_gb"]) * GB if device == "cuda" else 0.0,
         slack=float(k["allocator_slack"]) if device == "cuda" else 0.0)
 
@@ -299,7 +319,7 @@ class _Arch:
     p_hidden: float
     p_emb: float
     total: int                                   # unique parameters of the task model
-    params: list = field(default_factory=list)   # (name, numel, kind, head, is_bias, owner)
+    params: list = field(default_factory=list)   # (name, numel, head, is_bias, owner)
     linears: list = field(default_factory=list)  # [_Lin]
     embeddings: list = field(default_factory=list)  # (name, num, dim)
     heads: tuple = ()
@@ -434,13 +454,24 @@ def _first(config, *names, default=None):
 @functools.lru_cache(maxsize=32)
 def _walk(kind: str, payload: str, task: str, num_labels: int, trust_remote_code: bool, label: str) -> _Arch:
     """Instantiate the task model on the meta device and record what the estimator needs. Cached per config."""
+    config, _ = _config_and_task(kind, payload, trust_remote_code)
+    model = _meta_model(config, task, num_labels, trust_remote_code)
+    dims = _dims(config)
+    linears, embeddings, params, heads = _modules(model, dims["L"])
+    out_emb, in_emb = model.get_output_embeddings(), model.get_input_embeddings()
+    family, note = _family(config, task, linears)
+    return _Arch(label=label, model_type=config.model_type, family=family, task=task, **dims,
+                 total=sum(p[1] for p in params), params=params, linears=linears, embeddings=embeddings,
+                 heads=heads, tied=bool(out_emb is not None and in_emb is not None and out_emb.weight is in_emb.weight),
+                 buffers=int(sum(b.numel() * b.element_size() for b in model.buffers())), family_note=note)
+
+
+def _meta_model(config, task: str, num_labels: int, trust_remote_code: bool):
     import copy
 
     import torch
-    import torch.nn as nn
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    config, _ = _config_and_task(kind, payload, trust_remote_code)
     config = copy.deepcopy(config)
     if task == "seq-cls":
         config.num_labels = num_labels
@@ -450,43 +481,53 @@ def _walk(kind: str, payload: str, task: str, num_labels: int, trust_remote_code
     cls = AutoModelForSequenceClassification if task == "seq-cls" else AutoModelForCausalLM
     with _Quiet(), torch.device("meta"):
         try:
-            model = cls.from_config(config, trust_remote_code=trust_remote_code)
+            return cls.from_config(config, trust_remote_code=trust_remote_code)
         except ValueError as exc:
             raise EstimateError(f"task: {config.model_type} has no {task} head in transformers "
                                 f"({str(exc).splitlines()[0][:160]})") from None
 
+
+def _dims(config) -> dict:
+    """Widths, depth, heads, activation and dropout rates under their many config names."""
     h = int(_first(config, "hidden_size", "n_embd", "dim", "d_model"))
-    L = int(_first(config, "num_hidden_layers", "n_layer", "n_layers", "num_layers"))
     a = int(_first(config, "num_attention_heads", "n_head", "n_heads"))
-    kv = int(_first(config, "num_key_value_heads", default=a) or a)
-    d = int(_first(config, "head_dim", default=h // a) or h // a)
-    inter = int(_first(config, "intermediate_size", "n_inner", "hidden_dim", "ffn_dim", default=4 * h) or 4 * h)
-    act = str(_first(config, "hidden_act", "activation_function", "activation", default="gelu"))
-    p_attn = float(_first(config, "attention_probs_dropout_prob", "attn_pdrop", "attention_dropout", default=0.0))
     p_hidden = float(_first(config, "hidden_dropout_prob", "resid_pdrop", "dropout", default=0.0))
-    p_emb = float(_first(config, "embd_pdrop", default=p_hidden))
+    return {
+        "h": h, "a": a,
+        "L": int(_first(config, "num_hidden_layers", "n_layer", "n_layers", "num_layers")),
+        "kv": int(_first(config, "num_key_value_heads", default=a) or a),
+        "d": int(_first(config, "head_dim", default=h // a) or h // a),
+        "I": int(_first(config, "intermediate_size", "n_inner", "hidden_dim", "ffn_dim", default=4 * h) or 4 * h),
+        "V": int(getattr(config, "vocab_size", 0) or 0),
+        "act": str(_first(config, "hidden_act", "activation_function", "activation", default="gelu")),
+        "p_attn": float(_first(config, "attention_probs_dropout_prob", "attn_pdrop", "attention_dropout",
+                               default=0.0)),
+        "p_hidden": p_hidden,
+        "p_emb": float(_first(config, "embd_pdrop", default=p_hidden)),
+        "type_vocab": int(getattr(config, "type_vocab_size", 0) or 0),
+        "max_pos": int(_first(config, "max_position_embeddings", "n_positions", default=0) or 0),
+    }
+
+
+def _modules(model, n_layers: int):
+    """(linears, embeddings, params, heads) of an instantiated model. Heads are the top-level modules outside the
+    backbone that hold weights (classifier, score, lm_head); params lists each tensor once (tied weights too)."""
+    import torch.nn as nn
 
     backbone = getattr(model, getattr(model, "base_model_prefix", ""), None)
     heads = tuple(name for name, child in model.named_children()
                   if child is not backbone and any(True for _ in child.parameters()))
-    layer_prefix = ""
-    for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) == L:
-            layer_prefix = name + "."
-            break
-
-    modules = dict(model.named_modules())
+    layer_prefix = next((name + "." for name, m in model.named_modules()
+                         if isinstance(m, nn.ModuleList) and len(m) == n_layers), "")
     linears, embeddings = [], []
-    for name, module in modules.items():
-        kind_name = type(module).__name__
-        if kind_name == "Conv1D" and hasattr(module, "nf"):
+    for name, module in model.named_modules():
+        if type(module).__name__ == "Conv1D" and hasattr(module, "nf"):  # GPT-2: weight is (in, out)
             d_in, d_out = module.weight.shape
         elif isinstance(module, nn.Linear):
             d_in, d_out = module.in_features, module.out_features
-        elif isinstance(module, nn.Embedding):
-            embeddings.append((name, module.num_embeddings, module.embedding_dim))
-            continue
         else:
+            if isinstance(module, nn.Embedding):
+                embeddings.append((name, module.num_embeddings, module.embedding_dim))
             continue
         layer, rel = None, None
         if layer_prefix and name.startswith(layer_prefix):
@@ -494,40 +535,19 @@ def _walk(kind: str, payload: str, task: str, num_labels: int, trust_remote_code
             layer = int(index) if index.isdigit() else None
         bias = module.bias.numel() if getattr(module, "bias", None) is not None else 0
         linears.append(_Lin(name, name.split(".")[-1], rel, layer, int(d_in), int(d_out), int(bias),
-                            name.split(".")[0] in heads, kind_name))
+                            name.split(".")[0] in heads, type(module).__name__))
+    params = [(name, int(p.numel()), name.split(".")[0] in heads, name.endswith("bias"),
+               name.rsplit(".", 1)[0] if "." in name else "") for name, p in model.named_parameters()]
+    return linears, embeddings, params, heads
 
-    params = []
-    for name, p in model.named_parameters():  # tied weights appear once
-        owner = name.rsplit(".", 1)[0] if "." in name else ""
-        module = modules.get(owner)
-        kind_name = type(module).__name__
-        if isinstance(module, nn.Embedding):
-            kind = "embedding"
-        elif kind_name == "Conv1D" or isinstance(module, nn.Linear):
-            kind = "linear"
-        elif "norm" in kind_name.lower():
-            kind = "norm"
-        else:
-            kind = "other"
-        params.append((name, int(p.numel()), kind, name.split(".")[0] in heads, name.endswith("bias"), owner))
-    buffers = sum(b.numel() * b.element_size() for b in model.buffers())
-    out_emb, in_emb = model.get_output_embeddings(), model.get_input_embeddings()
-    tied = bool(out_emb is not None and in_emb is not None and out_emb.weight is in_emb.weight)
 
+def _family(config, task: str, linears: list) -> tuple[str, str]:
     family = _FAMILY.get(config.model_type)
-    note = ""
-    if family is None:
-        gated = any(lin.leaf in ("gate_proj", "w1", "gate_up_proj") for lin in linears)
-        family = "llama" if gated or "rms" in str(getattr(config, "norm_type", "")).lower() else \
-            ("gpt2" if task == "causal-lm" and config.model_type in _DECODER_TYPES else "bert")
-        note = (f"activations of {config.model_type} are modelled on the {family} family (parameters are exact)")
-    return _Arch(label=label, model_type=config.model_type, family=family, task=task, h=h, L=L, a=a, kv=kv, d=d,
-                 I=inter, V=int(getattr(config, "vocab_size", 0) or 0), act=act, p_attn=p_attn, p_hidden=p_hidden,
-                 p_emb=p_emb, total=sum(p[1] for p in params), params=params, linears=linears,
-                 embeddings=embeddings, heads=heads, tied=tied,
-                 type_vocab=int(getattr(config, "type_vocab_size", 0) or 0), buffers=int(buffers),
-                 max_pos=int(_first(config, "max_position_embeddings", "n_positions", default=0) or 0),
-                 family_note=note)
+    if family is not None:
+        return family, ""
+    gated = any(lin.leaf in ("gate_proj", "w1", "gate_up_proj") for lin in linears)
+    family = "llama" if gated else ("gpt2" if task == "causal-lm" else "bert")
+    return family, f"activations of {config.model_type} are modelled on the {family} family (parameters are exact)"
 
 
 def _raw_arch(count: int, task: str, num_labels: int) -> _Arch:
@@ -550,8 +570,8 @@ def _raw_arch(count: int, task: str, num_labels: int) -> _Arch:
                         None, None, h, head_out, 0, True, "Linear"))
     lin_total = sum(x.d_in * x.d_out for x in linears)
     rest = max(0, count - lin_total)
-    params = [(x.name + ".weight", x.d_in * x.d_out, "linear", x.head, False, x.name) for x in linears]
-    params.append(("model.embed_tokens.weight", rest, "embedding", False, False, "model.embed_tokens"))
+    params = [(x.name + ".weight", x.d_in * x.d_out, x.head, False, x.name) for x in linears]
+    params.append(("model.embed_tokens.weight", rest, False, False, "model.embed_tokens"))
     return _Arch(label=f"{_fmt_count(count)} params", model_type="llama", family="llama", task=task, h=h, L=L,
                  a=max(1, h // 128), kv=max(1, h // 128), d=128, I=I, V=V, act="silu", p_attn=0.0, p_hidden=0.0,
                  p_emb=0.0, total=count, params=params, linears=linears, embeddings=[("model.embed_tokens", V, h)],
@@ -643,6 +663,7 @@ def _plan_params(arch: _Arch, s: _Setup) -> _Params:
     # Non-quantized weights of a 4-bit model: prepare_model_for_kbit_training casts them to fp32.
     other_dt = "f32" if (qlora and s.kbit_prepare) else s.wdt
     P.unquantized_dtype = other_dt
+
     def wrapped(owner: str) -> bool:  # PEFT wraps a module whose name is (or ends with) a modules_to_save entry
         parts = owner.split(".")
         prefixes = [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
@@ -663,7 +684,7 @@ def _plan_params(arch: _Arch, s: _Setup) -> _Params:
         P.lin[lin.name] = plan
 
     total = 0
-    for name, numel, kind, head, is_bias, owner in arch.params:
+    for name, numel, head, is_bias, owner in arch.params:
         plan = P.lin.get(owner)
         copied = wrapped(owner)
         if s.method == "full":
@@ -743,12 +764,14 @@ class _T:
     rg: bool               # requires grad
     const: bool = False
     id: int = 0
+    base: "_T | None" = None  # a view shares its base's storage: keeping the view keeps all of it
 
 
 @dataclass
 class _Op:
     saved: list = field(default_factory=list)   # tensors first saved for backward by this op
     fwd: tuple = (0, 0)    # (per-sample, const) bytes held briefly while it runs forward (its output, temporaries)
+    keep: tuple = (0, 0)   # bytes it creates that stay until the forward returns (the KV cache), unless saved
     bwd: tuple = (0, 0)    # (per-sample, const) bytes held while its backward runs (gradients in flight)
     wgrad: int = 0         # parameter-gradient bytes its backward allocates (stay until the optimizer step)
     label: str = ""
@@ -773,6 +796,7 @@ class _Sim:
         self._saved: set[int] = set()
         self._cache: set[str] = set()   # autocast's per-forward cache of trainable weights' 16-bit copies
         self._held: list[_T] = []       # tensors a Python variable keeps alive for a while (see hold())
+        self._kept: list = []           # (op index, tensor) of KV-cache copies
         self.ac = s.autocast
         self.cuda = s.device == "cuda"
 
@@ -785,6 +809,7 @@ class _Sim:
            bwd_extra=(0, 0), wgrad: int = 0) -> None:
         first = []
         for t in saved:
+            t = t.base if (t is not None and t.base is not None) else t
             if t is not None and t.id not in self._saved:
                 self._saved.add(t.id)
                 first.append(t)
@@ -799,7 +824,30 @@ class _Sim:
             if t.id not in self._saved and t is not inp and t is not out:
                 held = (held[0] + _bytes(t)[0], held[1] + _bytes(t)[1])
         fwd = (o[0] + held[0] + fwd_extra[0], o[1] + held[1] + fwd_extra[1])
-        self.ops.append(_Op(first, fwd, bwd, wgrad, label))
+        self.ops.append(_Op(saved=first, fwd=fwd, bwd=bwd, wgrad=wgrad, label=label))
+
+    def view(self, base: _T, n: int) -> _T:
+        t = self.new(n, base.dt, base.rg)
+        t.base = base
+        return t
+
+    def cache(self, t: _T) -> _T:
+        """transformers builds a KV cache even in training (use_cache defaults to True; gradient checkpointing
+        turns it off): DynamicCache.update concatenates a copy of k / v that lives until the forward returns."""
+        if self.s.ckpt:
+            return t
+        copy = self.new(t.n, t.dt, t.rg)
+        self.op("kv_cache", (), copy, None)
+        self._kept.append((len(self.ops) - 1, copy))
+        return copy
+
+    def finish(self) -> None:
+        """Cache copies that no op saved are extra memory until the forward returns."""
+        for index, t in self._kept:
+            if t.id not in self._saved:
+                op = self.ops[index]
+                b = _bytes(t)
+                op.keep = (op.keep[0] + b[0], op.keep[1] + b[1])
 
     def hold(self, t: _T) -> None:
         """A tensor still referenced by a Python variable (e.g. BERT's intermediate output until its layer
@@ -823,9 +871,11 @@ class _Sim:
         out_rg = x.rg or plan.trainable or plan.bias_trainable or plan.lora
         if plan.quant:  # bitsandbytes Linear4bit: dequantize, matmul, keep only the packed weight for backward
             cd = self.s.compute_dtype  # bnb casts the input to its compute dtype and the output back
-            tmp = (tokens * d_in * _B[cd] if x.dt != cd else 0, w_numel * _B[cd])
+            xc = self.cast(x, cd)
+            saved = [xc] if (self.s.bnb_saves_input and x.rg) else []
+            tmp = (_bytes(xc)[0] if xc is not x and not saved else 0, w_numel * _B[cd])
             out = self.new(tokens * d_out, x.dt, out_rg)
-            self.op(label, (), out, x, fwd_extra=tmp, bwd_extra=(0, w_numel * _B[cd]) if x.rg else (0, 0))
+            self.op(label, saved, out, x, fwd_extra=tmp, bwd_extra=(0, w_numel * _B[cd]) if x.rg else (0, 0))
         else:
             xin = self.lower(x)
             saved = [xin] if plan.trainable else []
@@ -848,8 +898,8 @@ class _Sim:
         xd = self.dropout(x, s.lora_dropout)
         a_plan = _LinPlan(trainable=True, wdt="f32")
         a = self.linear(xd, d_in, s.rank, a_plan, key=f"A{self._ids}", label="lora_A")
-        b = self.linear(a, s.rank, d_out, a_plan, key=f"B{self._ids}", label="lora_B")
-        out = self.new(tokens * d_out, base_out.dt, True)
+        self.linear(a, s.rank, d_out, a_plan, key=f"B{self._ids}", label="lora_B")
+        out = self.new(tokens * d_out, base_out.dt, True)  # base + B(A(x)) * scaling
         self.op("lora_add", (), out, None)
         return out
 
@@ -893,7 +943,7 @@ class _Sim:
                     fwd_extra=(3 * x.n * _B[hi], 0))
             return out
         out = self.new(x.n, x.dt, x.rg)
-        keep = out if fn == "relu" else x  # relu keeps its output, gelu/silu their input
+        keep = out if fn in ("relu", "tanh", "sigmoid") else x  # these keep their output, gelu/silu their input
         self.op(fn, [keep] if x.rg else [], out, x)
         return out
 
@@ -1031,6 +1081,7 @@ def _layer_llama(sim: _Sim, lay: _Layer, x: _T, rope_dt: str) -> _T:
     A = sim.arch
     trainable_norm = sim.P.norm_trainable
     h = sim.rms_norm(x, A.h, trainable_norm)
+    sim.hold(h)  # the attention block's `hidden_states` argument lives until the block returns
     q = sim.linear(h, *lay.get("q", A.h, A.a * A.d))
     k = sim.linear(h, *lay.get("k", A.h, A.kv * A.d))
     v = sim.linear(h, *lay.get("v", A.h, A.kv * A.d))
@@ -1038,33 +1089,42 @@ def _layer_llama(sim: _Sim, lay: _Layer, x: _T, rope_dt: str) -> _T:
     q = sim.new(q.n, _promote(q.dt, rope_dt), q.rg)
     k = sim.new(k.n, _promote(k.dt, rope_dt), k.rg)
     sim.op("rope", (), None, None, fwd_extra=(_bytes(q)[0] + _bytes(k)[0], 0))
+    k, v = sim.cache(k), sim.cache(v)
     o = sim.attention(q, k, v, A.a, A.kv, A.p_attn, "llama")
     o = sim.linear(o, *lay.get("o", A.a * A.d, A.h))
+    sim.release(h)
     x = sim.add(x, o)
     h = sim.rms_norm(x, A.h, trainable_norm)
+    sim.hold(h)  # ... and the MLP's input: down_proj(act(gate_proj(x)) * up_proj(x)) uses x twice
     g = sim.linear(h, *lay.get("gate", A.h, A.I))
     u = sim.linear(h, *lay.get("up", A.h, A.I))
     g = sim.act(g, A.act)
     m = sim.mul(g, u)
     d = sim.linear(m, *lay.get("down", A.I, A.h))
+    sim.release(h)
     return sim.add(x, d)
 
 
 def _layer_gpt2(sim: _Sim, lay: _Layer, x: _T) -> _T:
     A = sim.arch
     h = sim.layer_norm(x, A.h, sim.P.norm_trainable)
+    sim.hold(h)  # GPT2Block's `hidden_states` keeps the normed input until the attention returns
     qkv = sim.linear(h, *lay.get("qkv", A.h, 3 * A.h))
     third = qkv.n // 3
-    q, k, v = (sim.new(third, qkv.dt, qkv.rg) for _ in range(3))  # three views of qkv: the same bytes
+    q, k, v = (sim.view(qkv, third) for _ in range(3))  # split: views of one qkv tensor
+    k, v = sim.cache(k), sim.cache(v)
     o = sim.attention(q, k, v, A.a, A.a, A.p_attn, "gpt2")
     o = sim.linear(o, *lay.get("o", A.h, A.h))
     o = sim.dropout(o, A.p_hidden)
+    sim.release(h)
     x = sim.add(x, o)
     h = sim.layer_norm(x, A.h, sim.P.norm_trainable)
+    sim.hold(h)  # ... and likewise around the MLP
     u = sim.linear(h, *lay.get("up", A.h, A.I))
     u = sim.act(u, A.act)
     d = sim.linear(u, *lay.get("down", A.I, A.h))
     d = sim.dropout(d, A.p_hidden)
+    sim.release(h)
     return sim.add(x, d)
 
 
@@ -1129,7 +1189,7 @@ def _embeddings(sim: _Sim) -> _T:
 
 def _head(sim: _Sim, x: _T) -> None:
     """Final norm, the task head and the loss."""
-    A, P, s, seq = sim.arch, sim.P, sim.s, sim.seq
+    A, P = sim.arch, sim.P
     heads = [lin for lin in A.linears if lin.head]
     if A.task == "causal-lm":
         if A.family == "llama" or A.family == "raw":
@@ -1222,6 +1282,7 @@ def _replay(segments: list[_Segment], ckpt: bool, resid: int, g0: int) -> list:
     """Forward then backward, op by op: activations saved and freed, gradients appearing, transients."""
     points = []
     act_p = act_c = 0
+    keep_p = keep_c = 0  # the KV cache: alive until the forward returns
     grad = g0
     for seg in segments:
         for _ in range(seg.repeat):
@@ -1236,7 +1297,8 @@ def _replay(segments: list[_Segment], ckpt: bool, resid: int, g0: int) -> list:
             for op in seg.ops:
                 sp, sc = _saved_of(op)
                 act_p, act_c = act_p + sp, act_c + sc
-                points.append((act_p, act_c, grad, op.fwd[0] + in_layer, op.fwd[1]))
+                keep_p, keep_c = keep_p + op.keep[0], keep_c + op.keep[1]
+                points.append((act_p, act_c, grad, op.fwd[0] + in_layer + keep_p, op.fwd[1] + keep_c))
     for seg in reversed(segments):
         for _ in range(seg.repeat):
             in_layer = resid if seg.kind == "layer" else 0
@@ -1276,6 +1338,7 @@ def _simulate(arch: _Arch, s: _Setup, P: _Params, seq: int) -> _Timeline:
         layer_saved.append((0, 0))
     start = len(sim.ops)
     _head(sim, x)
+    sim.finish()
     head = _Segment("head", sim.ops[start:])
     segments.append(head)
     stream = _B[x.dt] if x.dt in _B else 4
@@ -1303,7 +1366,7 @@ def _envelope(points: list) -> list:
     not beaten by another with at least as much of both matter (a few out of thousands)."""
     keyed = sorted(((pt[0] + pt[3], pt[1] + pt[2] + pt[4], pt) for pt in points), key=lambda x: (-x[0], -x[1]))
     out, best_const = [], -1
-    for per, const, pt in keyed:
+    for _, const, pt in keyed:
         if const > best_const:
             out.append(pt)
             best_const = const
@@ -1355,7 +1418,6 @@ def estimate(model: Any = "llama-2-7b", method: str = "qlora", batch_size: int =
         "optimizer_states": P.states,
         "activations": tl.saved_p * b + tl.saved_c - tl.loss_saved * b,
         "logits_loss": tl.loss_peak * b,
-        "backward_temporaries": point[3] * b + point[4] if in_fb else 0,
         "optimizer_step_temporaries": P.step_tmp,
         "cuda_context": int(s.cuda_context),
         "allocator_slack": slack,
@@ -1374,8 +1436,8 @@ def estimate(model: Any = "llama-2-7b", method: str = "qlora", batch_size: int =
         model=arch.label, method=method, batch_size=b, seq_len=seq_len, settings=_settings_dict(s, P),
         terms=terms, peak_bytes=int(peak), allocated_bytes=int(allocated), phases=phases, naive_bytes=int(naive),
         accelerate_bytes=int(_accelerate_style(arch, s, P)),
-        params={"total": P.total, "trainable": P.trainable, "percent": 100.0 * P.trainable / P.total if P.total else 0.0,
-                "base": arch.total, "quantized": P.quantized, "lora": P.lora, "trainable_bytes": P.grads,
+        params={"total": P.total, "trainable": P.trainable,
+                "percent": 100.0 * P.trainable / P.total if P.total else 0.0, "base": arch.total, "quantized": P.quantized, "lora": P.lora, "trainable_bytes": P.grads,
                 "targets": list(P.targets), "tied_embeddings": arch.tied, "buffer_bytes": arch.buffers},
         activations={
             "per_layer_bytes": tl.layer_input * b if s.ckpt else _at(layer, b),
@@ -1410,7 +1472,8 @@ def _settings_dict(s: _Setup, P: _Params) -> dict:
             "gradient_checkpointing": s.ckpt, "attention": s.attention, "rank": s.rank,
             "targets": list(P.targets), "lora_dropout": s.lora_dropout, "lora_bias": s.lora_bias,
             "use_dora": s.use_dora, "quant_type": s.quant_type, "double_quant": s.double_quant,
-            "compute_dtype": _DT_NAME[s.compute_dtype], "kbit_prepare": s.kbit_prepare, "grad_accum": s.grad_accum,
+            "compute_dtype": _DT_NAME[s.compute_dtype], "kbit_prepare": s.kbit_prepare,
+            "bnb_saves_input": s.bnb_saves_input, "grad_accum": s.grad_accum,
             "cuda_context_bytes": int(s.cuda_context), "allocator_slack": s.slack}
 
 
@@ -1455,6 +1518,8 @@ def _notes(arch: _Arch, s: _Setup, seq_len: int) -> list[str]:
     if s.device == "cuda":
         notes.append(f"CUDA context {s.cuda_context / GB:.2f} GB and allocator slack {s.slack:.0%} are "
                      "assumptions (PyTorch version and fragmentation dependent)")
+    if s.use_dora:
+        notes.append("DoRA: its magnitude vectors are counted; its extra activations (the weight norm) are not")
     if s.method == "qlora" and s.kbit_prepare:
         notes.append("prepare_model_for_kbit_training keeps embeddings, norms and heads in fp32")
     if s.method in ("lora", "qlora", "head-only") and s.device == "cuda" and s.wdt == "f32":

@@ -108,7 +108,8 @@ def precision_flags(precision: str) -> dict:
     return {"bf16": precision == "bf16", "fp16": precision == "fp16", "use_cpu": not cuda, "_name": precision}
 
 
-OPTIMIZERS = {"adamw": "adamw_torch", "adamw_8bit": "adamw_bnb_8bit", "sgd": "sgd"}
+# adamw: the fused torch AdamW (transformers' default since torch 2.8); adamw_8bit: bitsandbytes' 8-bit AdamW
+OPTIMIZERS = {"adamw": "adamw_torch_fused", "adamw_8bit": "adamw_bnb_8bit", "sgd": "sgd"}
 
 
 def training_arguments(cfg: ExperimentConfig, checkpoint_dir: Path):

@@ -15,17 +15,17 @@ from lora_core.config import ExperimentConfig
 
 
 @st.cache_data(show_spinner="Reading the model's layers…", max_entries=32)
-def targets(source: str, trust_remote_code: bool = False) -> list[dict]:
+def targets(source: str, trust_remote_code: bool = False, revision: str | None = None) -> list[dict]:
     from lora_core.models import list_targets
 
-    return list_targets(source, trust_remote_code=trust_remote_code)
+    return list_targets(source, trust_remote_code=trust_remote_code, revision=revision)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def presets(source: str) -> dict[str, list[str]]:
+def presets(source: str, trust_remote_code: bool = False, revision: str | None = None) -> dict[str, list[str]]:
     from lora_core.models import target_presets
 
-    return target_presets(source)
+    return target_presets(source, trust_remote_code=trust_remote_code, revision=revision)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)

@@ -116,8 +116,9 @@ layer_error = None
 preset_map: dict = {}
 if source:
     try:
-        layer_rows = engine.targets(source, bool(S.get(P + "model.trust_remote_code")))
-        preset_map = engine.presets(source)
+        trust, revision = bool(S.get(P + "model.trust_remote_code")), (S.get(P + "model.revision") or "").strip()
+        layer_rows = engine.targets(source, trust, revision or None)
+        preset_map = engine.presets(source, trust, revision or None)
     except Exception as exc:  # noqa: BLE001 - a bad model id is user input: show it, don't crash
         layer_error = exc
 if layer_error is not None:

@@ -5,7 +5,7 @@ import yaml
 from apptest_helpers import errors, no_exception, open_page, texts
 from lora_core.config import ExperimentConfig
 from lora_core.models import count_params
-from lora_ui.common import fmt_count
+from lora_ui.common import fmt_bytes, fmt_count
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -28,6 +28,10 @@ def test_defaults_render_with_live_counts(runs_dir):
     expected = count_params(ExperimentConfig.from_dict({"lora": {"target_modules": "preset:qv"}}))
     assert metric(at, "Trainable params") == fmt_count(expected["trainable"])
     assert metric(at, "% of the model") == f"{expected['percent']:.3f}%"
+    from lora_core.estimator import estimate_for_experiment
+
+    est = estimate_for_experiment(ExperimentConfig.from_dict(at.session_state["cfg_current"]))
+    assert metric(at, "Est. training memory") == fmt_bytes(est["peak_bytes"])
     # the adaptable layers and the data preview are on the page
     frames = [d.value for d in at.dataframe]
     layer_table = next(f for f in frames if "layer" in f.columns)

@@ -1,11 +1,12 @@
 """Take the README's screenshots (docs/screenshots/train.png, compare.png) from real runs.
 
-    .venv/bin/python tests/browser/make_screenshots.py [--keep DIR]
+    .venv/bin/python tests/browser/make_screenshots.py [--runs DIR]
 
 Trains a real sweep on the offline default (bundled MiniLM, sample:sentiment-2): LoRA r=4/8/16 plus full
-fine-tuning and head-only baselines, 2 epochs each (about 5-8 minutes on a 2-core CPU), then starts one more
-LoRA run, opens the dashboard in Chromium, and captures the Train page while that run trains and the
-Compare page for the sweep. Not a test (pytest does not collect it); needs /usr/bin/chromium and playwright.
+fine-tuning and head-only baselines, 2 epochs each (5-20 minutes on a 2-core CPU, depending on load), then
+opens the dashboard in Chromium, starts one more LoRA run, captures the Train page while it trains, and the
+Compare page for the sweep. With --runs DIR the runs are kept there, and a sweep already finished there is
+reused. Not a test (pytest does not collect it); needs /usr/bin/chromium and playwright.
 """
 from __future__ import annotations
 
@@ -29,8 +30,13 @@ BASE = {"name": "minilm-sentiment", "data": {"max_length": 64}, "train": {"epoch
 
 
 def train_sweep(runs: Path) -> str:
-    from lora_core import launcher
+    from lora_core import launcher, storage
     from lora_core.config import ExperimentConfig
+
+    done = [r for r in storage.list_runs(runs, status="SUCCEEDED") if r.sweep_id]
+    if len(done) >= 5:
+        print(f"reusing sweep {done[0].sweep_id}", flush=True)
+        return done[0].sweep_id
 
     sweep_id, ids = launcher.sweep(ExperimentConfig.from_dict(dict(BASE, lora={"r": 4})),
                                    {"lora.r": [4, 8, 16], "method": ["full", "head-only"]}, runs_dir=runs)
@@ -46,7 +52,7 @@ def train_sweep(runs: Path) -> str:
 
 def has_eval_chart(pg) -> bool:
     return pg.evaluate("""() => Array.from(document.querySelectorAll('.js-plotly-plot')).some(
-        el => el.layout && el.layout.title && el.layout.title.text === 'Eval metrics')""")
+        el => (el.data || []).some(t => t.name === 'accuracy' && (t.y || []).length >= 2))""")
 
 
 def full_shot(pg, path: Path) -> None:
@@ -64,10 +70,10 @@ def full_shot(pg, path: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--keep", help="use (and keep) this runs directory instead of a temporary one")
+    parser.add_argument("--runs", help="use (and keep) this runs directory instead of a temporary one")
     args = parser.parse_args()
-    tmp = None if args.keep else tempfile.mkdtemp(prefix="lora-lab-shots-")
-    runs = Path(args.keep or tmp) / "runs"
+    tmp = None if args.runs else tempfile.mkdtemp(prefix="lora-lab-shots-")
+    runs = Path(args.runs) if args.runs else Path(tmp) / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     docs = ROOT / "docs" / "screenshots"
     try:
@@ -76,19 +82,22 @@ def main() -> int:
         from lora_core import launcher
         from lora_core.config import ExperimentConfig
 
-        live = launcher.launch(ExperimentConfig.from_dict(dict(BASE, name="minilm-lora-r8-live",
-                                                               train=dict(BASE["train"], epochs=4))), runs_dir=runs)
-        with streamlit_server(runs, Path(args.keep or tmp) / "streamlit.log", refresh_s=1.0) as url, \
+        with streamlit_server(runs, runs.parent / "streamlit.log", refresh_s=1.0) as url, \
                 browser_page(url, width=1400, height=1000) as pg:
             pg.get_by_role("heading", name="Train", exact=True).wait_for()
             settle(pg)
-            deadline = time.time() + 600
-            while time.time() < deadline and (loss_points(pg) < 25 or not has_eval_chart(pg)):
+            live = launcher.launch(ExperimentConfig.from_dict(dict(BASE, name="minilm-lora-r8-live",
+                                                                   train=dict(BASE["train"], epochs=6))),
+                                   runs_dir=runs)
+            deadline = time.time() + 900
+            while time.time() < deadline and (loss_points(pg) < 30 or not has_eval_chart(pg)):
                 pg.wait_for_timeout(1000)
+            if loss_points(pg) < 30:
+                raise SystemExit("the live run never showed 30 loss points on the Train page")
             full_shot(pg, SHOTS / "readme-train.png")
             launcher.stop(live, runs_dir=runs)
             goto_page(pg, "Compare")
-            pg.get_by_text("Efficiency frontier").wait_for()
+            pg.get_by_text("Efficiency frontier", exact=True).first.wait_for()
             pg.wait_for_timeout(1500)
             full_shot(pg, SHOTS / "readme-compare.png")
         docs.mkdir(parents=True, exist_ok=True)

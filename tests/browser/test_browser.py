@@ -98,7 +98,7 @@ def test_build_launch_watch_stop_compare(page, server):
         goto_page(pg, title)
         no_exception_on_page(pg)
         if title == "Compare":
-            pg.get_by_text("Efficiency frontier").wait_for()
+            pg.get_by_text("Efficiency frontier", exact=True).first.wait_for()
             pg.locator(".js-plotly-plot").first.wait_for()
             shot(pg, "compare", docs="compare.png")
         else:

