@@ -113,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=1, help="run each method N times (round-robin) and keep the "
+                                                          "fastest time; accuracy is the same every time")
     p.add_argument("--only", nargs="*", help="run only these methods (labels as in the table, e.g. 'LoRA r=8')")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
@@ -134,18 +136,25 @@ def main(argv: list[str] | None = None) -> int:
     warm.data.max_eval_samples = 32
     run_one(warm)
 
-    rows, by_label = [], {}
-    for label, method, rank, lr in RUNS:
-        if args.only and label not in args.only:
-            continue
-        started = time.perf_counter()
-        res = run_one(make_config(method, rank, lr, args, eval_path))
-        print(f"  {label}: accuracy {res['accuracy']:.3f}, train {res['train_time_s']:.1f} s "
-              f"(run {time.perf_counter() - started:.1f} s, 1-min load average after it "
-              f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)", flush=True)
-        rows.append((label, lr, res))
-        by_label[label] = res
+    selected = [r for r in RUNS if not args.only or r[0] in args.only]
+    by_label: dict[str, dict] = {}
+    for rep in range(args.repeats):  # round-robin, so a burst of load elsewhere hits every method alike
+        for label, method, rank, lr in selected:
+            started = time.perf_counter()
+            res = run_one(make_config(method, rank, lr, args, eval_path))
+            print(f"  {label}: accuracy {res['accuracy']:.3f}, train {res['train_time_s']:.1f} s "
+                  f"(run {time.perf_counter() - started:.1f} s, 1-min load average after it "
+                  f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)", flush=True)
+            best = by_label.get(label)
+            res["train_times_s"] = (best["train_times_s"] if best else []) + [res["train_time_s"]]
+            if best is None or compute_time(res) < compute_time(best):  # same seed: same accuracy every time
+                by_label[label] = res
+            else:
+                best["train_times_s"] = res["train_times_s"]
+    rows = [(label, lr, by_label[label]) for label, _, _, lr in selected]
     print()
+    if args.repeats > 1:
+        print(f"times: the fastest of {args.repeats} repeats (least disturbed by other load)")
     print_table(rows)
     print_goal(by_label)
     if args.json:

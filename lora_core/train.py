@@ -13,8 +13,10 @@ from __future__ import annotations
 import json
 import os
 import platform
+import queue
 import resource
 import sys
+import threading
 import time
 from importlib import metadata
 from pathlib import Path
@@ -23,6 +25,7 @@ from typing import Any, Callable
 from .config import ConfigError, ExperimentConfig
 
 Event = dict[str, Any]
+_CLOSE = object()  # tells the event writer thread to finish
 PHASES = ("loading_data", "loading_model", "training", "saving")  # the `phase` events, in order
 
 
@@ -41,46 +44,46 @@ def run_experiment(cfg: ExperimentConfig, out_dir: Path, *, on_event: Callable[[
     out_dir.mkdir(parents=True, exist_ok=True)
     resume_from = check_checkpoint(resume_from) if resume_from else None
     precision_flags(cfg.train.precision)  # fp16 without a GPU fails here, before anything loads
-    stream = EventStream(on_event, cfg)
     stop_requested = should_stop or (lambda: False)
     memory = MemoryMeter()  # baseline taken here: before data and model are loaded
     set_seed(cfg.train.seed)  # model init (classifier head, LoRA A) and the eval split depend on it
 
-    # -- setup -------------------------------------------------------------------------------------------------
-    stream.phase("loading_data")
-    splits = data.load_splits(cfg)
-    if splits.label_map:
-        (out_dir / "label_map.json").write_text(json.dumps(splits.label_map, indent=2), encoding="utf-8")
-    if stop_requested():
-        return collect_results(cfg, splits=splits, memory=memory, stopped=True, resume_from=resume_from)
+    with EventStream(on_event, cfg) as stream:  # on leaving, every event has been handed to on_event
+        # -- setup -------------------------------------------------------------------------------------------
+        stream.phase("loading_data")
+        splits = data.load_splits(cfg)
+        if splits.label_map:
+            (out_dir / "label_map.json").write_text(json.dumps(splits.label_map, indent=2), encoding="utf-8")
+        if stop_requested():
+            return collect_results(cfg, splits=splits, memory=memory, stopped=True, resume_from=resume_from)
 
-    stream.phase("loading_model")
-    model, tokenizer = models.load_for_training(cfg, splits.num_labels or 2, splits.id2label)
-    train_ds, eval_ds = data.tokenize(splits, tokenizer, cfg)
-    before = generations(cfg, model, tokenizer)
-    if stop_requested():
-        return collect_results(cfg, splits=splits, model=model, memory=memory, stopped=True,
-                               resume_from=resume_from)
+        stream.phase("loading_model")
+        model, tokenizer = models.load_for_training(cfg, splits.num_labels or 2, splits.id2label)
+        train_ds, eval_ds = data.tokenize(splits, tokenizer, cfg)
+        before = generations(cfg, model, tokenizer)
+        if stop_requested():
+            return collect_results(cfg, splits=splits, model=model, memory=memory, stopped=True,
+                                   resume_from=resume_from)
 
-    trainer = build_trainer(cfg, model, tokenizer, train_ds, eval_ds, out_dir / "checkpoints",
-                            stream, stop_requested, memory)
+        trainer = build_trainer(cfg, model, tokenizer, train_ds, eval_ds, out_dir / "checkpoints",
+                                stream, stop_requested, memory)
 
-    # -- train -------------------------------------------------------------------------------------------------
-    stream.phase("training")
-    started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    train_time = time.perf_counter() - started
-    final = final_metrics(cfg, trainer, stream)
+        # -- train -------------------------------------------------------------------------------------------
+        stream.phase("training")
+        started = time.perf_counter()
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        train_time = time.perf_counter() - started
+        final = final_metrics(cfg, trainer, stream)
 
-    # -- save --------------------------------------------------------------------------------------------------
-    stream.phase("saving")
-    artifact_dir = save_artifacts(cfg, trainer.model, tokenizer, out_dir, splits)
-    after = generations(cfg, trainer.model, tokenizer)
-    if before is not None:
-        pairs = [{"prompt": p, "before": b, "after": a} for p, b, a in zip(cfg.generate.prompts, before, after)]
-        (out_dir / "generations.json").write_text(json.dumps(pairs, indent=2, ensure_ascii=False), encoding="utf-8")
-    else:
+        # -- save --------------------------------------------------------------------------------------------
+        stream.phase("saving")
+        artifact_dir = save_artifacts(cfg, trainer.model, tokenizer, out_dir, splits)
+        after = generations(cfg, trainer.model, tokenizer)
         pairs = None
+        if before is not None:
+            pairs = [{"prompt": p, "before": b, "after": a} for p, b, a in zip(cfg.generate.prompts, before, after)]
+            (out_dir / "generations.json").write_text(json.dumps(pairs, indent=2, ensure_ascii=False),
+                                                      encoding="utf-8")
     return collect_results(cfg, splits=splits, model=trainer.model, memory=memory, stopped=stream.stopping,
                            resume_from=resume_from, trainer=trainer, train_time=train_time, final=final,
                            artifact_dir=artifact_dir, stream=stream, generations=pairs)
@@ -198,8 +201,12 @@ def generations(cfg: ExperimentConfig, model, tokenizer) -> list[str] | None:
 class EventStream:
     """Turns Trainer state and logs into event dicts for on_event, with throughput, ETA, progress and memory.
 
-    Timing excludes nothing: elapsed_s is wall time since training began in this process. The throughput of a
-    log event covers the steps since the previous log, minus the time spent evaluating and checkpointing."""
+    on_event runs on a writer thread fed by a queue, in order: the training loop only builds the dict and
+    enqueues it, so a slow on_event (the worker's fsync'd append to metrics.jsonl) never stalls a step.
+    Leaving the `with` block waits until every event has been handed over.
+
+    elapsed_s is wall time since training began in this process. The throughput of a log event covers the
+    steps since the previous log, minus the time spent evaluating and checkpointing in between."""
 
     def __init__(self, on_event: Callable[[Event], None] | None, cfg: ExperimentConfig):
         self.on_event = on_event
@@ -215,10 +222,34 @@ class EventStream:
         self.mark = 0.0              # when the last step / epoch / eval ended (checkpoint time starts there)
         self.last_eval: dict | None = None
         self.peak = 0
+        self.errors = 0
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.writer: threading.Thread | None = None
+
+    def __enter__(self) -> "EventStream":
+        if self.on_event is not None:
+            self.writer = threading.Thread(target=self._write, name="event-writer", daemon=True)
+            self.writer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.writer is not None:
+            self.queue.put(_CLOSE)
+            self.writer.join()
+
+    def _write(self) -> None:
+        while (event := self.queue.get()) is not _CLOSE:
+            try:
+                self.on_event(event)
+            except Exception as exc:  # losing a metric line must not kill the training run; say so once
+                self.errors += 1
+                if self.errors == 1:
+                    print(f"[train] on_event failed ({type(exc).__name__}: {exc}); training goes on",
+                          file=sys.stderr, flush=True)
 
     def emit(self, event: Event) -> None:
-        if self.on_event is not None:
-            self.on_event(event)
+        if self.writer is not None:
+            self.queue.put(event)
 
     def phase(self, name: str) -> None:
         self.emit({"kind": "phase", "phase": name, "time": time.time()})
@@ -332,7 +363,10 @@ class MemoryMeter:
     def method(self) -> str:
         if self.cuda:
             return "cuda: torch.cuda.max_memory_allocated"
-        return "cpu: peak RSS growth over the pre-load baseline (getrusage ru_maxrss, psutil samples)"
+        if _max_rss() > self.max_rss_at_start:
+            return "cpu: peak RSS (getrusage ru_maxrss) minus the RSS before loading"
+        # the process peaked higher before this run (an earlier run in the same process): samples only
+        return "cpu: highest RSS sampled at step ends minus the RSS before loading (may miss in-step peaks)"
 
     def peak(self) -> int:
         if self.cuda:
@@ -450,6 +484,7 @@ def collect_results(cfg: ExperimentConfig, *, splits, memory: MemoryMeter, stopp
         "train_time_s": train_time,
         "eval_time_s": stream.eval_s if stream else 0.0,
         "checkpoint_time_s": stream.save_s if stream else 0.0,
+        "event_errors": stream.errors if stream else 0,
         "steps": trainer.state.global_step if trainer else 0,
         "epochs": trainer.state.epoch if trainer else 0.0,
         "train_loss": _train_loss(trainer),

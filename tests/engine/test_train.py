@@ -215,3 +215,16 @@ def test_bad_data_fails_before_the_model_loads(tmp_path):
     with pytest.raises(DataError, match="bad.csv: no column 'text'"):
         run_experiment(cfg, tmp_path / "out", on_event=events.append)
     assert [e["phase"] for e in events] == ["loading_data"]
+
+
+def test_a_failing_on_event_does_not_stop_training(tmp_path):
+    seen = []
+
+    def flaky(event):
+        seen.append(event)
+        if len(seen) == 3:
+            raise OSError("disk full")
+
+    res = run_experiment(make_cfg("lora", "causal-lm", max_steps=2), tmp_path, on_event=flaky)
+    assert res["steps"] == 2 and res["event_errors"] == 1
+    assert [e["kind"] for e in seen][-1] == "phase" and seen[-1]["phase"] == "saving"  # all handed over, in order
