@@ -139,3 +139,26 @@ def primary_metric(results: dict | None) -> tuple[str, float | None]:
         if metrics.get(key) is not None:
             return "eval loss", float(metrics[key])
     return "accuracy", None
+
+
+def pick_run(status, key: str, empty: str, *, keep=None, show_task: bool = False):
+    """A selectbox over runs with the given status (reconciled first), or st.stop() with `empty` when there are
+    none. `keep(record)` filters further. Returns the chosen RunRecord."""
+    try:
+        from lora_core import launcher
+
+        runs = [r for r in launcher.list_runs(runs_dir=runs_dir(), status=status) if keep is None or keep(r)]
+    except Exception as exc:  # noqa: BLE001 - a broken registry is shown, not raised
+        show_error(exc)
+        st.stop()
+    if not runs:
+        st.info(empty)
+        st.stop()
+    by_id = {r.id: r for r in runs}
+
+    def label(run_id: str) -> str:
+        r = by_id[run_id]
+        rank = f" r={r.rank}" if r.rank else ""
+        return f"{r.name} · {r.task + ' · ' if show_task else ''}{r.method}{rank} · {run_id}"
+
+    return by_id[st.selectbox("Run", list(by_id), key=key, format_func=label)]

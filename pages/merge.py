@@ -7,7 +7,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from lora_ui.common import error_text, fmt_bytes, runs_dir, show_error
+from lora_core import storage
+from lora_ui.common import error_text, fmt_bytes, pick_run, runs_dir
 
 S = st.session_state
 MERGED_DIR = "merged"  # under the run's artifacts folder, like `python -m lora_core merge RUN --out DIR`
@@ -32,22 +33,7 @@ def zip_dir(path: Path) -> bytes:
     return buf.getvalue()
 
 
-try:
-    from lora_core import launcher, storage
-
-    finished = [r for r in launcher.list_runs(runs_dir=runs_dir(), status="SUCCEEDED")]
-except Exception as exc:  # noqa: BLE001
-    show_error(exc)
-    st.stop()
-if not finished:
-    st.info("No finished runs yet. Train one on the Train page first.")
-    st.stop()
-
-by_id = {r.id: r for r in finished}
-run_id = st.selectbox("Run", list(by_id), key="merge_run",
-                      format_func=lambda i: f"{by_id[i].name} · {by_id[i].method}"
-                      + (f" r={by_id[i].rank}" if by_id[i].rank else "") + f" · {i}")
-rec = by_id[run_id]
+rec = pick_run("SUCCEEDED", "merge_run", "No finished runs yet. Train one on the Train page first.")
 artifacts = storage.artifacts_dir(rec.id, runs_dir=runs_dir())
 adapter = artifacts / "adapter"
 merged = artifacts / MERGED_DIR

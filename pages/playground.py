@@ -6,7 +6,8 @@ more inputs does not reload them. Inference only; nothing trains here.
 import pandas as pd
 import streamlit as st
 
-from lora_ui.common import error_text, runs_dir, show_error
+from lora_core import storage
+from lora_ui.common import error_text, pick_run, runs_dir
 
 S = st.session_state
 EXAMPLES = {"seq-cls": "A wonderful, moving film with a brilliant cast.\nThe worst thing I have ever seen.\n"
@@ -17,23 +18,9 @@ st.title("Playground")
 st.caption("Try a finished run on your own inputs: the base model (what training started from) and the tuned "
            "model side by side. For LoRA runs the base is the same weights with the adapter switched off.")
 
-try:
-    from lora_core import launcher, storage
-
-    done = [r for r in launcher.list_runs(runs_dir=runs_dir(), status=["SUCCEEDED", "STOPPED"])
-            if (r.results or {}).get("artifact_dir")]
-except Exception as exc:  # noqa: BLE001
-    show_error(exc)
-    st.stop()
-if not done:
-    st.info("No finished runs with saved weights yet. Train one on the Train page.")
-    st.stop()
-
-by_id = {r.id: r for r in done}
-run_id = st.selectbox("Run", list(by_id), key="play_run",
-                      format_func=lambda i: f"{by_id[i].name} · {by_id[i].task} · {by_id[i].method}"
-                      + (f" r={by_id[i].rank}" if by_id[i].rank else "") + f" · {i}")
-rec = by_id[run_id]
+rec = pick_run(["SUCCEEDED", "STOPPED"], "play_run",
+               "No finished runs with saved weights yet. Train one on the Train page.",
+               keep=lambda r: bool((r.results or {}).get("artifact_dir")), show_task=True)
 loaded = S.get("play_loaded")
 ready = loaded is not None and loaded[0] == rec.id
 
