@@ -162,3 +162,18 @@ def pick_run(status, key: str, empty: str, *, keep=None, show_task: bool = False
         return f"{r.name} · {r.task + ' · ' if show_task else ''}{r.method}{rank} · {run_id}"
 
     return by_id[st.selectbox("Run", list(by_id), key=key, format_func=label)]
+
+
+# How numeric columns of run tables are shown, by column name (Runs and Compare share the names).
+NUMBER_FORMATS = {
+    "trainable": "localized", "trainable %": "%.3f%%", "accuracy": "%.4f", "macro-F1": "%.4f",
+    "eval loss": "%.4f", "train time (s)": "%.1f", "peak mem (GB)": "%.3f", "est. peak (GB)": "%.3f",
+    "adapter (MB)": "%.2f", "vs full: accuracy": "%.3f×", "vs full: time": "%.3f×",
+    "vs full: trainable": "%.5f×", "vs full: memory": "%.3f×",
+}
+
+
+def number_columns(frame) -> dict:
+    """st.dataframe column_config for the numeric run-table columns present in `frame`."""
+    return {name: st.column_config.NumberColumn(format=fmt)
+            for name, fmt in NUMBER_FORMATS.items() if name in frame.columns}

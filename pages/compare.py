@@ -4,7 +4,7 @@ import streamlit as st
 
 from lora_ui import charts
 from lora_ui import compare as cmp
-from lora_ui.common import STATUS_ICON, runs_dir, show_error
+from lora_ui.common import STATUS_ICON, number_columns, runs_dir, show_error
 
 S = st.session_state
 DONE = ("SUCCEEDED", "STOPPED")
@@ -60,21 +60,7 @@ if not cmp.same_eval_set(table):
     st.warning("These runs were not all evaluated on the same data (their dataset fingerprints differ), so "
                "their metrics are not directly comparable.")
 has_full = any(r["method"] == "full" for r in table)
-st.dataframe(frame, hide_index=True, width="stretch", column_config={
-    "trainable": st.column_config.NumberColumn(format="localized"),
-    "trainable %": st.column_config.NumberColumn(format="%.3f%%"),
-    "accuracy": st.column_config.NumberColumn(format="%.4f"),
-    "macro-F1": st.column_config.NumberColumn(format="%.4f"),
-    "eval loss": st.column_config.NumberColumn(format="%.4f"),
-    "train time (s)": st.column_config.NumberColumn(format="%.1f"),
-    "peak mem (GB)": st.column_config.NumberColumn(format="%.3f"),
-    "est. peak (GB)": st.column_config.NumberColumn(format="%.3f"),
-    "adapter (MB)": st.column_config.NumberColumn(format="%.2f"),
-    "vs full: accuracy": st.column_config.NumberColumn(format="%.3f×"),
-    "vs full: time": st.column_config.NumberColumn(format="%.3f×"),
-    "vs full: trainable": st.column_config.NumberColumn(format="%.5f×"),
-    "vs full: memory": st.column_config.NumberColumn(format="%.3f×"),
-})
+st.dataframe(frame, hide_index=True, width="stretch", column_config=number_columns(frame))
 if not has_full:
     st.caption("Add a full fine-tuning run (the sweep's *full* baseline) to see the ratios relative to it.")
 st.download_button("Download CSV", frame.to_csv(index=False), file_name="lora-lab-compare.csv",

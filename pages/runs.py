@@ -5,8 +5,8 @@ import pandas as pd
 import streamlit as st
 
 from lora_core.config import ConfigError
-from lora_ui.common import (STATUS_ICON, error_text, fmt_bytes, fmt_duration, fmt_time, primary_metric, runs_dir,
-                            show_error)
+from lora_ui.common import (STATUS_ICON, error_text, fmt_bytes, fmt_duration, fmt_time, number_columns,
+                            primary_metric, runs_dir, show_error)
 from lora_ui.config_form import state_from_config
 from lora_ui.live import curves, progress_line
 
@@ -67,13 +67,7 @@ st.caption(f"{len(shown)} of {len(runs)} runs · " + " · ".join(f"{STATUS_ICON[
                                                              for s, n in counts.items() if n))
 frame = pd.DataFrame([row(r) for r in shown])
 st.dataframe(frame, hide_index=True, width="stretch", height=min(420, 38 + 35 * max(1, len(shown))),
-             column_config={
-                 "accuracy": st.column_config.NumberColumn(format="%.4f"),
-                 "eval loss": st.column_config.NumberColumn(format="%.4f"),
-                 "trainable": st.column_config.NumberColumn(format="localized"),
-                 "train time (s)": st.column_config.NumberColumn(format="%.1f"),
-                 "peak mem (GB)": st.column_config.NumberColumn(format="%.3f"),
-             })
+             column_config=number_columns(frame))
 if not shown:
     st.stop()
 
