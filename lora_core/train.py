@@ -59,6 +59,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: Path, *, on_event: Callable[[
 
         stream.phase("loading_model")
         model, tokenizer = models.load_for_training(cfg, splits.num_labels or 2, splits.id2label)
+        memory.hold(model)
         train_ds, eval_ds = data.tokenize(splits, tokenizer, cfg)
         before = generations(cfg, model, tokenizer)
         if stop_requested():
@@ -347,7 +348,9 @@ def _max_rss() -> int:
 class MemoryMeter:
     """Peak memory of this run. CUDA: torch.cuda.max_memory_allocated (reset at the start). CPU: peak RSS
     minus the RSS before loading; the peak is getrusage's ru_maxrss when it rose during the run (it is a
-    whole-process high-water mark), else the highest RSS sampled at step ends and logs."""
+    whole-process high-water mark), else the highest RSS sampled at step ends and logs. Either is floored at the
+    bytes of the model's tensors (`hold`): a process that ran earlier work can reuse freed memory, so its RSS
+    need not grow although the run holds the model."""
 
     def __init__(self):
         import torch
@@ -358,6 +361,11 @@ class MemoryMeter:
         self.base = _rss()
         self.max_rss_at_start = _max_rss()
         self.sampled = self.base
+        self.floor = 0
+
+    def hold(self, model) -> None:
+        """The run holds this model resident from now on (CPU: the lower bound of its peak)."""
+        self.floor = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
 
     @property
     def method(self) -> str:
@@ -378,7 +386,7 @@ class MemoryMeter:
         max_rss = _max_rss()
         if max_rss > self.max_rss_at_start:
             high = max(high, max_rss)
-        return max(int(high - self.base), 0)
+        return max(int(high - self.base), self.floor)
 
 
 # -- train end ---------------------------------------------------------------------------------------------------
