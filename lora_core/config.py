@@ -14,21 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
+from .errors import ConfigError
+
 Task = Literal["seq-cls", "causal-lm"]
 Method = Literal["full", "lora", "qlora", "head-only"]
 
 BUNDLED_MODELS = ("minilm", "tiny-random-gpt2", "tiny-random-llama")
 LORA_PRESETS = ("qv", "attention", "all-linear")
 SAMPLE_DATASETS = ("sample:sentiment-2", "sample:sentiment-3", "sample:instructions")
-
-
-class ConfigError(ValueError):
-    """A config value is wrong. `field` is the dotted path, e.g. `lora.r`."""
-
-    def __init__(self, field: str, message: str):
-        self.field = field
-        self.message = message
-        super().__init__(f"{field}: {message}" if field else message)
 
 
 def _f(default: Any = dataclasses.MISSING, help: str = "", **kw):

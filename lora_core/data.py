@@ -24,6 +24,8 @@ import numpy as np
 import pandas as pd
 
 from .config import SAMPLE_DATASETS, ExperimentConfig
+from .errors import DataError
+from .paths import DATA_SUFFIXES, is_local_path
 
 SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
 SAMPLE_FILES = {
@@ -31,12 +33,7 @@ SAMPLE_FILES = {
     "sample:sentiment-3": "sentiment-3.csv",
     "sample:instructions": "instructions.jsonl",
 }
-SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
 IGNORE_INDEX = -100  # label value the loss skips (masked prompt tokens, padding)
-
-
-class DataError(ValueError):
-    """The data cannot be used; the message names the file, the column and the row."""
 
 
 @dataclass
@@ -61,11 +58,7 @@ class Splits:
 
 def is_local(spec: str) -> bool:
     """A bundled sample or a file path (as opposed to a hub dataset id)."""
-    if spec.startswith("sample:"):
-        return True
-    path = Path(spec).expanduser()
-    return (path.exists() or path.suffix.lower() in SUFFIXES or spec.startswith((".", "/", "~"))
-            or "\\" in spec or spec.count("/") > 1)
+    return spec.startswith("sample:") or is_local_path(spec, DATA_SUFFIXES)
 
 
 def resolve_path(spec: str) -> Path:
@@ -76,9 +69,10 @@ def resolve_path(spec: str) -> Path:
         return SAMPLES_DIR / SAMPLE_FILES[spec]
     path = Path(spec).expanduser()
     if path.is_dir():
-        raise DataError(f"{path}: is a folder; give a data file ({', '.join(SUFFIXES)})")
-    if path.suffix.lower() not in SUFFIXES:
-        raise DataError(f"{path}: unknown file suffix {path.suffix or '(none)'!r}; allowed: {', '.join(SUFFIXES)}")
+        raise DataError(f"{path}: is a folder; give a data file ({', '.join(DATA_SUFFIXES)})")
+    if path.suffix.lower() not in DATA_SUFFIXES:
+        raise DataError(f"{path}: unknown file suffix {path.suffix or '(none)'!r}; "
+                        f"allowed: {', '.join(DATA_SUFFIXES)}")
     if not path.exists():
         raise DataError(f"{path}: file not found")
     return path

@@ -46,14 +46,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import EstimateError
 from .model_presets import MODEL_PRESETS, preset_config, preset_key
+from .paths import is_local_path
 
 __all__ = ["estimate", "estimate_for_experiment", "experiment_knobs", "lora_param_table", "measure_step_peak",
            "live_tensor_bytes", "Estimate", "EstimateError", "MODEL_PRESETS", "GPUS", "KNOBS"]
-
-
-class EstimateError(ValueError):
-    """A bad estimator input; the message names the argument and the allowed values."""
 
 
 GB = 1e9
@@ -373,7 +371,7 @@ def _resolve_model(model, trust_remote_code: bool) -> tuple[str, str, str]:
         if not (path / "config.json").is_file():
             raise EstimateError(f"model: {path} has no config.json, so it is not a model directory")
         return "pretrained", str(path), path.name
-    if text.startswith((".", "/", "~")):
+    if is_local_path(text):
         raise EstimateError(f"model: {text!r} does not exist")
     return "pretrained", text, text
 

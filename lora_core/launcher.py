@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from . import storage
-from .config import ConfigError, ExperimentConfig, get_dotted, set_dotted
+from .config import BUNDLED_MODELS, ConfigError, ExperimentConfig, get_dotted, set_dotted
+from .paths import DATA_SUFFIXES, is_local_path
 from .storage import FAILED, QUEUED, RUNNING, STOPPED, RunRecord
 
 STALE_AFTER_S = 10.0       # heartbeat age after which a worker we cannot check by pid counts as dead
@@ -90,14 +91,14 @@ def prepare(cfg: ExperimentConfig | dict) -> ExperimentConfig:
     cfg = ExperimentConfig.from_dict(data)
     for field in ("data.train", "data.eval"):
         value = get_dotted(cfg, field)
-        if value and not value.startswith("sample:") and _looks_local(value, file=True):
+        if value and not value.startswith("sample:") and is_local_path(value, DATA_SUFFIXES):
             path = Path(value).expanduser()
             if not path.is_file():
                 raise ConfigError(field, f"file not found: {path.resolve()} (give an existing csv/tsv/json/jsonl/"
                                          "parquet file, a bundled sample:..., or a hub dataset id)")
             _set(cfg, field, str(path.resolve()))
     source = cfg.model.source
-    if source not in ("minilm", "tiny-random-gpt2", "tiny-random-llama") and _looks_local(source, file=False):
+    if source not in BUNDLED_MODELS and is_local_path(source):
         path = Path(source).expanduser()
         if not path.is_dir() or not (path / "config.json").is_file():
             raise ConfigError("model.source", f"{path.resolve()} is not a model directory (it needs a config.json); "
@@ -105,12 +106,6 @@ def prepare(cfg: ExperimentConfig | dict) -> ExperimentConfig:
                                               "saved model directory")
         cfg.model.source = str(path.resolve())
     return cfg
-
-
-def _looks_local(value: str, file: bool) -> bool:
-    if value.startswith(("/", "./", "../", "~", "\\")) or Path(value).expanduser().exists():
-        return True
-    return file and value.lower().endswith((".csv", ".tsv", ".json", ".jsonl", ".parquet", ".txt"))
 
 
 def _set(cfg: ExperimentConfig, dotted: str, value: Any) -> None:

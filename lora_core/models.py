@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from .config import BUNDLED_MODELS, LORA_PRESETS, ExperimentConfig
+from .errors import ModelError
+from .paths import is_local_path
 
 
 def _drop_optional_kernel_notice(record) -> bool:
@@ -30,10 +32,6 @@ def _drop_optional_kernel_notice(record) -> bool:
 
 
 logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_drop_optional_kernel_notice)
-
-
-class ModelError(ValueError):
-    """A model source, target module or model file is wrong. The message says what exists instead."""
 
 
 TINY_MODELS = ("tiny-random-gpt2", "tiny-random-llama")
@@ -83,7 +81,7 @@ def resolve_source(source: str, revision: str | None = None) -> str:
     if source in TINY_MODELS:
         return str(_ensure_tiny(source))
     path = Path(source).expanduser()
-    if path.exists() or _looks_like_path(source):
+    if is_local_path(source):
         if not path.is_dir():
             raise ModelError(f"model.source: local model directory {source!r} does not exist"
                              if not path.exists() else f"model.source: {source!r} is a file, not a model directory")
@@ -99,11 +97,6 @@ def resolve_source(source: str, revision: str | None = None) -> str:
         raise ModelError(f"model.source: the Hugging Face hub is unreachable (offline) and {source!r} is not in the "
                          f"local cache; use a local model directory or a bundled model ({', '.join(BUNDLED_MODELS)})")
     return source
-
-
-def _looks_like_path(source: str) -> bool:
-    """'./x', '/x', '~/x', 'a/b/c' or 'a\\b' are paths; 'name' and 'org/name' may be hub ids."""
-    return source.startswith((".", "/", "~")) or source.count("/") > 1 or "\\" in source
 
 
 def _hub_offline() -> bool:

@@ -36,6 +36,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from .errors import StatusError
+
 QUEUED, RUNNING, SUCCEEDED, FAILED, STOPPED = "QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "STOPPED"
 STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, STOPPED)
 TERMINAL = frozenset({SUCCEEDED, FAILED, STOPPED})
@@ -54,10 +56,6 @@ RUN_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,95}$")
 SLUG_MAX = 40
 LOG_TAIL_LINES = 40
 _KEY_RESULTS_MAX = 64
-
-
-class StatusError(ValueError):
-    """An illegal status change, e.g. from a terminal state."""
 
 
 # -- paths and ids ---------------------------------------------------------------------------------------------

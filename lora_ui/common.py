@@ -8,6 +8,7 @@ from typing import Any
 import streamlit as st
 
 from lora_core.config import ConfigError, ExperimentConfig
+from lora_core.errors import LoraLabError
 
 STATUS_ICON = {"QUEUED": "⏳", "RUNNING": "🏃", "SUCCEEDED": "✅", "FAILED": "❌", "STOPPED": "⏹️"}
 
@@ -26,10 +27,9 @@ def error_text(exc: BaseException) -> str:
     if isinstance(exc, KeyError) and exc.args:
         return str(exc.args[0])
     text = str(exc).strip() or type(exc).__name__
-    name = type(exc).__name__
-    if isinstance(exc, ConfigError) or name in ("DataError", "ModelError", "EstimateError", "ValueError"):
+    if isinstance(exc, LoraLabError) or type(exc) is ValueError:
         return text
-    return f"{name}: {text}"
+    return f"{type(exc).__name__}: {text}"
 
 
 def show_error(exc: BaseException, where=None) -> None:

@@ -1,0 +1,26 @@
+"""One answer to "is this a local path or a hub id?", shared by models, data, the launcher and the estimator.
+
+Hub ids look like `name` or `org/name`; anything else that looks like a path is a path, whether or not it exists
+(so a typo in a path is reported as a missing file, not as an unknown hub repo).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+DATA_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")  # the local data files we read
+
+
+def is_local_path(value: str, suffixes: tuple[str, ...] = ()) -> bool:
+    """True when `value` names a local file or folder: it starts like a path (`/`, `.`, `~`), has a backslash or
+    more than one `/`, ends with one of `suffixes` (e.g. `.csv`), or exists on disk."""
+    value = (value or "").strip()
+    if not value:
+        return False
+    if value.startswith((".", "/", "~", "\\")) or "\\" in value or value.count("/") > 1:
+        return True
+    if suffixes and value.lower().endswith(tuple(s.lower() for s in suffixes)):
+        return True
+    try:
+        return Path(value).expanduser().exists()
+    except (OSError, ValueError):  # a name too long for the filesystem, or with a NUL byte, is no local file
+        return False
