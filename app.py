@@ -1,9 +1,12 @@
 """LoRA Lab dashboard: `streamlit run app.py`.
 
 The entry point only sets up navigation; each page is a plain script in pages/. The engine
-(lora_core) does the work: pages launch runs through lora_core.launcher and never train in this process.
+(lora_core) does the work: pages launch runs through the run manager (lora_ui.common.runs) and never train in this
+process.
 """
 import streamlit as st
+
+from lora_ui.common import runs
 
 st.set_page_config(page_title="LoRA Lab", page_icon="🧪", layout="wide")
 
@@ -30,9 +33,7 @@ with st.sidebar:
                "**W' = W + (α/r)·B·A**, with B ∈ ℝ^(d_out×r), A ∈ ℝ^(r×d_in).  \n"
                "Only A and B learn: r·(d_in + d_out) parameters per layer instead of d_in·d_out.")
     try:
-        from lora_core import storage
-
-        st.caption(f"Runs directory: `{storage.default_runs_dir()}`")
+        st.caption(f"Runs directory: `{runs().root}`")
     except Exception as exc:  # noqa: BLE001 - the sidebar must not take the app down
         st.caption(f"Runs directory unavailable: {exc}")
 

@@ -50,20 +50,10 @@ def engine_config(logging_steps: int):
 
 
 def write_event_fn(path: Path):
-    """The worker's way: storage's append (one write + fsync per event) when it exists, else the same inline."""
-    try:
-        from lora_core.storage import append_event
+    """The worker's way: one write + fsync per event (lora_core.runs.files.append_event)."""
+    from lora_core.runs.files import append_event
 
-        return lambda event: append_event(path, event)
-    except ImportError:
-        import json
-
-        def append(event):
-            with open(path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(event, default=str) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-        return append
+    return lambda event: append_event(path, event)
 
 
 # seconds spent during the current engine run: "s" in the streaming code on the training thread (building and
@@ -85,20 +75,22 @@ def timed(fn, key="s"):
 def instrument() -> None:
     """Time what the streaming callback does on the training thread: EventStream.log (build the event, queue
     it) and MemoryMeter.peak (the memory probe at step ends and logs)."""
-    from lora_core import train
+    from lora_core import events
 
-    train.EventStream.log = timed(train.EventStream.log)
-    train.MemoryMeter.peak = timed(train.MemoryMeter.peak)
+    events.EventStream.log = timed(events.EventStream.log)
+    events.MemoryMeter.peak = timed(events.MemoryMeter.peak)
 
 
 def run_engine(out: Path, logging_steps: int) -> tuple[float, float, int, int]:
+    from lora_core.runs import RunDir
     from lora_core.train import run_experiment
 
-    metrics = out / "metrics.jsonl"
+    rd = RunDir(out)  # the files a worker writes, without the registry
+    metrics = rd.metrics
     write = timed(write_event_fn(metrics), "writer")
     SPENT.update(s=0.0, writer=0.0)
     started = time.perf_counter()
-    res = run_experiment(engine_config(logging_steps), out / "artifacts", on_event=write)
+    res = run_experiment(engine_config(logging_steps), rd.artifacts, on_event=write)
     total = time.perf_counter() - started
     events = sum(1 for _ in metrics.open(encoding="utf-8"))
     return total, res["train_time_s"], res["trainable_params"], events

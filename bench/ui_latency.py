@@ -2,11 +2,11 @@
 
     .venv/bin/python bench/ui_latency.py [--runs 200] [--repeats 5]
 
-Set-up: one real tiny run is trained through the launcher (tiny-random-gpt2, 2 steps). Then BENCH FIXTURES:
-200 more runs are created through lora_core.storage with real, validated configs (LoRA ranks 2-64, full,
+Set-up: one real tiny run is trained through the run manager (tiny-random-gpt2, 2 steps). Then BENCH FIXTURES:
+200 more runs are created through lora_core.runs with real, validated configs (LoRA ranks 2-64, full,
 head-only, QLoRA; in sweeps of 5) and given that real run's metrics stream and results — written through
-storage's own API (create_run, append_metrics, set_status, write_results), with the method/rank/params
-fields adjusted per run. They are labelled as fixtures in their names; nothing here claims they were trained.
+the engine's own API (Runs.create, files.append_event, Registry.set_status, files.write_json), with the
+method/rank/params fields adjusted per run. They are labelled as fixtures in their names; nothing here claims they were trained.
 
 Each page is rendered through Streamlit's AppTest in a fresh Python process (so nothing is imported or
 cached beforehand): once on its first visit (the Config builder's first visit includes importing torch,
@@ -38,28 +38,30 @@ GOAL_S = 1.0
 
 def train_template(runs_dir: Path):
     """One real run whose metrics and results the fixtures copy."""
-    from lora_core import launcher
     from lora_core.config import ExperimentConfig
+    from lora_core.runs import Runs, RunStatus
 
     cfg = ExperimentConfig.from_dict({
         "name": "bench-template", "model": {"source": "tiny-random-gpt2"}, "lora": {"r": 2},
         "data": {"max_train_samples": 16, "max_eval_samples": 16, "max_length": 32},
         "train": {"max_steps": 2, "batch_size": 8, "logging_steps": 1}})
-    run_id = launcher.launch(cfg, runs_dir=runs_dir)
-    record = launcher.wait(run_id, timeout=600, runs_dir=runs_dir)
-    if record.status != "SUCCEEDED":
+    runs = Runs(runs_dir)
+    run_id = runs.launch(cfg)
+    record = runs.wait(run_id, timeout=600)
+    if record.status != RunStatus.SUCCEEDED:
         raise SystemExit(f"template run {run_id} ended {record.status}: {record.error}")
     return run_id
 
 
 def make_fixtures(runs_dir: Path, template_id: str, n: int) -> None:
-    """n finished runs through storage's API, copying the template run's metrics and results."""
-    from lora_core import storage
+    """n finished runs through the engine's API, copying the template run's metrics and results."""
     from lora_core.config import ExperimentConfig
     from lora_core.models import count_params
+    from lora_core.runs import Runs, RunStatus, files, store
 
-    events = storage.read_metrics(template_id, runs_dir)
-    results = storage.read_results(template_id, runs_dir) or {}
+    runs = Runs(runs_dir)
+    events = runs.metrics(template_id)
+    results = runs.results(template_id) or {}
     variants = [("lora", 2), ("lora", 8), ("lora", 64), ("full", None), ("head-only", None)]
     counts: dict = {}
     for i in range(n):
@@ -67,17 +69,17 @@ def make_fixtures(runs_dir: Path, template_id: str, n: int) -> None:
         sweep_id = f"sweep-bench-fixture-{i // len(variants):03d}"
         cfg = ExperimentConfig.from_dict({"name": f"bench-fixture-{i:03d}", "method": method,
                                           "lora": {"r": rank or 8}, "model": {"source": "tiny-random-gpt2"}})
-        record = storage.create_run(cfg, runs_dir=runs_dir, sweep_id=sweep_id)
+        record = runs.create(cfg, sweep_id=sweep_id)
         for event in events:
-            storage.append_metrics(record.id, event, runs_dir)
+            files.append_event(record.dir.metrics, event)
         if (method, rank) not in counts:  # the real counts for this config (meta device)
             counts[(method, rank)] = count_params(cfg)
         c = counts[(method, rank)]
         res = dict(results, method=method, trainable_params=c["trainable"], total_params=c["total"],
                    trainable_percent=c["percent"], accuracy=0.5 + 0.4 * ((i * 37) % 100) / 100, bench_fixture=True)
-        storage.set_status(record.id, "RUNNING", runs_dir=runs_dir)
-        storage.write_results(record.id, res, runs_dir)
-        storage.set_status(record.id, "SUCCEEDED", runs_dir=runs_dir, results=storage.key_results(res))
+        runs.registry.set_status(record.id, RunStatus.RUNNING)
+        files.write_json(record.dir.results, res)
+        runs.registry.set_status(record.id, RunStatus.SUCCEEDED, results=store.key_results(res))
 
 
 def time_pages(repeats: int) -> list[tuple[str, float, float]]:
@@ -117,9 +119,9 @@ def main() -> int:
         started = time.perf_counter()
         template = train_template(runs_dir)
         make_fixtures(runs_dir, template, args.runs - 1)
-        from lora_core import storage
+        from lora_core.runs import Runs
 
-        count = len(storage.list_runs(runs_dir))
+        count = len(Runs(runs_dir).list(reconcile=False))
         print(f"registry: {count} runs (1 trained + {count - 1} bench fixtures), set up in "
               f"{time.perf_counter() - started:.1f} s")
         child = subprocess.run([sys.executable, __file__, "--time-only", "--repeats", str(args.repeats)],

@@ -1,125 +1,67 @@
-"""`python -m lora_core …`: the engine from a terminal. Each handler is a thin call into the public API."""
+"""`python -m lora_core …`: the engine from a terminal. Each handler is a thin call into the public API.
+
+Run commands (train, sweep, status, list, logs, stop, resume, delete) go through one `Runs` manager built from
+`--runs-dir`. Model commands (params, targets, merge, estimate) live in cli_models.py, which is imported only when
+one of them runs: it needs pandas and the model code, and `list` / `status` must start without them.
+"""
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
-from pathlib import Path
+from typing import Callable
 
-from .config import ConfigError
+import yaml
+
+from .config import ConfigError, ExperimentConfig
+from .errors import LoraLabError
+from .runs import Runs, RunStatus
+
+MODEL_COMMANDS = "lora_core.cli_models"
 
 
-def _emit(obj, as_json: bool, text: str | None = None) -> None:
+def emit(obj, as_json: bool, text: str | None = None) -> None:
     if as_json:
         print(json.dumps(obj, default=str))
     else:
         print(text if text is not None else json.dumps(obj, indent=2, default=str))
 
 
-def _runs_dir(args) -> Path | None:
-    return Path(args.runs_dir) if getattr(args, "runs_dir", None) else None
-
-
-# -- engine commands -----------------------------------------------------------------------------------------
-
-def cmd_train(args) -> int:
-    from . import launcher, storage
-    from .config import ExperimentConfig
-
-    cfg = ExperimentConfig.from_file(args.config)
-    runs_dir = _runs_dir(args)
-    run_id = launcher.launch(cfg, runs_dir=runs_dir)
-    if not args.wait:
-        _emit({"run_id": run_id}, args.json, run_id)
-        return 0
-    print(run_id, file=sys.stderr if args.json else sys.stdout, flush=True)
-    try:
-        # The worker's log, live, on stderr: stdout stays clean for the results.
-        for line in launcher.follow_log(run_id, runs_dir=runs_dir):
-            print(line, end="", file=sys.stderr, flush=True)
-        record = launcher.wait(run_id, runs_dir=runs_dir)
-    except KeyboardInterrupt:
-        print(f"\nthe run continues in the background; stop it with: python -m lora_core stop {run_id}",
-              file=sys.stderr)
-        return 130
-    results = storage.read_results(run_id, runs_dir=runs_dir) or {}
-    out = {**results, "run_id": run_id, "status": record.status, "error": record.error}
-    _emit(out, args.json)
-    return 0 if record.status == "SUCCEEDED" else 1
-
-
-def cmd_params(args) -> int:
-    from .config import ExperimentConfig
-    from .models import count_params
-
-    cfg = ExperimentConfig.from_file(args.config)
-    num_labels = 2
-    if cfg.task == "seq-cls":  # the head's size depends on the class count: read it off the data when we can
-        try:
-            from .data import label_counts
-
-            num_labels = max(2, len(label_counts(cfg.data.train, cfg.data.label_column, subset=cfg.data.subset,
-                                                 split=cfg.data.train_split)))
-        except Exception as exc:  # unreadable data is reported by `train`; counts still help here
-            print(f"note: counting with 2 labels ({exc})", file=sys.stderr)
-    counts = {**count_params(cfg, num_labels=num_labels), "num_labels": num_labels if cfg.task == "seq-cls" else None}
-    text = (f"trainable {counts['trainable']:,} / total {counts['total']:,} ({counts['percent']:.4f}%), "
-            f"adapter {counts['adapter_bytes'] / 1e6:.2f} MB\n"
-            + "\n".join(f"  {name:<24} {n:>12,}" for name, n in counts["by_module"].items()))
-    _emit(counts, args.json, text)
-    return 0
-
-
-def cmd_targets(args) -> int:
-    from .models import list_targets, load_config, target_presets
-
-    model_type = load_config(args.model, args.trust_remote_code).model_type
-    targets = list_targets(args.model, trust_remote_code=args.trust_remote_code)
-    presets = target_presets(args.model, args.trust_remote_code, layers=targets, model_type=model_type)
-    if args.json:
-        _emit({"model_type": model_type, "targets": targets, "presets": presets}, True)
-        return 0
-    for t in targets:
-        mark = "  (head: not a LoRA target)" if t["head"] else ""
-        print(f"{t['name']:<60} {t['type']:<12} {t['in_features']:>6} -> {t['out_features']:<6}{mark}")
-    for name, leaves in presets.items():
-        print(f"preset:{name}: {', '.join(leaves)}")
-    return 0
-
-
-def cmd_merge(args) -> int:
-    from . import storage
-    from .merge import merge_adapter
-
-    record = storage.get_run(args.run_id, runs_dir=_runs_dir(args))
-    cfg = storage.read_config(record.id, runs_dir=_runs_dir(args))
-    report = merge_adapter(cfg, storage.artifacts_dir(record.id, runs_dir=_runs_dir(args)) / "adapter",
-                           Path(args.out))
-    text = (f"merged into {report['out_dir']} ({report['merged_bytes'] / 1e6:.1f} MB; adapter "
-            f"{report['adapter_bytes'] / 1e6:.2f} MB)\nmax |logit diff| vs adapter model: "
-            f"{report['max_abs_diff']:.2e} (tolerance {report['tolerance']:.0e}), LoRA params left: "
-            f"{report['lora_params_left']}\n{report['note']}")
-    _emit(report, args.json, text)
-    return 0 if report["ok"] else 1
-
-
-def cmd_estimate(args) -> int:
-    from .estimator import estimate
-
-    knobs = {k: v for k, v in vars(args).items()
-             if k not in ("func", "json", "command", "model", "method", "batch_size", "seq_len") and v is not None}
-    est = estimate(model=args.model, method=args.method, batch_size=args.batch_size, seq_len=args.seq_len, **knobs)
-    _emit(est.to_dict(), args.json, est.summary())
-    return 0
+def model_command(name: str) -> Callable:
+    """The handler `name` of cli_models, loaded when its command runs (see the module docstring)."""
+    def run(args) -> int:
+        return getattr(importlib.import_module(MODEL_COMMANDS), name)(args)
+    return run
 
 
 # -- run commands --------------------------------------------------------------------------------------------
 
-def cmd_status(args) -> int:
-    from . import launcher, storage
+def cmd_train(args) -> int:
+    runs: Runs = args.runs
+    run_id = runs.launch(ExperimentConfig.from_file(args.config))
+    if not args.wait:
+        emit({"run_id": run_id}, args.json, run_id)
+        return 0
+    print(run_id, file=sys.stderr if args.json else sys.stdout, flush=True)
+    try:
+        # The worker's log, live, on stderr: stdout stays clean for the results.
+        for line in runs.follow_log(run_id):
+            print(line, end="", file=sys.stderr, flush=True)
+        record = runs.wait(run_id)
+    except KeyboardInterrupt:
+        print(f"\nthe run continues in the background; stop it with: python -m lora_core stop {run_id}",
+              file=sys.stderr)
+        return 130
+    out = {**(runs.results(run_id) or {}), "run_id": run_id, "status": record.status, "error": record.error}
+    emit(out, args.json)
+    return 0 if record.status == RunStatus.SUCCEEDED else 1
 
-    record = launcher.get(args.run_id, runs_dir=_runs_dir(args))  # reconciles first: a dead worker shows FAILED
-    metrics = storage.read_metrics(record.id, runs_dir=_runs_dir(args))
+
+def cmd_status(args) -> int:
+    runs: Runs = args.runs
+    record = runs.get(args.run_id)  # reconciles first: a dead worker shows FAILED
+    metrics = runs.metrics(record.id)
     last = next((e for e in reversed(metrics) if e.get("kind") in ("log", "eval")), {})
     phase = next((e.get("phase") for e in reversed(metrics) if e.get("kind") == "phase"), None)
     progress = next((e["progress"] for e in reversed(metrics) if e.get("progress") is not None), record.progress)
@@ -128,45 +70,34 @@ def cmd_status(args) -> int:
             f"progress={'-' if progress is None else f'{100 * progress:.0f}%'}")
     if record.error:
         text += f"\n{record.error}"
-    if record.status == "FAILED" and record.error_log:
-        text += "\n--- last lines of worker.log ---\n" + record.error_log
-    _emit(out, args.json, text)
+    if record.status == RunStatus.FAILED and record.error_log:
+        text += f"\n--- last lines of {record.dir.log.name} ---\n" + record.error_log
+    emit(out, args.json, text)
     return 0
 
 
 def cmd_list(args) -> int:
-    from . import launcher
-
-    runs = launcher.list_runs(runs_dir=_runs_dir(args))  # reconciles first
+    records = args.runs.list()  # reconciles first
     if args.json:
-        _emit([r.to_dict() for r in runs], True)
+        emit([r.to_dict() for r in records], True)
         return 0
-    for r in runs:
-        rank = "-" if r.rank is None else r.rank
+    for r in records:
+        rank = "-" if r.lora_r is None else r.lora_r
         print(f"{r.id:<48} {r.status:<10} {r.method or '-':<10} r={rank!s:<5} {r.name}")
     return 0
 
 
 def cmd_stop(args) -> int:
-    from . import launcher
-
-    print(launcher.stop(args.run_id, timeout=args.timeout, runs_dir=_runs_dir(args)))
+    print(args.runs.stop(args.run_id, timeout=args.timeout))
     return 0
 
 
 def cmd_resume(args) -> int:
-    from . import launcher
-
-    print(launcher.resume(args.run_id, runs_dir=_runs_dir(args)))
+    print(args.runs.resume(args.run_id))
     return 0
 
 
 def cmd_sweep(args) -> int:
-    import yaml
-
-    from . import launcher
-    from .config import ExperimentConfig
-
     cfg = ExperimentConfig.from_file(args.config)
     vary: dict[str, list] = {}
     for item in args.vary:
@@ -174,26 +105,23 @@ def cmd_sweep(args) -> int:
         if not sep or not values:
             raise ConfigError(key, "--vary takes KEY=V1,V2,… (e.g. lora.r=4,8,16)")
         vary.setdefault(key.strip(), []).extend(yaml.safe_load(v) for v in values.split(","))
-    sweep_id, run_ids = launcher.sweep(cfg, vary, runs_dir=_runs_dir(args))
-    _emit({"sweep_id": sweep_id, "run_ids": run_ids}, args.json, "\n".join([sweep_id, *run_ids]))
+    sweep_id, run_ids = args.runs.sweep(cfg, vary)
+    emit({"sweep_id": sweep_id, "run_ids": run_ids}, args.json, "\n".join([sweep_id, *run_ids]))
     return 0
 
 
 def cmd_logs(args) -> int:
-    from . import launcher, storage
-
+    runs: Runs = args.runs
     if not args.follow:
-        print(storage.log_tail(args.run_id, n=args.lines, runs_dir=_runs_dir(args)))
+        print(runs.log_tail(args.run_id, n=args.lines))
         return 0
-    for line in launcher.follow_log(args.run_id, runs_dir=_runs_dir(args)):
+    for line in runs.follow_log(args.run_id):
         print(line, end="", flush=True)
     return 0
 
 
 def cmd_delete(args) -> int:
-    from . import launcher
-
-    launcher.delete(args.run_id, runs_dir=_runs_dir(args))
+    args.runs.delete(args.run_id)
     print(f"deleted {args.run_id}")
     return 0
 
@@ -218,21 +146,26 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--wait", action="store_true", help="wait for the run to end; exit 1 unless it succeeded")
     sp.add_argument("--json", action="store_true", help="with --wait: final results as JSON on the last line")
 
-    sp = cmd("params", cmd_params, "Trainable/total parameters and adapter size for a config (no training).")
+    sp = cmd("params", model_command("cmd_params"),
+             "Trainable/total parameters and adapter size for a config (no training).")
     sp.add_argument("config")
     sp.add_argument("--json", action="store_true")
 
-    sp = cmd("targets", cmd_targets, "List the adaptable layers of a model and the architecture presets.")
+    sp = cmd("targets", model_command("cmd_targets"),
+             "List the adaptable layers of a model and the architecture presets.")
     sp.add_argument("model", help="minilm, tiny-random-gpt2, tiny-random-llama, a hub id or a local directory")
     sp.add_argument("--trust-remote-code", action="store_true")
     sp.add_argument("--json", action="store_true")
 
-    sp = with_runs_dir(cmd("merge", cmd_merge, "Merge a LoRA run's adapter into its base and save a plain model."))
+    sp = with_runs_dir(cmd("merge", model_command("cmd_merge"),
+                           "Merge a LoRA run's adapter into its base and save a plain model."))
     sp.add_argument("run_id")
-    sp.add_argument("--out", required=True, help="output directory for the merged model")
+    sp.add_argument("--out", help="output directory for the merged model (default: the run's merged/ folder)")
+    sp.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
     sp.add_argument("--json", action="store_true")
 
-    sp = cmd("estimate", cmd_estimate, "Estimate training memory, term by term, and which GPUs it fits.")
+    sp = cmd("estimate", model_command("cmd_estimate"),
+             "Estimate training memory, term by term, and which GPUs it fits.")
     sp.add_argument("--model", required=True, help="a preset (e.g. llama-2-7b, gpt2, minilm), a config.json or "
                                                    "model dir, a hub id, or a parameter count like 7e9")
     sp.add_argument("--method", default="lora", choices=["full", "full-bf16", "full-fp16", "lora", "qlora",
@@ -293,9 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if hasattr(args, "runs_dir"):
+            args.runs = Runs(args.runs_dir)  # one manager per command
         return args.func(args)
-    except (ConfigError, ValueError, FileNotFoundError, KeyError) as exc:
+    except (LoraLabError, FileNotFoundError) as exc:
         # Known bad input: one clear line, no traceback.
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -14,14 +14,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
+import yaml
+
 from .errors import ConfigError
 
 Task = Literal["seq-cls", "causal-lm"]
 Method = Literal["full", "lora", "qlora", "head-only"]
+LORA_METHODS = ("lora", "qlora")  # the methods that train LoRA adapters (and so use the lora.* fields)
 
 BUNDLED_MODELS = ("minilm", "tiny-random-gpt2", "tiny-random-llama")
 LORA_PRESETS = ("qv", "attention", "all-linear")
 SAMPLE_DATASETS = ("sample:sentiment-2", "sample:sentiment-3", "sample:instructions")
+SAMPLE_FOR_TASK = {"seq-cls": "sample:sentiment-2", "causal-lm": "sample:instructions"}  # the offline default
 
 
 def _f(default: Any = dataclasses.MISSING, help: str = "", **kw):
@@ -152,7 +156,6 @@ class ExperimentConfig:
             if fmt == "json":
                 data = json.loads(text)
             else:
-                import yaml
                 data = yaml.safe_load(text)
         except Exception as exc:  # yaml.YAMLError / json.JSONDecodeError: say where
             raise ConfigError("", f"{source} is not valid {fmt.upper()}: {exc}") from None
@@ -164,7 +167,6 @@ class ExperimentConfig:
         return dataclasses.asdict(self)
 
     def to_yaml(self) -> str:
-        import yaml
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def to_json(self) -> str:
@@ -210,7 +212,9 @@ class ExperimentConfig:
         targets = self.lora.target_modules
         if isinstance(targets, list) and any(not t.strip() for t in targets):
             raise ConfigError("lora.target_modules", "names must not be empty")
-        if isinstance(targets, str) and targets != "all-linear" and not targets.startswith("preset:"):
+        if isinstance(targets, list) and len(targets) == 1 and _names_a_preset(targets[0]):
+            self.lora.target_modules = targets = targets[0]  # [all-linear] means all-linear, as in PEFT
+        if isinstance(targets, str) and not _names_a_preset(targets):
             # "query, value" from a form or the CLI means a list of names
             self.lora.target_modules = targets = [t.strip() for t in targets.split(",") if t.strip()]
         if isinstance(targets, str) and targets.startswith("preset:") and targets[7:] not in LORA_PRESETS:
@@ -231,12 +235,16 @@ class ExperimentConfig:
 
     @property
     def uses_lora(self) -> bool:
-        return self.method in ("lora", "qlora")
+        return self.method in LORA_METHODS
 
     @property
     def lora_scaling(self) -> float:
         r = self.lora.r
         return self.lora.alpha / (r ** 0.5 if self.lora.use_rslora else r)
+
+
+def _names_a_preset(target: str) -> bool:
+    return target == "all-linear" or target.startswith("preset:")
 
 
 # -- helpers for dotted keys (sweeps, CLI overrides, the dashboard) ---------------------------------------------

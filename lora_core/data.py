@@ -25,6 +25,7 @@ import pandas as pd
 
 from .config import SAMPLE_DATASETS, ExperimentConfig
 from .errors import DataError
+from .models import load_tokenizer
 from .paths import DATA_SUFFIXES, is_local_path
 
 SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
@@ -489,8 +490,6 @@ def tokenized_preview(cfg: ExperimentConfig, n: int = 3, tokenizer=None) -> list
     """What the model will see for the first n training rows: tokens, and which of them the loss is computed on
     (causal-lm with mask_prompt: the response only). For checking a dataset config before launching."""
     if tokenizer is None:
-        from .models import load_tokenizer
-
         tokenizer = load_tokenizer(cfg.model.source, cfg.model.trust_remote_code, cfg.model.revision)
     splits = load_splits(cfg)
     rows = splits.train.select(range(min(n, len(splits.train))))
@@ -506,8 +505,3 @@ def tokenized_preview(cfg: ExperimentConfig, n: int = 3, tokenizer=None) -> list
         out.append({"tokens": tokenizer.convert_ids_to_tokens(ids), "in_loss": [x != IGNORE_INDEX for x in labels]})
     return out
 
-
-def mean_tokens(dataset) -> float:
-    """Average tokens per tokenized example (for a tokens/s estimate)."""
-    lengths = [len(x) for x in dataset["input_ids"]]
-    return float(np.mean(lengths)) if lengths else 0.0

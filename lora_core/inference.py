@@ -4,11 +4,12 @@
     run.classify(["great film"])                # seq-cls: label + probabilities, base vs tuned
     run.generate(["The movie was"])             # causal-lm: greedy continuations, base vs tuned
 
-What a run left in its artifacts dir decides how the tuned model is built:
-  adapter/ (lora, qlora)  base + PeftModel.from_pretrained; the base side uses the same model with the adapter
-                          switched off, so one copy of the weights serves both (QLoRA: the 4-bit base it trained on)
-  model/   (full)         the saved model; the base is loaded separately
-  head/    (head-only)    the base with head.safetensors loaded over its classifier
+The run's method decides what it saved (runs.layout.Artifacts.weights) and how the tuned model is built:
+  lora, qlora   base + PeftModel.from_pretrained; the base side uses the same model with the adapter switched
+                off, so one copy of the weights serves both (QLoRA: the 4-bit base it trained on)
+  full          the saved model; the base is loaded separately
+  head-only     the base with the trained head loaded over its classifier; the base side swaps the initial
+                head back in
 """
 from __future__ import annotations
 
@@ -17,20 +18,20 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+from . import merge, models
 from .config import ExperimentConfig
-from .models import ModelError
+from .errors import ModelError
+from .runs.layout import Artifacts
 
 
-def artifact_kind(cfg: ExperimentConfig, artifacts_dir: Path) -> tuple[str, Path]:
-    """('adapter' | 'model' | 'head', its folder), checked to exist with the files it needs."""
-    artifacts_dir = Path(artifacts_dir)
-    kind = "adapter" if cfg.uses_lora else "model" if cfg.method == "full" else "head"
-    folder = artifacts_dir / kind
-    needed = {"adapter": "adapter_config.json", "model": "config.json", "head": "head.safetensors"}[kind]
-    if not (folder / needed).is_file():
-        raise ModelError(f"{folder} has no {needed}: this {cfg.method} run has not saved its {kind} yet "
+def saved_weights(cfg: ExperimentConfig, artifacts_dir: Path) -> Path:
+    """The folder holding the run's trained weights, checked to hold the file they load from."""
+    artifacts = Artifacts(artifacts_dir)
+    folder, marker = artifacts.weights(cfg.method), artifacts.weights_marker(cfg.method)
+    if not marker.is_file():
+        raise ModelError(f"{folder} has no {marker.name}: this {cfg.method} run has not saved its weights yet "
                          "(still running, stopped before saving, or failed)")
-    return kind, folder
+    return folder
 
 
 class RunModels:
@@ -38,8 +39,8 @@ class RunModels:
 
     def __init__(self, cfg: ExperimentConfig, artifacts_dir: Path):
         self.cfg = cfg
-        self.artifacts_dir = Path(artifacts_dir)
-        self.kind, self.folder = artifact_kind(cfg, self.artifacts_dir)
+        self.artifacts = Artifacts(artifacts_dir)
+        self.folder = saved_weights(cfg, self.artifacts.path)
         self.tuned, self.base, self.tokenizer = self._load()
         self.tuned.eval()
         if self.base is not None:
@@ -49,15 +50,13 @@ class RunModels:
     def _load(self):
         from transformers import set_seed
 
-        from . import merge, models
-
         # The base's classifier head is random (it is what training started from): seed it like the recipe did.
         set_seed(self.cfg.train.seed)
-        if self.kind == "adapter":
+        if self.cfg.uses_lora:
             quant = self.cfg.quant if self.cfg.method == "qlora" else None
             model, tok = merge.load_adapter_model(self.cfg, self.folder, quant=quant)
             return model, None, tok  # base = the same model with the adapter disabled
-        if self.kind == "model":
+        if self.cfg.method == "full":
             import torch
 
             tuned = models._auto_class(self.cfg.task).from_pretrained(
@@ -72,18 +71,16 @@ class RunModels:
     def _load_head(self):
         from safetensors.torch import load_file
 
-        from . import models
-
-        info_path = self.folder / "head.json"
+        info_path, weights = self.artifacts.head_info, self.artifacts.head_weights
         info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
-        state = load_file(str(self.folder / "head.safetensors"))
+        state = load_file(str(weights))
         id2label = info.get("id2label") or None
         num_labels = info.get("num_labels") or _rows_of_last_weight(state)
         tuned, tok = models.load_base(self.cfg, num_labels=num_labels, id2label=id2label)
         base_head = {k: v.clone() for k, v in tuned.state_dict().items() if k in state}
         missing = sorted(set(state) - set(base_head))
         if missing:
-            raise ModelError(f"{self.folder / 'head.safetensors'} has tensors this model does not: "
+            raise ModelError(f"{weights} has tensors this model does not: "
                              f"{', '.join(missing[:5])}")
         tuned.load_state_dict(state, strict=False)
         self._base_head = base_head
@@ -94,7 +91,7 @@ class RunModels:
         """(name, model, context) for the base and the tuned model."""
         if self.base is not None:
             return [("base", self.base, nullcontext()), ("tuned", self.tuned, nullcontext())]
-        if self.kind == "adapter":
+        if self.cfg.uses_lora:
             return [("base", self.tuned, self.tuned.disable_adapter()), ("tuned", self.tuned, nullcontext())]
         return [("base", self.tuned, _swapped_head(self.tuned, self._base_head)), ("tuned", self.tuned, nullcontext())]
 
@@ -126,8 +123,6 @@ class RunModels:
 
     def generate(self, prompts: list[str], max_new_tokens: int | None = None) -> list[dict]:
         """[{prompt, base, tuned}]: greedy continuations for a causal-lm run."""
-        from .models import generate_texts
-
         if self.cfg.task != "causal-lm":
             raise ModelError("generate needs a causal-lm run; this run is seq-cls (use classify)")
         prompts = [p for p in prompts if p and p.strip()]
@@ -135,7 +130,7 @@ class RunModels:
         rows: list[dict[str, Any]] = [{"prompt": p} for p in prompts]
         for side, model, context in self._sides():
             with context:
-                outs = generate_texts(model, self.tokenizer, prompts, max_new_tokens=n)
+                outs = models.generate_texts(model, self.tokenizer, prompts, max_new_tokens=n)
             for row, text in zip(rows, outs):
                 row[side] = text
         return rows
@@ -152,7 +147,7 @@ def _config_of(model):
 def _rows_of_last_weight(state: dict) -> int:
     weights = [k for k in state if k.endswith("weight")]
     if not weights:
-        raise ModelError("head.safetensors holds no weight tensors")
+        raise ModelError("the saved head holds no weight tensors")
     return int(state[weights[-1]].shape[0])
 
 

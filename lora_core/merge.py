@@ -2,7 +2,9 @@
 
 merge_adapter: load the base in fp32 → attach the adapter → record logits on fixed inputs → merge_and_unload →
 save a plain model + tokenizer → reload it with the plain AutoModelFor… class → check it has no LoRA
-parameters and the same logits (max abs difference < 1e-4 in fp32).
+parameters and the same logits (max abs difference < 1e-4 in fp32). The model is written to a staging folder
+beside the output and moved into place at the end, so an existing output (replaced only with overwrite=True)
+survives a merge that fails.
 
 QLoRA adapters were trained against a 4-bit base, but 4-bit weights cannot absorb a LoRA update, so the base is
 reloaded in fp32 and merged there; the report's `note` says so and `quantization_gap` gives how far the merged
@@ -11,10 +13,17 @@ model is from the 4-bit adapter model it came from.
 from __future__ import annotations
 
 import json
+import secrets
+import shutil
 from pathlib import Path
 
+from safetensors import safe_open
+
+from . import models
 from .config import ExperimentConfig
-from .models import ModelError
+from .errors import ModelError
+from .paths import dir_bytes
+from .runs.layout import ADAPTER_CONFIG, Artifacts, adapter_config, adapter_weights
 
 # Fixed inputs for the equivalence check: different lengths so padding is exercised too.
 CHECK_TEXTS = ["a wonderful, moving film", "the worst thing i have ever seen.", "it was fine", "ok"]
@@ -22,8 +31,8 @@ TOLERANCE = 1e-4
 
 
 def read_label_map(artifacts_dir: Path) -> dict[int, str] | None:
-    """id -> label from the run's label_map.json ({name: id}, {id: name} or {"id2label": {...}}), if any."""
-    path = Path(artifacts_dir) / "label_map.json"
+    """id -> label from the run's label map ({name: id}, {id: name} or {"id2label": {...}}), if any."""
+    path = Artifacts(artifacts_dir).label_map
     if not path.is_file():
         return None
     data = json.loads(path.read_text(encoding="utf-8"))
@@ -38,9 +47,7 @@ def read_label_map(artifacts_dir: Path) -> dict[int, str] | None:
 
 def adapter_num_labels(adapter_dir: Path) -> int | None:
     """The class count of a seq-cls adapter, read off its saved classifier weight (last head layer)."""
-    from safetensors import safe_open
-
-    path = Path(adapter_dir) / "adapter_model.safetensors"
+    path = adapter_weights(adapter_dir)
     if not path.is_file():
         return None
     with safe_open(str(path), "pt") as f:
@@ -51,8 +58,8 @@ def adapter_num_labels(adapter_dir: Path) -> int | None:
 
 def check_adapter_dir(adapter_dir: Path) -> Path:
     adapter_dir = Path(adapter_dir)
-    if not (adapter_dir / "adapter_config.json").is_file():
-        what = "does not exist" if not adapter_dir.exists() else "has no adapter_config.json"
+    if not adapter_config(adapter_dir).is_file():
+        what = "does not exist" if not adapter_dir.exists() else f"has no {ADAPTER_CONFIG}"
         raise ModelError(f"adapter directory {adapter_dir} {what}; merging needs a LoRA/QLoRA run's saved adapter")
     return adapter_dir
 
@@ -61,14 +68,12 @@ def load_adapter_model(cfg: ExperimentConfig, adapter_dir: Path, quant=None):
     """(PeftModel in eval mode, tokenizer): the base (fp32, or 4-bit with `quant`) with the adapter attached."""
     from peft import PeftModel
 
-    from .models import load_base
-
     adapter_dir = check_adapter_dir(adapter_dir)
     id2label = read_label_map(adapter_dir.parent) if cfg.task == "seq-cls" else None
     num_labels = adapter_num_labels(adapter_dir) or (len(id2label) if id2label else 2)
     if id2label and len(id2label) != num_labels:
         id2label = None  # a label map that disagrees with the trained head: trust the weights
-    base, tok = load_base(cfg, num_labels=num_labels, id2label=id2label, quant=quant)
+    base, tok = models.load_base(cfg, num_labels=num_labels, id2label=id2label, quant=quant)
     model = PeftModel.from_pretrained(base, str(adapter_dir))
     return model.eval(), tok
 
@@ -85,20 +90,32 @@ def check_logits(model, tokenizer, texts=CHECK_TEXTS):
     return logits[mask] if logits.dim() == 3 else logits
 
 
-def merge_adapter(cfg: ExperimentConfig, adapter_dir: Path, out_dir: Path) -> dict:
-    """Merge, save, reload as a plain model and verify. Returns {out_dir, max_abs_diff, lora_params_left,
-    merged_bytes, adapter_bytes, note, ok, ...}."""
-    import torch
-
-    from .models import _auto_class
-
+def merge_adapter(cfg: ExperimentConfig, adapter_dir: Path, out_dir: Path, *, overwrite: bool = False) -> dict:
+    """Merge, save into `out_dir`, reload as a plain model and verify. A non-empty `out_dir` is refused unless
+    `overwrite`, and is only replaced once the new model is saved. Returns {out_dir, max_abs_diff,
+    lora_params_left, merged_bytes, adapter_bytes, note, ok, ...}."""
     if not cfg.uses_lora:
         raise ModelError(f"method: only lora/qlora runs have an adapter to merge (this run is {cfg.method}; "
                          "its saved model is already plain)")
     adapter_dir = check_adapter_dir(adapter_dir)
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise ModelError(f"--out: {out_dir} exists and is not empty; choose a new directory")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ModelError(f"--out: {out_dir} is a file; give a directory")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise ModelError(f"--out: {out_dir} exists and is not empty; choose a new directory (or overwrite it)")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = out_dir.with_name(f".{out_dir.name}.merging-{secrets.token_hex(3)}")
+    try:
+        report = _merge_into(cfg, adapter_dir, staging)
+        _replace_dir(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    report["out_dir"] = str(out_dir)
+    return report
+
+
+def _merge_into(cfg: ExperimentConfig, adapter_dir: Path, out_dir: Path) -> dict:
+    import torch
 
     model, tok = load_adapter_model(cfg, adapter_dir)
     expected = check_logits(model, tok)
@@ -107,18 +124,17 @@ def merge_adapter(cfg: ExperimentConfig, adapter_dir: Path, out_dir: Path) -> di
     tok.save_pretrained(out_dir)
     del model, merged
 
-    plain = _auto_class(cfg.task).from_pretrained(out_dir, dtype=torch.float32,
-                                                  trust_remote_code=cfg.model.trust_remote_code).eval()
+    plain = models._auto_class(cfg.task).from_pretrained(out_dir, dtype=torch.float32,
+                                                         trust_remote_code=cfg.model.trust_remote_code).eval()
     lora_left = [n for n, _ in plain.named_parameters() if "lora_" in n]
     max_diff = float((check_logits(plain, tok) - expected).abs().max())
     report = {
-        "out_dir": str(out_dir),
         "max_abs_diff": max_diff,
         "tolerance": TOLERANCE,
         "lora_params_left": len(lora_left),
         "merged_class": type(plain).__name__,
-        "merged_bytes": _dir_bytes(out_dir, "*.safetensors"),
-        "adapter_bytes": _dir_bytes(adapter_dir, "adapter_model.*"),
+        "merged_bytes": dir_bytes(out_dir, "*.safetensors"),
+        "adapter_bytes": dir_bytes(adapter_dir, adapter_weights(adapter_dir).name),
         "note": "merged into the fp32 base",
     }
     if cfg.method == "qlora":
@@ -131,5 +147,15 @@ def merge_adapter(cfg: ExperimentConfig, adapter_dir: Path, out_dir: Path) -> di
     return report
 
 
-def _dir_bytes(folder: Path, pattern: str) -> int:
-    return sum(p.stat().st_size for p in Path(folder).glob(pattern) if p.is_file())
+def _replace_dir(new: Path, target: Path) -> None:
+    """Move `new` to `target`; an existing `target` is set aside first and removed only after the move."""
+    old = target.with_name(f".{target.name}.replaced-{secrets.token_hex(3)}")
+    if target.exists():
+        target.rename(old)
+    try:
+        new.rename(target)
+    except OSError:
+        if old.exists():
+            old.rename(target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

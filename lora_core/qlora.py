@@ -9,13 +9,16 @@ quantization only shows up in the exact count.
 """
 from __future__ import annotations
 
+import gc
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from .config import ExperimentConfig, QuantConfig
-from .models import ModelError
+from . import models
+from .config import SAMPLE_FOR_TASK, ExperimentConfig, QuantConfig
+from .errors import ModelError
 
 SAMPLE_TEXTS = [
     "The movie was a quiet, moving story about two brothers.",
@@ -94,10 +97,10 @@ def layer_table(model) -> list[dict]:
 
 @dataclass
 class QuantizedLoad:
-    """A 4-bit model and what loading it showed. `model` is live: attach_lora() adds adapters to it."""
-    source: str
-    task: str
-    quant: QuantConfig
+    """A 4-bit model and what loading it showed. `model` is live: attach_lora() adds adapters to it. `config`
+    is the QLoRA experiment this load is the first step of (offline: on the task's bundled sample), so training
+    it, or exporting it, starts from the settings tried here."""
+    config: ExperimentConfig
     model: Any
     tokenizer: Any
     before: dict | None  # memory of the fp32 model (None when not measured)
@@ -105,6 +108,18 @@ class QuantizedLoad:
     layers: list[dict]
     load_s: float
     lora: dict | None = field(default=None)
+
+    @property
+    def source(self) -> str:
+        return self.config.model.source
+
+    @property
+    def task(self) -> str:
+        return self.config.task
+
+    @property
+    def quant(self) -> QuantConfig:
+        return self.config.quant
 
     @property
     def saving(self) -> float | None:
@@ -131,12 +146,11 @@ def load_quantized(source: str, quant_type: str = "nf4", double_quant: bool = Tr
                    compute_dtype: str = "bfloat16", task: str | None = None, measure_before: bool = True,
                    num_labels: int = 2) -> QuantizedLoad:
     """Load `source` in 4-bit; with measure_before, load it in fp32 first to measure what quantization saves."""
-    import gc
-
-    from . import models
-
     quant = quant_settings(quant_type, double_quant, compute_dtype)
     task = task or models.default_task(models.load_config(source))
+    config = ExperimentConfig.from_dict({
+        "name": f"{Path(source).name} qlora", "task": task, "method": "qlora", "model": {"source": source},
+        "quant": vars(quant), "data": {"train": SAMPLE_FOR_TASK[task]}})
     tok = models.load_tokenizer(source)
     before = None
     if measure_before:
@@ -148,26 +162,23 @@ def load_quantized(source: str, quant_type: str = "nf4", double_quant: bool = Tr
     model = models.load_model(source, task, num_labels=num_labels, quant=quant, pad_token_id=tok.pad_token_id)
     load_s = time.perf_counter() - started
     model.eval()
-    return QuantizedLoad(source, task, quant, model, tok, before, memory_bytes(model), layer_table(model), load_s)
+    return QuantizedLoad(config, model, tok, before, memory_bytes(model), layer_table(model), load_s)
 
 
-def attach_lora(loaded: QuantizedLoad, r: int = 8, alpha: float = 16.0, dropout: float = 0.05,
-                target_modules=None, gradient_checkpointing: bool = False) -> dict:
+def attach_lora(loaded: QuantizedLoad, lora: dict[str, Any] | None = None,
+                gradient_checkpointing: bool = False) -> dict:
     """QLoRA proper: prepare the 4-bit model for training and add LoRA adapters (in place: `loaded.model`
-    becomes the PeftModel). Returns the counts and which 4-bit layers got adapters."""
-    from . import models
-
+    becomes the PeftModel, `loaded.config` carries the settings). `lora` holds the config's LoRA fields by name
+    ({"r": 8, "alpha": 16, "target_modules": "preset:qv", ...}), checked like any config (errors name lora.r).
+    Returns the counts and which 4-bit layers got adapters."""
     if loaded.lora is not None:
         raise ModelError("LoRA is already attached to this model; load it again to try other settings")
-    cfg = ExperimentConfig.from_dict({
-        "task": loaded.task, "method": "qlora", "model": {"source": loaded.source},
-        "data": {"train": "sample:instructions" if loaded.task == "causal-lm" else "sample:sentiment-2"},
-        "lora": {"r": r, "alpha": alpha, "dropout": dropout, "target_modules": target_modules},
-        "quant": vars(loaded.quant), "train": {"gradient_checkpointing": gradient_checkpointing}})
-    model = models.apply_method(cfg, loaded.model, quantized=True)
+    cfg = loaded.config.replace(**{f"lora.{key}": value for key, value in (lora or {}).items()},
+                                **{"train.gradient_checkpointing": gradient_checkpointing})
+    model = models.apply_method(cfg, loaded.model, quantized=True)  # the LoRA config: models.build_lora_config
     adapted = sorted({n.rsplit(".base_layer", 1)[0] for n, m in model.named_modules()
                       if n.endswith(".base_layer") and type(m).__name__ == "Linear4bit"})
-    loaded.model = model
+    loaded.model, loaded.config = model, cfg
     loaded.lora = {**models.summarize_params(cfg, model), "adapted_4bit_layers": len(adapted),
                    "adapted_names": adapted, "targets": list(model.peft_config["default"].target_modules)}
     loaded.after = memory_bytes(model)
@@ -201,10 +212,6 @@ def perplexity(model, tokenizer, texts: list[str], max_length: int = 128) -> dic
 def compare_perplexity(source: str, texts: list[str] | None = None, quant_type: str = "nf4",
                        double_quant: bool = True, compute_dtype: str = "bfloat16", max_length: int = 128) -> dict:
     """Perplexity of the full-precision and the 4-bit model on the same texts, and their ratio."""
-    import gc
-
-    from . import models
-
     texts = [t for t in (texts or SAMPLE_TEXTS) if t and t.strip()]
     config = models.load_config(source)
     if models.default_task(config) != "causal-lm":

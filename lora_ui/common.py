@@ -1,4 +1,4 @@
-"""Small helpers every page uses: the runs directory, error display, number formatting, the shared config."""
+"""Small helpers every page uses: the run manager, error display, number formatting, the shared config."""
 from __future__ import annotations
 
 import math
@@ -7,17 +7,25 @@ from typing import Any
 
 import streamlit as st
 
-from lora_core.config import ConfigError, ExperimentConfig
+from lora_core.config import LORA_METHODS, ConfigError, ExperimentConfig
 from lora_core.errors import LoraLabError
+from lora_core.paths import dir_bytes  # noqa: F401 - for the pages
+from lora_core.runs import Runs, RunStatus, default_runs_dir
 
-STATUS_ICON = {"QUEUED": "⏳", "RUNNING": "🏃", "SUCCEEDED": "✅", "FAILED": "❌", "STOPPED": "⏹️"}
+STATUS_ICON = {RunStatus.QUEUED: "⏳", RunStatus.RUNNING: "🏃", RunStatus.SUCCEEDED: "✅", RunStatus.FAILED: "❌",
+               RunStatus.STOPPED: "⏹️"}
+DONE = (RunStatus.SUCCEEDED, RunStatus.STOPPED)  # runs that ended with results worth showing
 
 
-def runs_dir():
-    """The runs directory every page reads: $LORA_LAB_RUNS_DIR or ./runs (re-read each call, so tests can set it)."""
-    from lora_core import storage
+def runs() -> Runs:
+    """The run manager for $LORA_LAB_RUNS_DIR or ./runs (re-read each call, so tests can set it); one per
+    directory, shared by every session."""
+    return _runs_in(str(default_runs_dir()))
 
-    return storage.default_runs_dir()
+
+@st.cache_resource(show_spinner=False)
+def _runs_in(path: str) -> Runs:
+    return Runs(path)
 
 
 # -- errors ------------------------------------------------------------------------------------------------
@@ -141,24 +149,22 @@ def primary_metric(results: dict | None) -> tuple[str, float | None]:
     return "accuracy", None
 
 
-def pick_run(status, key: str, empty: str, *, keep=None, show_task: bool = False):
+def pick_run(status: RunStatus | list[RunStatus], key: str, empty: str, *, keep=None, show_task: bool = False):
     """A selectbox over runs with the given status (reconciled first), or st.stop() with `empty` when there are
     none. `keep(record)` filters further. Returns the chosen RunRecord."""
     try:
-        from lora_core import launcher
-
-        runs = [r for r in launcher.list_runs(runs_dir=runs_dir(), status=status) if keep is None or keep(r)]
+        found = [r for r in runs().list(status=status) if keep is None or keep(r)]
     except Exception as exc:  # noqa: BLE001 - a broken registry is shown, not raised
         show_error(exc)
         st.stop()
-    if not runs:
+    if not found:
         st.info(empty)
         st.stop()
-    by_id = {r.id: r for r in runs}
+    by_id = {r.id: r for r in found}
 
     def label(run_id: str) -> str:
         r = by_id[run_id]
-        rank = f" r={r.rank}" if r.rank else ""
+        rank = f" r={r.lora_r}" if r.lora_r else ""
         return f"{r.name} · {r.task + ' · ' if show_task else ''}{r.method}{rank} · {run_id}"
 
     return by_id[st.selectbox("Run", list(by_id), key=key, format_func=label)]

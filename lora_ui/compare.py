@@ -8,7 +8,7 @@ from collections import Counter
 
 import pandas as pd
 
-from lora_ui.common import primary_metric
+from lora_ui.common import LORA_METHODS, RunStatus, primary_metric
 
 COLUMNS = ["label", "status", "method", "rank", "trainable", "trainable %", "accuracy", "macro-F1", "eval loss",
            "train time (s)", "peak mem (GB)", "est. peak (GB)", "adapter (MB)", "vs full: accuracy",
@@ -16,8 +16,8 @@ COLUMNS = ["label", "status", "method", "rank", "trainable", "trainable %", "acc
 
 
 def short_label(rec) -> str:
-    label = f"{rec.method} r={rec.rank}" if rec.method in ("lora", "qlora") and rec.rank else (rec.method or rec.name)
-    return label + (" (stopped)" if rec.status == "STOPPED" else "")
+    label = f"{rec.method} r={rec.lora_r}" if rec.method in LORA_METHODS and rec.lora_r else (rec.method or rec.name)
+    return label + (" (stopped)" if rec.status == RunStatus.STOPPED else "")
 
 
 def labels_for(records) -> list[str]:
@@ -48,7 +48,7 @@ def rows(records) -> list[dict]:
             "label": label,
             "status": rec.status,
             "method": rec.method,
-            "rank": rec.rank,
+            "rank": rec.lora_r,
             "trainable": res.get("trainable_params"),
             "trainable %": res.get("trainable_percent"),
             "accuracy": value if name == "accuracy" else None,

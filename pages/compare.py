@@ -4,19 +4,16 @@ import streamlit as st
 
 from lora_ui import charts
 from lora_ui import compare as cmp
-from lora_ui.common import STATUS_ICON, number_columns, runs_dir, show_error
+from lora_ui.common import DONE, STATUS_ICON, number_columns, runs, show_error
 
 S = st.session_state
-DONE = ("SUCCEEDED", "STOPPED")
 
 st.title("Compare")
 st.caption("Which adapter is worth it? Accuracy against what it costs: trainable parameters, time and memory, "
            "relative to full fine-tuning on the same data.")
 
 try:
-    from lora_core import launcher
-
-    all_runs = launcher.list_runs(runs_dir=runs_dir())
+    all_runs = runs().list()
 except Exception as exc:  # noqa: BLE001
     show_error(exc)
     st.stop()
@@ -88,9 +85,7 @@ with c3:
 st.subheader("Loss curves")
 x_name = st.radio("x-axis", list(charts.X_AXES), horizontal=True, key="compare_x")
 try:
-    from lora_core import storage
-
-    series = [(label, storage.read_metrics(rec.id, runs_dir=runs_dir())) for rec, label in zip(chosen, labels)]
+    series = [(label, runs().metrics(rec.id)) for rec, label in zip(chosen, labels)]
     st.plotly_chart(charts.curves_figure(series, x=charts.X_AXES[x_name], title="Train (solid) and eval (dashed) loss"),
                     key="compare_curves", width="stretch")
 except Exception as exc:  # noqa: BLE001

@@ -10,8 +10,8 @@ import json
 import pandas as pd
 import streamlit as st
 
-from lora_core.config import (BUNDLED_MODELS, SAMPLE_DATASETS, ConfigError, ExperimentConfig, field_choices,
-                              field_help)
+from lora_core.config import (BUNDLED_MODELS, LORA_METHODS, SAMPLE_DATASETS, ConfigError, ExperimentConfig,
+                              field_choices, field_help)
 from lora_ui import engine
 from lora_ui.common import FieldSlots, current_config, error_text, fmt_bytes, fmt_count, set_current_config
 from lora_ui.config_form import (OTHER_DATA, OTHER_MODEL, P, SPLIT_OFF, TARGET_MODES, cli_command,
@@ -128,7 +128,7 @@ if layer_error is not None:
 # -- LoRA --------------------------------------------------------------------------------------------------
 with tab_lora:
     method = S.get(P + "method", "lora")
-    if method not in ("lora", "qlora"):
+    if method not in LORA_METHODS:
         st.info(f"Method **{method}** does not use LoRA adapters; these settings apply to lora and qlora runs.")
     st.markdown("LoRA keeps each chosen weight **W** (d_out × d_in) frozen and learns a low-rank update:")
     st.latex(r"W' = W + \frac{\alpha}{r}\,B A,\qquad B\in\mathbb{R}^{d_\text{out}\times r},\;"

@@ -5,9 +5,10 @@ import json
 import pandas as pd
 import streamlit as st
 
+from lora_core.config import LORA_METHODS
 from lora_ui import charts, engine
 from lora_ui import compare as cmp
-from lora_ui.common import error_text, fmt_bytes, fmt_count, runs_dir
+from lora_ui.common import RunStatus, error_text, fmt_bytes, fmt_count, runs
 
 S = st.session_state
 OTHER = "Other: config.json, model dir, hub id or a parameter count…"
@@ -50,7 +51,7 @@ attention = c[1].selectbox("Attention", ["sdpa", "eager"], key="est_attn",
                            help="eager materializes the b·h·s² attention scores; SDPA/flash does not")
 device = c[2].selectbox("Device", ["cuda", "cpu"], key="est_device")
 knobs = {"optimizer": optimizer, "gradient_checkpointing": ckpt, "attention": attention, "device": device}
-if method in ("lora", "qlora"):
+if method in LORA_METHODS:
     rank = c[3].number_input("LoRA rank", min_value=1, max_value=1024, value=8, step=1, key="est_rank")
     c = st.columns(4)
     targets = c[0].selectbox("Targets", ["qv", "attention", "all-linear"], key="est_targets",
@@ -115,9 +116,7 @@ except Exception as exc:  # noqa: BLE001
 st.divider()
 st.subheader("Estimate vs measured, for finished runs")
 try:
-    from lora_core import storage
-
-    done = [r for r in storage.list_runs(runs_dir=runs_dir(), status="SUCCEEDED")
+    done = [r for r in runs().list(status=RunStatus.SUCCEEDED)
             if (r.results or {}).get("peak_mem_bytes")]
     rows = []
     for rec, label in zip(done, cmp.labels_for(done)):

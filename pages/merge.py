@@ -1,27 +1,21 @@
 """Merge & export: fold a run's LoRA adapter into its base, verify the merged model is plain and equivalent,
 and download the adapter or the merged model."""
 import io
-import shutil
 import zipfile
 from pathlib import Path
 
 import streamlit as st
 
-from lora_core import storage
-from lora_ui.common import error_text, fmt_bytes, pick_run, runs_dir
+from lora_core.config import LORA_METHODS
+from lora_ui.common import RunStatus, dir_bytes, error_text, fmt_bytes, pick_run, runs
 
 S = st.session_state
-MERGED_DIR = "merged"  # under the run's artifacts folder, like `python -m lora_core merge RUN --out DIR`
 
 st.title("Merge & export")
 st.markdown("Merging computes **W' = W + (α/r)·B·A** once and stores W' in place of W: the result is a plain "
             "model with no PEFT dependency and no extra latency. We then reload it with `AutoModel…"
             "from_pretrained`, check that no `lora_` parameter is left, and compare its outputs with the adapter "
             "model's.")
-
-
-def dir_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
 
 
 def zip_dir(path: Path) -> bytes:
@@ -33,16 +27,16 @@ def zip_dir(path: Path) -> bytes:
     return buf.getvalue()
 
 
-rec = pick_run("SUCCEEDED", "merge_run", "No finished runs yet. Train one on the Train page first.")
-artifacts = storage.artifacts_dir(rec.id, runs_dir=runs_dir())
-adapter = artifacts / "adapter"
-merged = artifacts / MERGED_DIR
+rec = pick_run(RunStatus.SUCCEEDED, "merge_run", "No finished runs yet. Train one on the Train page first.")
+artifacts = runs().dir(rec.id).artifacts
+adapter = artifacts.adapter
+merged = artifacts.merged  # like `python -m lora_core merge RUN` without --out
 
-if rec.method not in ("lora", "qlora"):
+if rec.method not in LORA_METHODS:
     st.info(f"This is a **{rec.method}** run: it saved its weights directly (no adapter to merge). "
             "You can download them as they are.")
-    saved = next((artifacts / d for d in ("model", "head") if (artifacts / d).is_dir()), None)
-    if saved is not None:
+    saved = artifacts.weights(rec.method)
+    if saved.is_dir():
         st.metric("Saved weights", fmt_bytes(dir_bytes(saved)))
         st.download_button(f"Download {saved.name}/ (zip)", lambda: zip_dir(saved),
                            file_name=f"{rec.id}-{saved.name}.zip", mime="application/zip", key="merge_dl_saved")
@@ -71,10 +65,8 @@ if st.button(label, type="primary", key="merge_go"):
         from lora_core.merge import merge_adapter
 
         with st.spinner("Merging, saving, reloading as a plain model, comparing outputs…"):
-            if again:
-                shutil.rmtree(merged)
-            cfg = storage.read_config(rec.id, runs_dir=runs_dir())
-            S[f"merge_report_{rec.id}"] = merge_adapter(cfg, adapter, merged)
+            # overwrite: the engine replaces the old merged folder only once the new model is saved
+            S[f"merge_report_{rec.id}"] = merge_adapter(runs().config(rec.id), adapter, merged, overwrite=again)
     except Exception as exc:  # noqa: BLE001 - ModelError and friends: say what is wrong
         st.error(f"Merge failed: {error_text(exc)}")
 

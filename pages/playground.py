@@ -6,8 +6,7 @@ more inputs does not reload them. Inference only; nothing trains here.
 import pandas as pd
 import streamlit as st
 
-from lora_core import storage
-from lora_ui.common import error_text, pick_run, runs_dir
+from lora_ui.common import DONE, error_text, pick_run, runs
 
 S = st.session_state
 EXAMPLES = {"seq-cls": "A wonderful, moving film with a brilliant cast.\nThe worst thing I have ever seen.\n"
@@ -18,7 +17,7 @@ st.title("Playground")
 st.caption("Try a finished run on your own inputs: the base model (what training started from) and the tuned "
            "model side by side. For LoRA runs the base is the same weights with the adapter switched off.")
 
-rec = pick_run(["SUCCEEDED", "STOPPED"], "play_run",
+rec = pick_run(list(DONE), "play_run",
                "No finished runs with saved weights yet. Train one on the Train page.",
                keep=lambda r: bool((r.results or {}).get("artifact_dir")), show_task=True)
 loaded = S.get("play_loaded")
@@ -31,8 +30,7 @@ if c1.button("Load models" if not ready else "Reload models", type="primary" if 
         from lora_core import inference
 
         with st.spinner(f"Loading {rec.model} and the {rec.method} weights…"):
-            cfg = storage.read_config(rec.id, runs_dir=runs_dir())
-            S["play_loaded"] = (rec.id, inference.load_run(cfg, storage.artifacts_dir(rec.id, runs_dir=runs_dir())))
+            S["play_loaded"] = (rec.id, inference.load_run(runs().config(rec.id), runs().dir(rec.id).artifacts))
         S.pop("play_output", None)
         ready = True
     except Exception as exc:  # noqa: BLE001 - e.g. a run that stopped before saving (ModelError says so)
@@ -77,7 +75,7 @@ if output and output[0] == rec.id:
         st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
                      column_config={"base": "base model", "tuned": "tuned model"})
 
-generations = (storage.read_results(rec.id, runs_dir=runs_dir()) or {}).get("generations")
+generations = (runs().results(rec.id) or {}).get("generations")
 if generations:
     with st.expander("Generations recorded at training time (before / after)"):
         st.dataframe(pd.DataFrame(generations), hide_index=True, width="stretch")

@@ -7,8 +7,8 @@ the loaded 4-bit model is kept in this browser session only.
 import pandas as pd
 import streamlit as st
 
-from lora_core.config import BUNDLED_MODELS, field_help
-from lora_ui.common import error_text, fmt_bytes, fmt_count, runs_dir
+from lora_core.config import BUNDLED_MODELS, LORA_METHODS, field_help
+from lora_ui.common import RunStatus, error_text, fmt_bytes, fmt_count, runs
 
 S = st.session_state
 OTHER = "Hub id or local directory…"
@@ -85,7 +85,8 @@ if loaded is not None:
                 from lora_core.qlora import attach_lora
 
                 with st.spinner("prepare_model_for_kbit_training + get_peft_model…"):
-                    attach_lora(loaded, r=int(r), alpha=float(alpha), dropout=float(dropout), target_modules=preset)
+                    attach_lora(loaded, {"r": int(r), "alpha": float(alpha), "dropout": float(dropout),
+                                         "target_modules": preset})
                 st.rerun()
             except Exception as exc:  # noqa: BLE001
                 st.error(error_text(exc), icon="🚫")
@@ -129,10 +130,8 @@ if result:
 st.divider()
 st.subheader("Generate: base vs trained adapter")
 try:
-    from lora_core import storage
-
-    gen_runs = [r for r in storage.list_runs(runs_dir=runs_dir(), status="SUCCEEDED")
-                if r.task == "causal-lm" and r.method in ("lora", "qlora")]
+    gen_runs = [r for r in runs().list(status=RunStatus.SUCCEEDED)
+                if r.task == "causal-lm" and r.method in LORA_METHODS]
 except Exception as exc:  # noqa: BLE001
     gen_runs = []
     st.error(error_text(exc))
@@ -142,7 +141,7 @@ if not gen_runs:
 else:
     by_id = {r.id: r for r in gen_runs}
     run_id = st.selectbox("Run", list(by_id), key="qlora_gen_run",
-                          format_func=lambda i: f"{by_id[i].name} · {by_id[i].method} r={by_id[i].rank} · {i}")
+                          format_func=lambda i: f"{by_id[i].name} · {by_id[i].method} r={by_id[i].lora_r} · {i}")
     prompts = st.text_area("Prompts (one a line)", value="Write a short greeting:\nThe movie was",
                            key="qlora_prompts")
     tokens = st.number_input("New tokens", min_value=1, max_value=256, value=24, key="qlora_tokens")
@@ -151,8 +150,7 @@ else:
             from lora_core import inference
 
             with st.spinner("Loading the base and the adapter, generating greedily…"):
-                models = inference.load_run(storage.read_config(run_id, runs_dir=runs_dir()),
-                                            storage.artifacts_dir(run_id, runs_dir=runs_dir()))
+                models = inference.load_run(runs().config(run_id), runs().dir(run_id).artifacts)
                 S["qlora_gen_result"] = models.generate([p for p in prompts.splitlines() if p.strip()],
                                                         max_new_tokens=int(tokens))
         except Exception as exc:  # noqa: BLE001

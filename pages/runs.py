@@ -5,8 +5,8 @@ import pandas as pd
 import streamlit as st
 
 from lora_core.config import ConfigError
-from lora_ui.common import (STATUS_ICON, error_text, fmt_bytes, fmt_duration, fmt_time, number_columns,
-                            primary_metric, runs_dir, show_error)
+from lora_ui.common import (STATUS_ICON, RunStatus, error_text, fmt_bytes, fmt_duration, fmt_time, number_columns,
+                            primary_metric, runs, show_error)
 from lora_ui.config_form import state_from_config
 from lora_ui.live import curves, progress_line
 
@@ -16,9 +16,7 @@ st.title("Runs")
 
 
 def list_all():
-    from lora_core import launcher
-
-    return launcher.list_runs(runs_dir=runs_dir())  # reconciles first: a dead worker never shows as RUNNING
+    return runs().list()  # reconciles first: a dead worker never shows as RUNNING
 
 
 def row(rec) -> dict:
@@ -28,7 +26,7 @@ def row(rec) -> dict:
         "status": f"{STATUS_ICON.get(rec.status, '')} {rec.status}",
         "name": rec.name,
         "method": rec.method,
-        "rank": rec.rank,
+        "rank": rec.lora_r,
         "accuracy": value if name == "accuracy" else None,
         "eval loss": res.get("eval_loss"),
         "trainable": res.get("trainable_params"),
@@ -41,29 +39,30 @@ def row(rec) -> dict:
 
 
 try:
-    runs = list_all()
+    all_runs = list_all()
 except Exception as exc:  # noqa: BLE001 - an unreadable runs dir is reported, not raised
     show_error(exc)
     st.stop()
 
-if not runs:
+if not all_runs:
     st.info("No runs yet. Launch one from the Train page.")
     st.page_link("pages/train.py", label="Go to Train", icon=":material/rocket_launch:")
     st.stop()
 
 c1, c2, c3, c4 = st.columns([1, 1, 1, 2])
-statuses = c1.multiselect("Status", ["QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "STOPPED"], key="runs_status")
+statuses = c1.multiselect("Status", list(RunStatus), key="runs_status")
 methods = c2.multiselect("Method", ["full", "lora", "qlora", "head-only"], key="runs_method")
-sweeps = sorted({r.sweep_id for r in runs if r.sweep_id}, reverse=True)
+sweeps = sorted({r.sweep_id for r in all_runs if r.sweep_id}, reverse=True)
 sweep = c3.selectbox("Sweep", ["(all)"] + sweeps, key="runs_sweep")
 text = c4.text_input("Search name or id", key="runs_search", placeholder="e.g. r8 or minilm")
 
-shown = [r for r in runs
+shown = [r for r in all_runs
          if (not statuses or r.status in statuses) and (not methods or r.method in methods)
          and (sweep == "(all)" or r.sweep_id == sweep)
          and (not text or text.lower() in r.name.lower() or text.lower() in r.id)]
-counts = {s: sum(r.status == s for r in runs) for s in ("RUNNING", "QUEUED", "SUCCEEDED", "FAILED", "STOPPED")}
-st.caption(f"{len(shown)} of {len(runs)} runs · " + " · ".join(f"{STATUS_ICON[s]} {n} {s.lower()}"
+counts = {s: sum(r.status == s for r in all_runs) for s in (RunStatus.RUNNING, RunStatus.QUEUED, RunStatus.SUCCEEDED,
+                                                         RunStatus.FAILED, RunStatus.STOPPED)}
+st.caption(f"{len(shown)} of {len(all_runs)} runs · " + " · ".join(f"{STATUS_ICON[s]} {n} {s.lower()}"
                                                              for s, n in counts.items() if n))
 frame = pd.DataFrame([row(r) for r in shown])
 st.dataframe(frame, hide_index=True, width="stretch", height=min(420, 38 + 35 * max(1, len(shown))),
@@ -82,10 +81,8 @@ rec = by_id[run_id]
 
 
 def delete_run(rid: str) -> None:
-    from lora_core import launcher
-
     try:
-        launcher.delete(rid, runs_dir=runs_dir())
+        runs().delete(rid)
         S["runs_message"] = ("ok", f"Deleted {rid}.")
         S.pop("runs_open", None)
     except Exception as exc:  # noqa: BLE001 - e.g. still RUNNING
@@ -93,10 +90,8 @@ def delete_run(rid: str) -> None:
 
 
 def resume_run(rid: str) -> None:
-    from lora_core import launcher
-
     try:
-        new_id = launcher.resume(rid, runs_dir=runs_dir())
+        new_id = runs().resume(rid)
         S.setdefault("train_launched", []).append(new_id)
         S["runs_message"] = ("ok", f"Resumed as the new linked run {new_id} (see Train).")
     except Exception as exc:  # noqa: BLE001
@@ -104,20 +99,16 @@ def resume_run(rid: str) -> None:
 
 
 def stop_run(rid: str) -> None:
-    from lora_core import launcher
-
     try:
-        launcher.stop(rid, runs_dir=runs_dir(), wait=False)
+        runs().stop(rid, wait=False)
         S["runs_message"] = ("ok", f"Stopping {rid}: it saves the adapter and a checkpoint first.")
     except Exception as exc:  # noqa: BLE001
         S["runs_message"] = ("error", f"Stop {rid}: {error_text(exc)}")
 
 
 def use_config(rid: str) -> None:
-    from lora_core import storage
-
     try:
-        cfg = storage.read_config(rid, runs_dir=runs_dir())
+        cfg = runs().config(rid)
         for key, value in state_from_config(cfg).items():
             S[key] = value
         S["cfg_current"] = cfg.to_dict()
@@ -130,12 +121,10 @@ message = S.pop("runs_message", None)
 if message:
     (st.success if message[0] == "ok" else st.error)(message[1])
 
-from lora_core import storage  # noqa: E402 - after the cheap early exits
-
 st.subheader(f"{STATUS_ICON.get(rec.status, '')} {rec.name}")
 c = st.columns(5)
 c[0].metric("Status", rec.status)
-c[1].metric("Method", rec.method + (f" r={rec.rank}" if rec.rank else ""))
+c[1].metric("Method", rec.method + (f" r={rec.lora_r}" if rec.lora_r else ""))
 name, value = primary_metric(rec.results)
 c[2].metric(name.capitalize(), f"{value:.4f}" if value is not None else "—")
 c[3].metric("Duration", fmt_duration(rec.duration))
@@ -146,28 +135,28 @@ st.caption(f"id `{rec.id}` · created {fmt_time(rec.created)} · started {fmt_ti
 
 a = st.columns(4)
 a[0].button("Open config in builder", key="runs_use", on_click=use_config, args=(rec.id,))
-if rec.status in ("STOPPED", "FAILED"):
+if rec.status in (RunStatus.STOPPED, RunStatus.FAILED):
     a[1].button("Resume", icon=":material/play_arrow:", key="runs_resume", on_click=resume_run, args=(rec.id,))
-elif rec.status in ("RUNNING", "QUEUED"):
-    a[1].button("Stop" if rec.status == "RUNNING" else "Cancel", icon=":material/stop_circle:", key="runs_stop",
+elif rec.status in (RunStatus.RUNNING, RunStatus.QUEUED):
+    a[1].button("Stop" if rec.status == RunStatus.RUNNING else "Cancel", icon=":material/stop_circle:", key="runs_stop",
                 on_click=stop_run, args=(rec.id,), disabled=bool(rec.stop_requested))
-with a[3].popover("Delete", icon=":material/delete:", disabled=rec.status == "RUNNING",
-                  help="Stop a running run first" if rec.status == "RUNNING" else "Remove the run and its files"):
+with a[3].popover("Delete", icon=":material/delete:", disabled=rec.status == RunStatus.RUNNING,
+                  help="Stop a running run first" if rec.status == RunStatus.RUNNING else "Remove the run and its files"):
     st.markdown(f"Delete **{rec.name}** and all its files? This cannot be undone.")
     st.button("Delete for good", key="runs_delete", type="primary", on_click=delete_run, args=(rec.id,))
 
-if rec.status == "FAILED":
+if rec.status == RunStatus.FAILED:
     st.error(f"**Failed:** {rec.error}")
     if rec.error_log:
         st.code(rec.error_log, language="text")
-elif rec.status == "STOPPED" and rec.error:
+elif rec.status == RunStatus.STOPPED and rec.error:
     st.warning(rec.error)
 
 tab_curves, tab_results, tab_config, tab_files, tab_log = st.tabs(
     ["Curves", "Results", "Config", "Artifacts", "Log"])
 with tab_curves:
     try:
-        events = storage.read_metrics(rec.id, runs_dir=runs_dir())
+        events = runs().metrics(rec.id)
         frac, text_ = progress_line(rec, events)
         st.progress(frac, text=text_)
         x = st.radio("x-axis", ["step", "epoch", "elapsed_s"], horizontal=True, key="runs_x",
@@ -176,7 +165,7 @@ with tab_curves:
     except Exception as exc:  # noqa: BLE001
         show_error(exc)
 with tab_results:
-    results = storage.read_results(rec.id, runs_dir=runs_dir())
+    results = runs().results(rec.id)
     if not results:
         st.caption("No results yet (they are written when the run ends).")
     else:
@@ -190,13 +179,13 @@ with tab_results:
             st.json(results)
 with tab_config:
     try:
-        cfg = storage.read_config(rec.id, runs_dir=runs_dir())
+        cfg = runs().config(rec.id)
         st.code(cfg.to_yaml(), language="yaml")
-        st.download_button("config.yaml", cfg.to_yaml(), file_name=f"{rec.id}.yaml", key="runs_dl_cfg")
+        st.download_button(runs().dir(rec.id).config.name, cfg.to_yaml(), file_name=f"{rec.id}.yaml", key="runs_dl_cfg")
     except (ConfigError, OSError) as exc:
         show_error(exc)
 with tab_files:
-    root = storage.artifacts_dir(rec.id, runs_dir=runs_dir())
+    root = runs().dir(rec.id).artifacts.path
     files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
     if files:
         st.dataframe(pd.DataFrame([{"file": str(p.relative_to(root)), "size": fmt_bytes(p.stat().st_size)}
@@ -205,5 +194,5 @@ with tab_files:
     else:
         st.caption("No artifacts yet.")
 with tab_log:
-    st.code(storage.log_tail(rec.id, n=200, runs_dir=runs_dir()) or "(empty)", language="text")
+    st.code(runs().log_tail(rec.id, n=200) or "(empty)", language="text")
     st.caption(json.dumps({"pid": rec.pid, "host": rec.host, "heartbeat": fmt_time(rec.heartbeat)}))

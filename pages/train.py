@@ -1,6 +1,6 @@
 """Train: launch the built config (or a sweep over ranks / methods), then watch live runs.
 
-Runs are launched through lora_core.launcher into their own worker processes; this script only reads the
+Runs are launched through the run manager (lora_ui.common.runs) into their own worker processes; this script only reads the
 registry and the metrics streams. The live panel is a fragment that re-runs every few seconds by itself,
 so the curves grow without rerunning the page.
 """
@@ -11,8 +11,8 @@ import streamlit as st
 
 from lora_core.config import BUNDLED_MODELS, ConfigError, ExperimentConfig
 from lora_ui import engine
-from lora_ui.common import (STATUS_ICON, current_config, error_text, fmt_duration, primary_metric, runs_dir,
-                            show_error)
+from lora_ui.common import (STATUS_ICON, LoraLabError, RunStatus, current_config, error_text, fmt_duration,
+                            primary_metric, runs, show_error)
 from lora_ui.config_form import P, cli_command, config_dict_from_state
 from lora_ui.live import curves, progress_line, throughput_metrics
 
@@ -37,7 +37,7 @@ def preflight(cfg) -> None:
 
 
 def sweep_request(cfg, ranks: list[int], lora_methods: list[str], baselines: list[str]):
-    """(base config, vary) for launcher.sweep: the first chosen method becomes the base (the launcher always
+    """(base config, vary) for Runs.sweep: the first chosen method becomes the base (the launcher always
     keeps the base's method and adds the others); ranks apply only to the adapter methods."""
     methods = list(lora_methods) + list(baselines)
     if not methods:
@@ -75,10 +75,8 @@ tab_one, tab_sweep = st.tabs(["Launch this config", "Sweep ranks / methods"])
 with tab_one:
     if st.button("Launch run", icon=":material/rocket_launch:", type="primary", key="train_launch"):
         try:
-            from lora_core import launcher
-
             preflight(cfg)
-            run_id = launcher.launch(cfg, runs_dir=runs_dir())
+            run_id = runs().launch(cfg)
             S["train_launched"].append(run_id)
             st.success(f"Launched **{run_id}** — it trains in its own process; closing the tab does not stop it.")
         except Exception as exc:  # noqa: BLE001 - ConfigError / DataError / ModelError name what is wrong
@@ -101,10 +99,8 @@ with tab_sweep:
     planned, base, vary = [], None, {}
     if lora_methods or baselines:
         try:
-            from lora_core import launcher
-
             base, vary = sweep_request(cfg, ranks, lora_methods, baselines)
-            planned = launcher.sweep_configs(base, vary)
+            planned = runs().plan_sweep(base, vary)
             st.dataframe(pd.DataFrame([{"run": c.name, "method": c.method,
                                         "rank": c.lora.r if c.uses_lora else None} for c in planned]),
                          hide_index=True, width="content")
@@ -114,10 +110,8 @@ with tab_sweep:
     if st.button(f"Launch sweep ({len(planned)} runs)", icon=":material/science:", key="train_sweep_go",
                  disabled=not planned):
         try:
-            from lora_core import launcher
-
             preflight(base)
-            sweep_id, run_ids = launcher.sweep(base, vary, runs_dir=runs_dir())
+            sweep_id, run_ids = runs().sweep(base, vary)
             S["train_launched"].extend(run_ids)
             S["compare_sweep"] = sweep_id
             st.success(f"Sweep **{sweep_id}**: {len(run_ids)} runs queued. They start by themselves as slots free "
@@ -129,10 +123,8 @@ with tab_sweep:
 def stop_run(run_id: str) -> None:
     """Ask for a graceful stop and return at once (wait=False): the worker finishes the current step and saves
     the adapter and a checkpoint; past the timeout the live panel's reconcile() kills its process group."""
-    from lora_core import launcher
-
     try:
-        launcher.stop(run_id, runs_dir=runs_dir(), wait=False)
+        runs().stop(run_id, wait=False)
         S["train_message"] = ("ok", f"Stopping {run_id}: it finishes the current step and saves the adapter "
                                     "and a checkpoint.")
     except Exception as exc:  # noqa: BLE001 - e.g. it already finished
@@ -140,10 +132,8 @@ def stop_run(run_id: str) -> None:
 
 
 def resume_run(run_id: str) -> None:
-    from lora_core import launcher
-
     try:
-        new_id = launcher.resume(run_id, runs_dir=runs_dir())
+        new_id = runs().resume(run_id)
         S["train_launched"].append(new_id)
         S["train_message"] = ("ok", f"Resumed {run_id} as the new linked run {new_id}.")
     except Exception as exc:  # noqa: BLE001 - e.g. no checkpoint
@@ -151,45 +141,39 @@ def resume_run(run_id: str) -> None:
 
 
 def cancel_run(run_id: str) -> None:
-    from lora_core import launcher
-
     try:
-        launcher.cancel(run_id, runs_dir=runs_dir())
+        runs().cancel(run_id)
     except Exception as exc:  # noqa: BLE001
         S["train_message"] = ("error", f"Cancel {run_id}: {error_text(exc)}")
 
 
 def move_run(run_id: str, position: int) -> None:
-    from lora_core import launcher
-
     try:
-        launcher.move(run_id, position, runs_dir=runs_dir())
+        runs().move(run_id, position)
     except Exception as exc:  # noqa: BLE001
         S["train_message"] = ("error", f"Move {run_id}: {error_text(exc)}")
 
 
 def run_card(rec, x_axis: str) -> None:
-    from lora_core import storage
-
-    events = storage.read_metrics(rec.id, runs_dir=runs_dir())
+    events = runs().metrics(rec.id)
     with st.container(border=True):
         c1, c2 = st.columns([4, 1])
         c1.markdown(f"{STATUS_ICON.get(rec.status, '')} **{rec.name}** · {rec.method}"
-                    + (f" r={rec.rank}" if rec.rank else "") + f" · `{rec.id}`")
-        if rec.status == "RUNNING":
+                    + (f" r={rec.lora_r}" if rec.lora_r else "") + f" · `{rec.id}`")
+        if rec.status == RunStatus.RUNNING:
             c2.button("Stop", icon=":material/stop_circle:", key=f"train_stop_{rec.id}", on_click=stop_run,
                       args=(rec.id,), disabled=bool(rec.stop_requested),
                       help="Graceful: finishes the current step, saves the adapter and a checkpoint.")
-        elif rec.status in ("STOPPED", "FAILED"):
+        elif rec.status in (RunStatus.STOPPED, RunStatus.FAILED):
             c2.button("Resume", icon=":material/play_arrow:", key=f"train_resume_{rec.id}", on_click=resume_run,
                       args=(rec.id,), help="Continue from the last checkpoint as a new run linked to this one.")
         frac, text = progress_line(rec, events)
-        if rec.status == "RUNNING" and rec.stop_requested:
+        if rec.status == RunStatus.RUNNING and rec.stop_requested:
             text = "stopping: saving the adapter and a checkpoint… · " + text
         st.progress(frac, text=text)
-        if rec.status == "FAILED":
+        if rec.status == RunStatus.FAILED:
             st.error(rec.error or "failed")
-        elif rec.status == "SUCCEEDED":
+        elif rec.status == RunStatus.SUCCEEDED:
             name, value = primary_metric(rec.results)
             took = rec.results.get("train_time_s") or rec.duration
             st.success(f"Finished: {name} {value:.4f} · {fmt_duration(took)}" if value is not None
@@ -197,22 +181,20 @@ def run_card(rec, x_axis: str) -> None:
         throughput_metrics(events, st.columns(4))
         curves(rec.name, events, key=f"train_curves_{rec.id}", x=x_axis)
         with st.expander("Log tail"):
-            st.code(storage.log_tail(rec.id, n=30, runs_dir=runs_dir()) or "(empty)", language="text")
+            st.code(runs().log_tail(rec.id, n=30) or "(empty)", language="text")
 
 
 @st.fragment(run_every=REFRESH_S)
 def live_panel() -> None:
-    from lora_core import launcher, storage
-
     try:
-        launcher.reconcile(runs_dir=runs_dir())  # dead workers -> FAILED, queued runs -> free slots
+        runs().reconcile()  # dead workers -> FAILED, queued runs -> free slots
     except Exception as exc:  # noqa: BLE001 - the panel keeps showing what it can
         show_error(exc)
     message = S.pop("train_message", None)
     if message:
         (st.success if message[0] == "ok" else st.error)(message[1])
-    running = storage.list_runs(runs_dir=runs_dir(), status="RUNNING")
-    queued = storage.list_runs(runs_dir=runs_dir(), status="QUEUED")
+    running = runs().list(status=RunStatus.RUNNING, reconcile=False)
+    queued = runs().list(status=RunStatus.QUEUED, reconcile=False)
     mine = [i for i in S["train_launched"] if i not in {r.id for r in running + queued}]
     x_axis = st.session_state.get("train_x", "step")
 
@@ -226,7 +208,7 @@ def live_panel() -> None:
         st.markdown("**Queue** (starts by itself as slots free up)")
         for pos, rec in enumerate(queued):
             c = st.columns([5, 1, 1, 1])
-            c[0].markdown(f"{pos + 1}. ⏳ **{rec.name}** · {rec.method}" + (f" r={rec.rank}" if rec.rank else "")
+            c[0].markdown(f"{pos + 1}. ⏳ **{rec.name}** · {rec.method}" + (f" r={rec.lora_r}" if rec.lora_r else "")
                           + f" · `{rec.id}`")
             c[1].button("↑", key=f"train_up_{rec.id}", on_click=move_run, args=(rec.id, pos - 1),
                         disabled=pos == 0, help="Move up the queue")
@@ -238,8 +220,8 @@ def live_panel() -> None:
         st.subheader("Launched from this session")
         for run_id in reversed(mine[-5:]):
             try:
-                rec = storage.get_run(run_id, runs_dir=runs_dir())
-            except KeyError:
+                rec = runs().get(run_id, reconcile=False)
+            except LoraLabError:
                 continue  # deleted meanwhile
             run_card(rec, x_axis)
 

@@ -10,6 +10,8 @@ os.environ["PYTHONUNBUFFERED"] = "1"
 
 import pytest  # noqa: E402
 
+from lora_core.runs import Runs  # noqa: E402
+
 
 @pytest.fixture
 def runs_dir(tmp_path, monkeypatch):
@@ -18,3 +20,9 @@ def runs_dir(tmp_path, monkeypatch):
     d.mkdir()
     monkeypatch.setenv("LORA_LAB_RUNS_DIR", str(d))
     return d
+
+
+@pytest.fixture
+def runs(runs_dir) -> Runs:
+    """The run manager of the private runs directory."""
+    return Runs(runs_dir)

@@ -7,39 +7,38 @@ Tests that change runs copy it (`seeded_copy`) so they cannot disturb each other
 """
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
-from apptest_helpers import TINY_CAUSAL, TINY_SEQ_CLS
+from helpers import TINY_CAUSAL, TINY_SEQ_CLS, stop_leftovers
+from lora_core.config import ExperimentConfig
+from lora_core.runs import Runs, RunStatus
 
 
 @pytest.fixture(scope="session")
 def seeded_runs(tmp_path_factory) -> Path:
     """A runs directory with 5 finished runs trained by the real engine (built once per session)."""
-    import os
-
-    from lora_core import launcher
-    from lora_core.config import ExperimentConfig
-
-    runs = tmp_path_factory.mktemp("seeded") / "runs"
-    runs.mkdir()
+    path = tmp_path_factory.mktemp("seeded") / "runs"
+    path.mkdir()
+    runs = Runs(path)
     old = os.environ.get("LORA_LAB_MAX_CONCURRENT")
     os.environ["LORA_LAB_MAX_CONCURRENT"] = "2"  # two workers at once: the seeding is mostly imports
     try:
-        _, ids = launcher.sweep(ExperimentConfig.from_dict(TINY_SEQ_CLS),
-                                {"lora.r": [2, 4], "method": ["full", "head-only"]}, runs_dir=runs)
-        ids.append(launcher.launch(ExperimentConfig.from_dict(TINY_CAUSAL), runs_dir=runs))
+        _, ids = runs.sweep(ExperimentConfig.from_dict(TINY_SEQ_CLS),
+                            {"lora.r": [2, 4], "method": ["full", "head-only"]})
+        ids.append(runs.launch(ExperimentConfig.from_dict(TINY_CAUSAL)))
         for run_id in ids:
-            record = launcher.wait(run_id, timeout=400, runs_dir=runs)
-            assert record.status == "SUCCEEDED", (record.error, record.error_log)
+            record = runs.wait(run_id, timeout=400)
+            assert record.status is RunStatus.SUCCEEDED, (record.error, record.error_log)
     finally:
         if old is None:
             os.environ.pop("LORA_LAB_MAX_CONCURRENT", None)
         else:
             os.environ["LORA_LAB_MAX_CONCURRENT"] = old
-    return runs
+    return path
 
 
 @pytest.fixture
@@ -65,15 +64,6 @@ def no_leftover_workers(monkeypatch):
     """After each test, stop whatever it left QUEUED or RUNNING in its runs directory (even when it failed),
     so no worker outlives its test."""
     yield
-    import os
-
-    from lora_core import launcher, storage
-
     where = os.environ.get("LORA_LAB_RUNS_DIR")
-    if not where or not os.path.isdir(where):
-        return
-    for record in storage.list_runs(where, status=["QUEUED", "RUNNING"]):
-        try:
-            launcher.stop(record.id, timeout=20, runs_dir=where)
-        except Exception:  # noqa: BLE001 - best effort; the next one still gets stopped
-            pass
+    if where and os.path.isdir(where):
+        stop_leftovers(Runs(where))

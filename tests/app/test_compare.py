@@ -4,7 +4,7 @@ import json
 import pytest
 
 from apptest_helpers import errors, no_exception, open_page, texts
-from lora_core import storage
+from lora_core.runs import Runs, RunStatus
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -26,7 +26,7 @@ def test_sweep_table_relative_to_full(use_seeded):
     assert at.radio(key="compare_mode").value == "A sweep"
     frame = table(at).set_index("label")
     assert sorted(frame.index) == ["full", "head-only", "lora r=2", "lora r=4"]
-    records = {r.id: r for r in storage.list_runs(use_seeded)}
+    records = {r.id: r for r in Runs(use_seeded).list(reconcile=False)}
     for label, row in frame.iterrows():
         res = records[row["id"]].results
         assert row["trainable"] == res["trainable_params"]
@@ -52,7 +52,7 @@ def test_charts_use_the_real_metrics(use_seeded):
     label_ids = table(at).set_index("label")["id"]
     train_traces = {t["name"].split(" · ")[0]: t for t in curves["data"] if t["name"].endswith("train loss")}
     assert set(train_traces) == set(label_ids.index)
-    events = storage.read_metrics(label_ids["full"], use_seeded)
+    events = Runs(use_seeded).metrics(label_ids["full"])
     assert train_traces["full"]["y"] == pytest.approx([e["loss"] for e in events
                                                        if e.get("kind") == "log" and "loss" in e])
     assert {t["name"] for t in frontier["data"]} >= {"full", "lora", "head-only"}
@@ -68,8 +68,8 @@ def test_charts_use_the_real_metrics(use_seeded):
 def test_pick_runs(use_seeded):
     at = open_page("compare")
     at.radio(key="compare_mode").set_value("Pick runs").run()
-    gen = next(r for r in storage.list_runs(use_seeded) if r.name == "seed-gen")
-    lora = next(r for r in storage.list_runs(use_seeded) if r.method == "lora" and r.task == "seq-cls")
+    gen = next(r for r in Runs(use_seeded).list(reconcile=False) if r.name == "seed-gen")
+    lora = next(r for r in Runs(use_seeded).list(reconcile=False) if r.method == "lora" and r.task == "seq-cls")
     at.multiselect(key="compare_runs").set_value([gen.id, lora.id]).run()
     no_exception(at)
     frame = table(at)

@@ -3,8 +3,8 @@ show their recorded estimate beside the measured peak."""
 import pytest
 
 from apptest_helpers import errors, no_exception, open_page
-from lora_core import storage
 from lora_core.estimator import estimate, lora_param_table
+from lora_core.runs import Runs, RunStatus
 from lora_ui.common import fmt_bytes
 
 pytestmark = pytest.mark.timeout(300)
@@ -73,9 +73,9 @@ def test_estimate_vs_measured_for_finished_runs(use_seeded):
     at = open_page("estimator")
     no_exception(at)
     table = frame_with(at, "measured_gb")
-    finished = [r for r in storage.list_runs(use_seeded) if r.status == "SUCCEEDED"]
+    finished = [r for r in Runs(use_seeded).list(reconcile=False) if r.status == RunStatus.SUCCEEDED]
     assert sorted(table["id"]) == sorted(r.id for r in finished)
     for _, row in table.iterrows():
-        results = storage.read_results(row["id"], use_seeded)
+        results = Runs(use_seeded).results(row["id"])
         assert row["measured_gb"] == pytest.approx(results["peak_mem_bytes"] / 1e9)
         assert row["estimate_gb"] == pytest.approx(results["memory_estimate"]["peak_bytes"] / 1e9)

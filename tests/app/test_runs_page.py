@@ -3,7 +3,8 @@ import pytest
 import yaml
 
 from apptest_helpers import errors, no_exception, open_page, texts
-from lora_core import storage
+from helpers import tiny_config, wait_until
+from lora_core.runs import Runs, RunStatus
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -23,7 +24,7 @@ def test_lists_and_filters(use_seeded):
     no_exception(at)
     assert not errors(at)
     table = runs_table(at)
-    records = storage.list_runs(use_seeded)
+    records = Runs(use_seeded).list(reconcile=False)
     assert sorted(table["id"]) == sorted(r.id for r in records) and len(table) == 5
     full = next(r for r in records if r.method == "full")
     row = table.set_index("id").loc[full.id]
@@ -39,12 +40,12 @@ def test_lists_and_filters(use_seeded):
 
 
 def test_open_run_detail(use_seeded):
-    record = next(r for r in storage.list_runs(use_seeded) if r.method == "head-only")
+    record = next(r for r in Runs(use_seeded).list(reconcile=False) if r.method == "head-only")
     at = open_page("runs")
     at.selectbox(key="runs_open").set_value(record.id).run()
     no_exception(at)
     config_yaml = next(c.value for c in at.code if c.language == "yaml")
-    assert yaml.safe_load(config_yaml) == storage.read_config(record.id, use_seeded).to_dict()
+    assert yaml.safe_load(config_yaml) == Runs(use_seeded).config(record.id).to_dict()
     results = next(d.value for d in at.dataframe if list(d.value.columns) == ["key", "value"])
     assert "dataset_fingerprint" in set(results["key"])
     files = next(d.value for d in at.dataframe if "file" in d.value.columns)
@@ -54,41 +55,38 @@ def test_open_run_detail(use_seeded):
 
 
 def test_delete_run(seeded_copy):
-    victim = next(r for r in storage.list_runs(seeded_copy) if r.method == "full")
+    victim = next(r for r in Runs(seeded_copy).list(reconcile=False) if r.method == "full")
     at = open_page("runs")
     at.selectbox(key="runs_open").set_value(victim.id).run()
     next(b for b in at.button if b.key == "runs_delete").click().run()
     no_exception(at)
     assert any(f"Deleted {victim.id}" in s.value for s in at.success)
-    assert victim.id not in {r.id for r in storage.list_runs(seeded_copy)}
+    assert victim.id not in {r.id for r in Runs(seeded_copy).list(reconcile=False)}
     assert not (seeded_copy / victim.id).exists()
     assert victim.id not in set(runs_table(at)["id"])
 
 
 def test_open_config_in_builder(use_seeded):
-    record = next(r for r in storage.list_runs(use_seeded) if r.name == "seed-gen")
+    record = next(r for r in Runs(use_seeded).list(reconcile=False) if r.name == "seed-gen")
     at = open_page("runs")
     at.selectbox(key="runs_open").set_value(record.id).run()
     next(b for b in at.button if b.key == "runs_use").click().run()
     no_exception(at)
-    assert at.session_state["cfg_current"] == storage.read_config(record.id, use_seeded).to_dict()
+    assert at.session_state["cfg_current"] == Runs(use_seeded).config(record.id).to_dict()
     at.switch_page("pages/config_builder.py").run()
     no_exception(at)
     assert at.selectbox(key="cfg_task").value == "causal-lm"
     assert at.selectbox(key="cfg_train_choice").value == "sample:instructions"
 
 
-def test_stop_a_running_run(runs_dir):
-    from apptest_helpers import tiny_config, wait_until
-    from lora_core import launcher
-
-    run_id = launcher.launch(tiny_config(name="to-stop", **{"train.max_steps": 2000}), runs_dir=runs_dir)
-    wait_until(lambda: storage.get_run(run_id, runs_dir).status == "RUNNING", what="RUNNING")
+def test_stop_a_running_run(runs):
+    run_id = runs.launch(tiny_config(name="to-stop", **{"train.max_steps": 2000}))
+    wait_until(lambda: runs.get(run_id, reconcile=False).status == RunStatus.RUNNING, what="RUNNING")
     at = open_page("runs")
     assert at.selectbox(key="runs_open").value == run_id
     assert next(b for b in at.button if b.key == "runs_stop").label == "Stop"
     next(b for b in at.button if b.key == "runs_stop").click().run()
     no_exception(at)
-    record = wait_until(lambda: (r := storage.get_run(run_id, runs_dir)).terminal and r, timeout=120,
+    record = wait_until(lambda: (r := runs.get(run_id, reconcile=False)).terminal and r, timeout=120,
                         what="the stop")
-    assert record.status == "STOPPED"
+    assert record.status == RunStatus.STOPPED

@@ -1,8 +1,9 @@
 """Train page: launch a real tiny run and a sweep, watch the live panel, stop, resume and cancel."""
 import pytest
 
-from apptest_helpers import errors, no_exception, open_page, texts, tiny_config, wait_until
-from lora_core import launcher, storage
+from apptest_helpers import errors, no_exception, open_page, texts
+from helpers import tiny_config, wait_until
+from lora_core.runs import Runs, RunStatus
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -33,11 +34,11 @@ def test_launch_tiny_run_and_see_it_finish(runs_dir):
     at = open_page("train", {"cfg_current": cfg.to_dict()})
     button(at, "train_launch").click().run()
     no_exception(at)
-    runs = storage.list_runs(runs_dir)
+    runs = Runs(runs_dir).list(reconcile=False)
     assert len(runs) == 1 and runs[0].name == "ui-launch"
     assert any(runs[0].id in s.value for s in at.success)
-    record = launcher.wait(runs[0].id, timeout=300, runs_dir=runs_dir)
-    assert record.status == "SUCCEEDED", record.error_log
+    record = Runs(runs_dir).wait(runs[0].id, timeout=300)
+    assert record.status == RunStatus.SUCCEEDED, record.error_log
     at.run()
     no_exception(at)
     page = texts(at)
@@ -48,7 +49,7 @@ def test_launch_tiny_run_and_see_it_finish(runs_dir):
     import json
 
     fig = json.loads(charts[0].proto.spec)
-    losses = [e["loss"] for e in storage.read_metrics(record.id, runs_dir) if e.get("kind") == "log" and "loss" in e]
+    losses = [e["loss"] for e in Runs(runs_dir).metrics(record.id) if e.get("kind") == "log" and "loss" in e]
     assert fig["data"][0]["y"] == pytest.approx(losses)
 
 
@@ -61,12 +62,12 @@ def test_sweep_launches_grouped_runs(runs_dir, monkeypatch):
     assert sorted(plan["method"]) == ["head-only", "lora"]
     button(at, "train_sweep_go").click().run()
     no_exception(at)
-    runs = storage.list_runs(runs_dir)
+    runs = Runs(runs_dir).list(reconcile=False)
     assert sorted(r.method for r in runs) == ["head-only", "lora"]
     assert len({r.sweep_id for r in runs}) == 1 and runs[0].sweep_id
     assert at.session_state["compare_sweep"] == runs[0].sweep_id
     for r in runs:
-        assert launcher.wait(r.id, timeout=300, runs_dir=runs_dir).status == "SUCCEEDED"
+        assert Runs(runs_dir).wait(r.id, timeout=300).status == RunStatus.SUCCEEDED
 
 
 def test_stop_resume_and_cancel(runs_dir):
@@ -75,13 +76,13 @@ def test_stop_resume_and_cancel(runs_dir):
     button(at, "train_launch").click().run()
     button(at, "train_launch").click().run()  # a second launch waits in the queue (1 slot on CPU)
     no_exception(at)
-    first, second = sorted(storage.list_runs(runs_dir), key=lambda r: r.created)
-    wait_until(lambda: storage.get_run(first.id, runs_dir).status == "RUNNING", what="first run RUNNING")
-    assert storage.get_run(second.id, runs_dir).status == "QUEUED"
+    first, second = sorted(Runs(runs_dir).list(reconcile=False), key=lambda r: r.created)
+    wait_until(lambda: Runs(runs_dir).get(first.id, reconcile=False).status == RunStatus.RUNNING, what="first run RUNNING")
+    assert Runs(runs_dir).get(second.id, reconcile=False).status == RunStatus.QUEUED
 
     # the live panel shows the loss curve growing while it trains
     def losses():
-        return [e for e in storage.read_metrics(first.id, runs_dir) if e.get("kind") == "log" and "loss" in e]
+        return [e for e in Runs(runs_dir).metrics(first.id) if e.get("kind") == "log" and "loss" in e]
     wait_until(lambda: len(losses()) >= 2, what="two logged steps")
     at.run()
     no_exception(at)
@@ -90,21 +91,21 @@ def test_stop_resume_and_cancel(runs_dir):
 
     button(at, f"train_cancel_{second.id}").click().run()
     no_exception(at)
-    assert storage.get_run(second.id, runs_dir).status == "STOPPED"
+    assert Runs(runs_dir).get(second.id, reconcile=False).status == RunStatus.STOPPED
 
     button(at, f"train_stop_{first.id}").click().run()
     no_exception(at)
-    record = wait_until(lambda: (r := storage.get_run(first.id, runs_dir)).terminal and r, timeout=120,
+    record = wait_until(lambda: (r := Runs(runs_dir).get(first.id, reconcile=False)).terminal and r, timeout=120,
                         what="the stopped run")
-    assert record.status == "STOPPED"
-    assert storage.checkpoints(first.id, runs_dir), "a graceful stop saves a checkpoint"
+    assert record.status == RunStatus.STOPPED
+    assert Runs(runs_dir).checkpoints(first.id), "a graceful stop saves a checkpoint"
 
     at.run()
     button(at, f"train_resume_{first.id}").click().run()
     no_exception(at)
-    children = storage.list_runs(runs_dir, parent_id=first.id)
+    children = Runs(runs_dir).list(parent_id=first.id, reconcile=False)
     assert len(children) == 1
-    assert launcher.stop(children[0].id, runs_dir=runs_dir) == "STOPPED"
+    assert Runs(runs_dir).stop(children[0].id) == RunStatus.STOPPED
 
 
 def test_launch_refuses_bad_data_before_anything_runs(runs_dir, tmp_path):
@@ -113,4 +114,4 @@ def test_launch_refuses_bad_data_before_anything_runs(runs_dir, tmp_path):
     button(at, "train_launch").click().run()
     no_exception(at)
     assert any("missing.csv" in e for e in errors(at)), errors(at)
-    assert storage.list_runs(runs_dir) == []
+    assert Runs(runs_dir).list(reconcile=False) == []

@@ -2,7 +2,7 @@
 import pytest
 
 from lora_core.config import ExperimentConfig
-from lora_core.storage import RunRecord
+from lora_core.runs import RunRecord, RunStatus
 from lora_ui import charts, compare
 from lora_ui.common import error_text, fmt_bytes, fmt_count, fmt_duration
 from lora_ui.config_form import (OTHER_DATA, OTHER_MODEL, SPLIT_OFF, cli_command, config_dict_from_state,
@@ -52,18 +52,18 @@ def test_pareto_front():
 
 
 def test_progress_line_running_and_finished():
-    rec = RunRecord(id="r", name="r", status="RUNNING", created=0.0)
+    rec = RunRecord(id="r", name="r", status=RunStatus.RUNNING, created=0.0)
     events = [{"kind": "phase", "phase": "training"},
               {"kind": "log", "step": 5, "epoch": 0.5, "progress": 0.25, "eta_s": 75, "elapsed_s": 25, "loss": 1}]
     frac, text = progress_line(rec, events)
     assert frac == 0.25 and text == "step 5/20 · epoch 0.50 · ETA 1m 15s · elapsed 25s"
-    rec.status = "SUCCEEDED"
+    rec.status = RunStatus.SUCCEEDED
     assert "ETA" not in progress_line(rec, events)[1]
     assert progress_line(rec, [])[0] == 0.0
 
 
 def record(method, rank, tail="a1b2c3", **results):
-    return RunRecord(id=f"{method}-{rank}-20261128-{tail}", name=method, status="SUCCEEDED", created=0.0, method=method,
+    return RunRecord(id=f"{method}-{rank}-20261128-{tail}", name=method, status=RunStatus.SUCCEEDED, created=0.0, method=method,
                      rank=rank, results=results)
 
 

@@ -13,6 +13,9 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
+from helpers import stop_leftovers
+from lora_core.runs import Runs
+
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 SHOTS = ROOT / "test-artifacts" / "screenshots"
@@ -59,10 +62,7 @@ def streamlit_server(runs: Path, log: Path, refresh_s: float = 1.0):
         wait_healthy(url, proc, log)
         yield url
     finally:
-        from lora_core import launcher, storage
-
-        for record in storage.list_runs(runs, status=["QUEUED", "RUNNING"]):
-            launcher.stop(record.id, timeout=20, runs_dir=runs)
+        stop_leftovers(Runs(runs))
         os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=15)

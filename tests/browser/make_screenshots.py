@@ -18,10 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1]),
+                str(Path(__file__).resolve().parents[2])]  # browser_helpers, the shared tests/helpers, lora_core
 from browser_helpers import ROOT, SHOTS, browser_page, goto_page, loss_points, settle, streamlit_server  # noqa: E402
 
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
@@ -30,22 +30,23 @@ BASE = {"name": "minilm-sentiment", "data": {"max_length": 64}, "train": {"epoch
 
 
 def train_sweep(runs: Path) -> str:
-    from lora_core import launcher, storage
     from lora_core.config import ExperimentConfig
+    from lora_core.runs import Runs, RunStatus
 
-    done = [r for r in storage.list_runs(runs, status="SUCCEEDED") if r.sweep_id]
+    manager = Runs(runs)
+    done = [r for r in manager.list(status=RunStatus.SUCCEEDED) if r.sweep_id]
     if len(done) >= 5:
         print(f"reusing sweep {done[0].sweep_id}", flush=True)
         return done[0].sweep_id
 
-    sweep_id, ids = launcher.sweep(ExperimentConfig.from_dict(dict(BASE, lora={"r": 4})),
-                                   {"lora.r": [4, 8, 16], "method": ["full", "head-only"]}, runs_dir=runs)
+    sweep_id, ids = manager.sweep(ExperimentConfig.from_dict(dict(BASE, lora={"r": 4})),
+                                  {"lora.r": [4, 8, 16], "method": ["full", "head-only"]})
     started = time.time()
     for run_id in ids:
-        record = launcher.wait(run_id, timeout=1800, runs_dir=runs)
+        record = manager.wait(run_id, timeout=1800)
         print(f"  {record.name:<40} {record.status:<10} accuracy={record.results.get('accuracy')} "
               f"({time.time() - started:.0f} s)", flush=True)
-        if record.status != "SUCCEEDED":
+        if record.status != RunStatus.SUCCEEDED:
             raise SystemExit(f"{run_id} {record.status}: {record.error}")
     return sweep_id
 
@@ -79,23 +80,22 @@ def main() -> int:
     try:
         print(f"training the sweep in {runs} …", flush=True)
         train_sweep(runs)
-        from lora_core import launcher
         from lora_core.config import ExperimentConfig
+        from lora_core.runs import Runs
 
         with streamlit_server(runs, runs.parent / "streamlit.log", refresh_s=1.0) as url, \
                 browser_page(url, width=1400, height=1000) as pg:
             pg.get_by_role("heading", name="Train", exact=True).wait_for()
             settle(pg)
-            live = launcher.launch(ExperimentConfig.from_dict(dict(BASE, name="minilm-lora-r8-live",
-                                                                   train=dict(BASE["train"], epochs=6))),
-                                   runs_dir=runs)
+            live = Runs(runs).launch(ExperimentConfig.from_dict(dict(BASE, name="minilm-lora-r8-live",
+                                                                     train=dict(BASE["train"], epochs=6))))
             deadline = time.time() + 900
             while time.time() < deadline and (loss_points(pg) < 30 or not has_eval_chart(pg)):
                 pg.wait_for_timeout(1000)
             if loss_points(pg) < 30:
                 raise SystemExit("the live run never showed 30 loss points on the Train page")
             full_shot(pg, SHOTS / "readme-train.png")
-            launcher.stop(live, runs_dir=runs)
+            Runs(runs).stop(live)
             goto_page(pg, "Compare")
             pg.get_by_text("Efficiency frontier", exact=True).first.wait_for()
             pg.wait_for_timeout(1500)

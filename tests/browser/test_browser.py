@@ -40,9 +40,10 @@ def page(server):
 # -- the test -----------------------------------------------------------------------------------------------------
 
 def test_build_launch_watch_stop_compare(page, server):
-    from lora_core import storage
+    from lora_core.runs import Runs, RunStatus
 
-    _, runs = server
+    _, runs_dir = server
+    runs = Runs(runs_dir)
     pg = page
     pg.get_by_role("heading", name="Train", exact=True).wait_for()
     settle(pg)
@@ -67,7 +68,7 @@ def test_build_launch_watch_stop_compare(page, server):
     pg.get_by_text("browser-run").first.wait_for(timeout=30_000)  # the config built above is what launches
     pg.get_by_role("button", name="Launch run").click()
     pg.get_by_text("Launched").first.wait_for()
-    record = storage.list_runs(runs)[0]
+    record = runs.list(reconcile=False)[0]
     assert record.name == "browser-run"
 
     # the live fragment redraws the loss chart with more points as the worker logs them
@@ -87,9 +88,9 @@ def test_build_launch_watch_stop_compare(page, server):
     # stop it: graceful, the card turns into a stopped run with a Resume button
     pg.get_by_role("button", name="Stop").first.click()
     deadline = time.time() + 90
-    while time.time() < deadline and not storage.get_run(record.id, runs).terminal:
+    while time.time() < deadline and not runs.get(record.id, reconcile=False).terminal:
         pg.wait_for_timeout(500)
-    assert storage.get_run(record.id, runs).status == "STOPPED"
+    assert runs.get(record.id, reconcile=False).status is RunStatus.STOPPED
     pg.get_by_role("button", name="Resume").first.wait_for(timeout=30_000)
     shot(pg, "train_stopped")
 

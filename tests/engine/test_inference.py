@@ -4,9 +4,10 @@ import json
 import pytest
 import torch
 
+from helpers import train_by_hand
 from lora_core import inference, models
 from lora_core.config import ExperimentConfig
-from lora_core.models import ModelError
+from lora_core.errors import ModelError
 
 TEXTS = ["a wonderful film", "dull and far too long", "fine"]
 
@@ -18,22 +19,7 @@ def make_cfg(task, source, method, **lora):
 
 
 def train(cfg, steps=4, id2label=None):
-    """Seeded like the recipe (train.seed), then a few optimizer steps."""
-    from transformers import set_seed
-
-    set_seed(cfg.train.seed)
-    model, tok = models.load_for_training(cfg, num_labels=len(id2label) if id2label else 2, id2label=id2label)
-    enc = tok(TEXTS, return_tensors="pt", padding=True)
-    batch = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
-    batch["labels"] = torch.tensor([1, 0, 1]) if cfg.task == "seq-cls" else \
-        enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-2)
-    model.train()
-    for _ in range(steps):
-        model(**batch).loss.backward()
-        opt.step()
-        opt.zero_grad()
-    return model.eval(), tok
+    return train_by_hand(cfg, TEXTS, [1, 0, 1], steps=steps, id2label=id2label)
 
 
 def probs(model, tok, texts=TEXTS):

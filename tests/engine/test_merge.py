@@ -4,9 +4,10 @@ import json
 import pytest
 import torch
 
+from helpers import cli, train_by_hand
 from lora_core import merge, models
 from lora_core.config import ExperimentConfig
-from lora_core.models import ModelError
+from lora_core.errors import ModelError
 
 
 def make_cfg(task, source, method="lora", **lora):
@@ -16,21 +17,11 @@ def make_cfg(task, source, method="lora", **lora):
                                        "quant": {"compute_dtype": "float32"}})
 
 
-def train_adapter(cfg, artifacts, num_labels=3, steps=4):
+def train_adapter(cfg, artifacts, steps=4):
     """A few real optimizer steps by hand, then save the adapter the way the recipe does."""
-    torch.manual_seed(0)
     id2label = {0: "neg", 1: "neu", 2: "pos"} if cfg.task == "seq-cls" else None
-    model, tok = models.load_for_training(cfg, num_labels=num_labels, id2label=id2label)
-    enc = tok(["a good film", "bad, very bad", "it was fine i guess"], return_tensors="pt", padding=True)
-    batch = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
-    batch["labels"] = torch.tensor([2, 0, 1]) if cfg.task == "seq-cls" else enc["input_ids"].masked_fill(
-        enc["attention_mask"] == 0, -100)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-2)
-    model.train()
-    for _ in range(steps):
-        model(**batch).loss.backward()
-        opt.step()
-        opt.zero_grad()
+    model, _ = train_by_hand(cfg, ["a good film", "bad, very bad", "it was fine i guess"], [2, 0, 1], steps=steps,
+                             id2label=id2label)
     lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
     assert lora_b and any(p.abs().max() > 0 for p in lora_b)  # the update is non-zero, so merging matters
     model.save_pretrained(artifacts / "adapter")
@@ -90,26 +81,43 @@ def test_merge_refuses_bad_input(tmp_path):
         merge.merge_adapter(cfg.replace(method="full"), tmp_path / "empty", tmp_path / "out")
 
 
-def test_cli_merge_a_run(runs_dir, tmp_path):
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
+def test_merge_replaces_an_output_only_when_asked_and_only_once_merged(tmp_path, monkeypatch):
+    cfg = make_cfg("seq-cls", "tiny-random-gpt2")
+    train_adapter(cfg, tmp_path, steps=1)
+    out = tmp_path / "merged"
+    out.mkdir()
+    (out / "keep.txt").write_text("an earlier merge")
+    with pytest.raises(ModelError, match="not empty"):
+        merge.merge_adapter(cfg, tmp_path / "adapter", out)
 
-    from lora_core import storage
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
 
+    with monkeypatch.context() as m:  # a merge that fails half way leaves the earlier output as it was
+        m.setattr(merge, "_merge_into", broken)
+        with pytest.raises(OSError, match="disk full"):
+            merge.merge_adapter(cfg, tmp_path / "adapter", out, overwrite=True)
+    assert (out / "keep.txt").read_text() == "an earlier merge"
+
+    report = merge.merge_adapter(cfg, tmp_path / "adapter", out, overwrite=True)
+    assert report["ok"] and report["out_dir"] == str(out)
+    assert not (out / "keep.txt").exists() and (out / "config.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter", "label_map.json", "merged"]  # no staging left
+
+
+def test_cli_merge_a_run(runs, runs_dir, tmp_path):
     cfg = make_cfg("seq-cls", "tiny-random-gpt2", target_modules="preset:attention")
-    record = storage.create_run(cfg, runs_dir=runs_dir)
-    train_adapter(cfg, storage.artifacts_dir(record.id, runs_dir=runs_dir), num_labels=2, steps=2)
-    root = Path(__file__).resolve().parents[2]
-    out = subprocess.run([sys.executable, "-m", "lora_core", "merge", record.id, "--out", str(tmp_path / "merged"),
-                          "--json"], capture_output=True, text=True, cwd=root, timeout=180,
-                         env={**os.environ, "PYTHONPATH": str(root)})
-    assert out.returncode == 0, out.stderr
+    record = runs.create(cfg)
+    train_adapter(cfg, runs.dir(record.id).artifacts.path, steps=2)
+    out = cli("merge", record.id, "--out", str(tmp_path / "merged"), "--json", "--runs-dir", str(runs_dir),
+              timeout=180)
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["ok"] and report["lora_params_left"] == 0
     assert report["merged_class"] == "GPT2ForSequenceClassification"
-    again = subprocess.run([sys.executable, "-m", "lora_core", "merge", record.id, "--out", str(tmp_path / "merged")],
-                           capture_output=True, text=True, cwd=root, timeout=180,
-                           env={**os.environ, "PYTHONPATH": str(root)})
+    again = cli("merge", record.id, "--out", str(tmp_path / "merged"), "--runs-dir", str(runs_dir), check=False,
+                timeout=180)
     assert again.returncode == 2 and "not empty" in again.stderr.splitlines()[-1]
+    # without --out the merged model goes into the run's own artifacts (where the dashboard looks for it)
+    default = json.loads(cli("merge", record.id, "--json", "--runs-dir", str(runs_dir), timeout=180).stdout
+                         .strip().splitlines()[-1])
+    assert default["out_dir"] == str(runs_dir / record.id / "artifacts" / "merged") and default["ok"]

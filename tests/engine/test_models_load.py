@@ -4,12 +4,12 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from lora_core.config import ExperimentConfig
+from helpers import ROOT, cli
 from lora_core import models
+from lora_core.config import ExperimentConfig
 
 SEQ = {"task": "seq-cls", "data": {"train": "sample:sentiment-2"}}
 LM = {"task": "causal-lm", "data": {"train": "sample:instructions"}}
@@ -155,12 +155,7 @@ def test_qlora_still_trains_after_an_eval_forward(base, source):
 
 def test_concurrent_first_builds_agree(tmp_path):
     """Two workers starting at once on an empty cache both get the same, complete model (temp dir + rename)."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[2]
+    root = ROOT
     code = ("import hashlib, torch; from lora_core import models; "
             "m, _ = models.load_base('tiny-random-gpt2', task='causal-lm'); "
             "print(hashlib.sha256(b''.join(v.numpy().tobytes() for v in m.state_dict().values())).hexdigest())")
@@ -176,13 +171,8 @@ def test_concurrent_first_builds_agree(tmp_path):
 
 # -- CLI -------------------------------------------------------------------------------------------------------
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
 def _cli(*args):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "lora_core", *args], capture_output=True, text=True, env=env,
-                          cwd=ROOT, timeout=120)
+    return cli(*args, check=False)
 
 
 def test_cli_targets_minilm():

@@ -4,8 +4,8 @@ import math
 import pytest
 
 from lora_core import models, qlora
-from lora_core.config import ExperimentConfig
-from lora_core.models import ModelError
+from lora_core.config import ConfigError, ExperimentConfig
+from lora_core.errors import ModelError
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +49,15 @@ def test_attach_lora_to_the_4bit_model_and_train_a_step():
     import torch
 
     loaded = qlora.load_quantized("tiny-random-llama", compute_dtype="float32", measure_before=False)
-    info = qlora.attach_lora(loaded, r=4, target_modules="preset:attention")
+    assert (loaded.config.method, loaded.config.task, loaded.config.data.train) == \
+        ("qlora", "causal-lm", "sample:instructions")  # the experiment this load starts, on the bundled sample
+    with pytest.raises(ConfigError, match="lora.r"):  # LoRA settings are checked like any config, by name
+        qlora.attach_lora(loaded, {"r": 0})
+    with pytest.raises(ConfigError, match="lora.rank"):
+        qlora.attach_lora(loaded, {"rank": 4})
+    info = qlora.attach_lora(loaded, {"r": 4, "target_modules": "preset:attention"})
     assert info["adapted_4bit_layers"] == 2 * 4 and info["targets"]
+    assert (loaded.config.lora.r, loaded.config.lora.target_modules) == (4, "preset:attention")
     cfg = ExperimentConfig.from_dict({"task": "causal-lm", "method": "qlora", "model": {"source": "tiny-random-llama"},
                                       "data": {"train": "sample:instructions"},
                                       "lora": {"r": 4, "target_modules": "preset:attention"}})
@@ -86,7 +93,5 @@ def test_perplexity_refuses_an_encoder():
 
 
 def test_quant_settings_are_validated():
-    from lora_core.config import ConfigError
-
     with pytest.raises(ConfigError, match="quant.quant_type"):
         qlora.quant_settings("int3")

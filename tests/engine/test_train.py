@@ -7,7 +7,7 @@ import torch
 
 from lora_core import models
 from lora_core.config import ExperimentConfig
-from lora_core.data import DataError
+from lora_core.errors import DataError, RunError
 from lora_core.train import run_experiment, training_arguments
 
 pytestmark = pytest.mark.timeout(300)
@@ -183,7 +183,7 @@ def test_same_seed_same_run(tmp_path):
 
 
 def test_resume_from_a_folder_that_is_not_a_checkpoint(tmp_path):
-    with pytest.raises(ValueError, match="not a Trainer checkpoint"):
+    with pytest.raises(RunError, match="not a Trainer checkpoint"):
         run_experiment(make_cfg(), tmp_path / "out", resume_from=tmp_path)
 
 

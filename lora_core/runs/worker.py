@@ -1,7 +1,8 @@
-"""`python -m lora_core.worker RUN_DIR`: train one run and record its life in the run directory.
+"""`python -m lora_core.runs.worker RUN_DIR`: train one run and record its life in the run directory.
 
 The launcher starts this in a new session with stdout/stderr going to the run's worker.log. The worker
-  1. installs a SIGTERM handler first thing, so a stop during start-up or model loading is honoured;
+  1. installs a SIGTERM handler before importing the recipe, so a stop during start-up or model loading is
+     honoured;
   2. registers its pid and writes a heartbeat every ~2 s from a daemon thread (which also picks up a stop
      requested through the registry);
   3. calls `train.run_experiment`, appending every event to metrics.jsonl as it arrives;
@@ -19,8 +20,20 @@ import time
 import traceback
 from pathlib import Path
 
-from . import storage
-from .storage import FAILED, RUNNING, STOPPED, SUCCEEDED
+import psutil
+
+STOP = threading.Event()  # set by SIGTERM or by a stop requested through the registry
+if __name__ == "__main__":
+    # Before the imports below (the recipe pulls in pandas, and torch right after): from here on SIGTERM means
+    # "stop gracefully", even while the worker is still starting.
+    signal.signal(signal.SIGTERM, lambda signum, frame: STOP.set())
+
+from ..errors import StatusError  # noqa: E402
+from ..train import run_experiment  # noqa: E402
+from . import files, launcher  # noqa: E402
+from .layout import RunDir  # noqa: E402
+from .manager import Runs  # noqa: E402
+from .store import Registry, RunStatus, key_results  # noqa: E402
 
 HEARTBEAT_S = 2.0
 OOM_HINT = ("out of memory: lower train.batch_size or data.max_length, turn on train.gradient_checkpointing, "
@@ -31,7 +44,7 @@ class Heartbeat(threading.Thread):
     """Writes the heartbeat (with the latest progress) every HEARTBEAT_S seconds and turns a stop requested in
     the registry into the stop flag."""
 
-    def __init__(self, registry: storage.Registry, run_id: str, stop_flag: threading.Event, latest: dict):
+    def __init__(self, registry: Registry, run_id: str, stop_flag: threading.Event, latest: dict):
         super().__init__(name="heartbeat", daemon=True)
         self.registry, self.run_id, self.stop_flag, self.latest = registry, run_id, stop_flag, latest
         self.done = threading.Event()
@@ -54,56 +67,49 @@ def failure_reason(exc: BaseException) -> str:
     return first
 
 
-def stop_note(results: dict, rd: storage.RunDir) -> str:
+def stop_note(results: dict, rd: RunDir) -> str:
     """What a graceful stop left behind, said plainly."""
-    saved = [name for name in ("adapter", "model", "head") if (rd.artifacts / name).is_dir()]
-    checkpoint = rd.checkpoints.is_dir() and any(rd.checkpoints.glob("checkpoint-*"))
     if not results.get("steps"):
         return "stopped on request before training started"
-    kept = [f"{saved[0]}/"] if saved else []
-    if checkpoint:
+    kept = [f"{p.name}/" for p in rd.artifacts.saved_weights()[:1]]
+    if rd.artifacts.complete_checkpoints():
         kept.append("a checkpoint")
     return f"stopped on request at step {results['steps']}" + (f"; saved {' and '.join(kept)}" if kept else "")
 
 
 def run(run_path: Path, stop_flag: threading.Event) -> int:
-    runs_dir, run_id = run_path.parent, run_path.name
-    registry = storage.Registry(runs_dir)
-    record = registry.get(run_id)
-    if record.status != RUNNING:
+    runs = Runs(run_path.parent)
+    registry, run_id = runs.registry, run_path.name
+    record = runs.get(run_id, reconcile=False)
+    if record.status != RunStatus.RUNNING:
         print(f"[worker] run {run_id} is {record.status}, not RUNNING; nothing to do", flush=True)
         return 1
-    import psutil
-
-    registry.update(run_id, only_if_status=RUNNING, pid=os.getpid(), pgid=os.getpgrp(),
-                    pid_created=psutil.Process().create_time(), host=storage.this_host(), heartbeat=time.time())
+    registry.update(run_id, only_if_status=RunStatus.RUNNING, pid=os.getpid(), pgid=os.getpgrp(),
+                    pid_created=psutil.Process().create_time(), host=launcher.this_host(), heartbeat=time.time())
     latest: dict = {}
     beat = Heartbeat(registry, run_id, stop_flag, latest)
     beat.start()
-    rd = storage.run_dir(run_id, runs_dir)
-    resume_from = storage.resume_checkpoint(record)
+    rd = record.dir
+    resume_from = record.resume_checkpoint
     print(f"[worker] run {run_id} pid {os.getpid()} python {sys.executable}"
           + (f" resuming from {resume_from}" if resume_from else ""), flush=True)
 
     def on_event(event: dict) -> None:
         event = dict(event)
         event.setdefault("time", time.time())
-        storage.append_event(rd.metrics, event)
+        files.append_event(rd.metrics, event)
         for key in ("progress", "step"):
             if isinstance(event.get(key), (int, float)):
                 latest[key] = event[key]
 
-    status, fields = FAILED, {}
+    status, fields = RunStatus.FAILED, {}
     try:
-        cfg = storage.read_config(run_id, runs_dir)
-        from .train import run_experiment
-
-        results = run_experiment(cfg, rd.artifacts, on_event=on_event, should_stop=stop_flag.is_set,
-                                 resume_from=resume_from)
-        storage.write_results(run_id, results, runs_dir)
-        status = STOPPED if results.get("stopped") else SUCCEEDED
-        fields = {"results": storage.key_results(results)}
-        if status == STOPPED:
+        results = run_experiment(runs.config(run_id), rd.artifacts, on_event=on_event,
+                                 should_stop=stop_flag.is_set, resume_from=resume_from)
+        files.write_json(rd.results, results)
+        status = RunStatus.STOPPED if results.get("stopped") else RunStatus.SUCCEEDED
+        fields = {"results": key_results(results)}
+        if status == RunStatus.STOPPED:
             fields["error"] = stop_note(results, rd)
     except BaseException as exc:  # noqa: BLE001 - whatever ends the run is recorded, then we exit
         traceback.print_exc()
@@ -114,27 +120,22 @@ def run(run_path: Path, stop_flag: threading.Event) -> int:
         sys.stderr.flush()
         try:
             registry.set_status(run_id, status, **fields)
-        except storage.StatusError as exc:  # e.g. the run was force-stopped meanwhile: that word stands
+        except StatusError as exc:  # e.g. the run was force-stopped meanwhile: that word stands
             print(f"[worker] could not record {status}: {exc}", file=sys.stderr, flush=True)
         print(f"[worker] run {run_id} ended {status}", flush=True)
         try:
-            from . import launcher
-
-            launcher.reconcile(runs_dir)  # start the next queued run
+            runs.reconcile()  # start the next queued run
         except Exception:
             traceback.print_exc()
-    return 0 if status == SUCCEEDED else 1
+    return 0 if status == RunStatus.SUCCEEDED else 1
 
 
 def main(argv: list[str] | None = None) -> int:
-    stop_flag = threading.Event()
-    # First thing: from here on SIGTERM means "stop gracefully", even while torch is still importing.
-    signal.signal(signal.SIGTERM, lambda signum, frame: stop_flag.set())
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python -m lora_core.worker RUN_DIR", file=sys.stderr)
+        print("usage: python -m lora_core.runs.worker RUN_DIR", file=sys.stderr)
         return 2
-    return run(Path(argv[0]).resolve(), stop_flag)
+    return run(Path(argv[0]).resolve(), STOP)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,223 @@
+"""Every run and artifact file and folder name, and the run-id rules. Nothing else in LoRA Lab spells them.
+
+    <runs>/registry.sqlite                  the index of all runs (store.Registry)
+    <runs>/<run_id>/                        RunDir
+        config.yaml                         the experiment config, written once
+        status.json                         a mirror of the run's registry row
+        metrics.jsonl                       the append-only event stream
+        worker.log                          the worker's stdout and stderr
+        results.json                        the recipe's results, written at the end
+        artifacts/                          Artifacts: what the recipe writes (train.run_experiment's out_dir)
+            adapter/                        lora, qlora: PEFT's adapter_config.json + adapter_model.safetensors
+            model/                          full: a plain saved model
+            head/                           head-only: head.safetensors + head.json
+            label_map.json  generations.json
+            checkpoints/checkpoint-N/       Trainer checkpoints for resume
+            merged/                         where the dashboard merges an adapter into its base
+
+Like torchtune's checkpointer, this module owns the on-disk keys: the recipe, merge, inference, the worker, the
+CLI and the pages get every path from here.
+"""
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import LORA_METHODS
+from ..errors import RunError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+REGISTRY_FILE = "registry.sqlite"
+
+RUN_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,95}$")
+SLUG_MAX = 40
+
+# PEFT's and the Trainer's own file names: what proves a folder holds a saved adapter / a complete checkpoint.
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+MODEL_CONFIG = "config.json"
+CHECKPOINT_PREFIX = "checkpoint-"
+CHECKPOINT_STATE = "trainer_state.json"  # written last by the Trainer: a checkpoint without it was cut off
+
+
+# -- where runs live, and their ids ---------------------------------------------------------------------------
+
+def default_runs_dir() -> Path:
+    """$LORA_LAB_RUNS_DIR, else `runs/` in the repository root (beside the app)."""
+    env = os.environ.get("LORA_LAB_RUNS_DIR", "").strip()
+    return Path(env).expanduser().resolve() if env else REPO_ROOT / "runs"
+
+
+def runs_root(runs_dir: str | Path | None) -> Path:
+    """The runs directory, absolute and created if missing."""
+    path = Path(runs_dir).expanduser().resolve() if runs_dir else default_runs_dir()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def registry_path(runs_dir: Path) -> Path:
+    return runs_dir / REGISTRY_FILE
+
+
+def slugify(name: str) -> str:
+    """A strict file-name-safe form of a user's run name: [a-z0-9-] only, length-capped, never empty."""
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:SLUG_MAX].strip("-")
+    return slug or "run"
+
+
+def new_run_id(name: str, prefix: str = "") -> str:
+    """`<slug>-<YYYYmmdd-HHMMSS>-<6 hex>`: readable, sortable, unique, and unable to contain a path separator."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime())
+    return f"{prefix}{slugify(name)}-{stamp}-{secrets.token_hex(3)}"
+
+
+def check_run_id(run_id: str) -> str:
+    if not isinstance(run_id, str) or not RUN_ID_RE.match(run_id):
+        raise RunError(f"invalid run id {run_id!r}: run ids use only a-z, 0-9 and '-'")
+    return run_id
+
+
+def run_path(runs_dir: Path, run_id: str) -> Path:
+    """The run's directory, verified (after resolving links and '..') to sit directly in the runs dir."""
+    path = (runs_dir / check_run_id(run_id)).resolve()
+    if path.parent != runs_dir.resolve():
+        raise RunError(f"run id {run_id!r} resolves outside the runs directory {runs_dir}")
+    return path
+
+
+# -- one run --------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Artifacts:
+    """The artifact folder of a run: what train.run_experiment writes into its `out_dir`. Path-like, so it can be
+    passed wherever a folder path is expected."""
+    path: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "path", Path(self.path))
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    @property
+    def adapter(self) -> Path:
+        return self.path / "adapter"
+
+    @property
+    def model(self) -> Path:
+        return self.path / "model"
+
+    @property
+    def head(self) -> Path:
+        return self.path / "head"
+
+    @property
+    def head_weights(self) -> Path:
+        return self.head / "head.safetensors"
+
+    @property
+    def head_info(self) -> Path:
+        return self.head / "head.json"
+
+    @property
+    def label_map(self) -> Path:
+        return self.path / "label_map.json"
+
+    @property
+    def generations(self) -> Path:
+        return self.path / "generations.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def merged(self) -> Path:
+        return self.path / "merged"
+
+    def weights(self, method: str) -> Path:
+        """The folder a run of `method` saves its trained weights in: adapter/, model/ or head/."""
+        if method in LORA_METHODS:
+            return self.adapter
+        return self.model if method == "full" else self.head
+
+    def weights_marker(self, method: str) -> Path:
+        """The file whose presence shows that weights() has been saved completely enough to load."""
+        if method in LORA_METHODS:
+            return self.adapter / ADAPTER_CONFIG
+        return self.model / MODEL_CONFIG if method == "full" else self.head_weights
+
+    def saved_weights(self) -> list[Path]:
+        """The weight folders present, in adapter, model, head order."""
+        return [p for p in (self.adapter, self.model, self.head) if p.is_dir()]
+
+    def checkpoint(self, step: int) -> Path:
+        return self.checkpoints / f"{CHECKPOINT_PREFIX}{step}"
+
+    def complete_checkpoints(self) -> list[tuple[int, Path]]:
+        """Complete Trainer checkpoints as (step, path), oldest first; one cut off mid-save is left out."""
+        found = []
+        for path in self.checkpoints.glob(f"{CHECKPOINT_PREFIX}*") if self.checkpoints.is_dir() else []:
+            step = path.name[len(CHECKPOINT_PREFIX):]
+            if step.isdigit() and is_complete_checkpoint(path):
+                found.append((int(step), path))
+        return sorted(found)
+
+
+def is_complete_checkpoint(path: Path) -> bool:
+    return (Path(path) / CHECKPOINT_STATE).is_file()
+
+
+def checkpoint_state(path: Path) -> Path:
+    return Path(path) / CHECKPOINT_STATE
+
+
+def adapter_weights(adapter_dir: Path) -> Path:
+    return Path(adapter_dir) / ADAPTER_WEIGHTS
+
+
+def adapter_config(adapter_dir: Path) -> Path:
+    return Path(adapter_dir) / ADAPTER_CONFIG
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """The file layout of one run directory."""
+    path: Path
+
+    @property
+    def id(self) -> str:
+        return self.path.name
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def status(self) -> Path:
+        return self.path / "status.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def log(self) -> Path:
+        return self.path / "worker.log"
+
+    @property
+    def results(self) -> Path:
+        return self.path / "results.json"
+
+    @property
+    def artifacts(self) -> Artifacts:
+        return Artifacts(self.path / "artifacts")
+
+
+def status_files(runs_dir: Path) -> list[Path]:
+    """Every run's status.json mirror (to rebuild a lost registry)."""
+    return sorted(rd.status for rd in map(RunDir, runs_dir.iterdir()) if rd.status.is_file())

@@ -1,0 +1,453 @@
+"""Run status, the run record, and the SQLite registry that indexes the runs: the only SQL in LoRA Lab, and the only
+module that spells a status.
+
+Run status is a state machine, enforced in exactly one place (`Registry._transition`):
+
+    QUEUED -> RUNNING -> SUCCEEDED | FAILED | STOPPED        (QUEUED -> STOPPED is a cancel)
+
+Terminal states are final. A FAILED run always carries a reason (`error`) and the tail of its log (`error_log`).
+
+The registry `<runs>/registry.sqlite` indexes the runs so that listing them reads no run files. It runs in WAL
+mode with a busy timeout; every call opens its own short-lived connection (Streamlit serves each session from its
+own thread) and every write is one short `BEGIN IMMEDIATE` transaction, so several dashboards and workers can use
+it at once without "database is locked". (WAL needs a local filesystem; do not put the runs dir on NFS.) Each run
+directory's status.json mirrors its row, so a lost registry is rebuilt from the run directories.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sqlite3
+import time
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..errors import RunError, StatusError
+from . import files, layout
+from .layout import RunDir
+
+
+class RunStatus(str, Enum):
+    """Where a run is in its life. A str, so it compares equal to its name and serializes as one."""
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    STOPPED = "STOPPED"
+
+    def is_terminal(self) -> bool:
+        return self in _TERMINAL
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def parse(cls, value: str) -> "RunStatus":
+        try:
+            return cls(value)
+        except ValueError:
+            raise StatusError(f"unknown status {value!r}; allowed: {', '.join(s.value for s in cls)}") from None
+
+
+_TERMINAL = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.STOPPED})
+_TRANSITIONS = {RunStatus.QUEUED: {RunStatus.RUNNING, RunStatus.STOPPED, RunStatus.FAILED},
+                RunStatus.RUNNING: {RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.STOPPED}}
+_KEY_RESULTS_MAX = 64
+
+
+@dataclasses.dataclass
+class RunRecord:
+    """One registry row. Times are Unix seconds (float) or None."""
+    id: str
+    name: str
+    status: RunStatus
+    created: float
+    started: float | None = None
+    ended: float | None = None
+    task: str | None = None
+    model: str | None = None
+    method: str | None = None
+    lora_r: int | None = None         # cfg.lora.r for lora/qlora runs, None otherwise
+    results: dict = dataclasses.field(default_factory=dict)   # key results (scalars), see key_results()
+    sweep_id: str | None = None
+    parent_id: str | None = None
+    resume_from: str | None = None    # checkpoint path relative to the runs dir
+    pid: int | None = None
+    pgid: int | None = None
+    pid_created: float | None = None  # the worker's process start time, to tell a reused pid apart
+    host: str | None = None
+    slot: int | None = None           # which concurrency slot (and GPU) the run holds
+    queue_pos: int | None = None
+    heartbeat: float | None = None
+    stop_requested: float | None = None
+    stop_deadline: float | None = None  # when a stop escalates to killing the process group
+    progress: float | None = None
+    step: int | None = None
+    error: str | None = None          # FAILED/STOPPED: the reason, one line
+    error_log: str | None = None      # FAILED: the tail of worker.log when it failed
+    runs_dir: str = ""
+
+    def __post_init__(self):
+        self.status = RunStatus.parse(self.status)
+
+    @property
+    def terminal(self) -> bool:
+        return self.status.is_terminal()
+
+    @property
+    def dir(self) -> RunDir:
+        return RunDir(Path(self.runs_dir) / self.id)
+
+    @property
+    def resume_checkpoint(self) -> Path | None:
+        """The checkpoint a resumed run starts from, as an absolute path."""
+        return Path(self.runs_dir) / self.resume_from if self.resume_from else None
+
+    @property
+    def duration(self) -> float | None:
+        if self.started is None:
+            return None
+        return (self.ended or time.time()) - self.started
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+_COLUMNS = [f.name for f in dataclasses.fields(RunRecord) if f.name != "runs_dir"]
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, status TEXT NOT NULL,
+    created REAL NOT NULL, started REAL, ended REAL,
+    task TEXT, model TEXT, method TEXT, lora_r INTEGER, results TEXT,
+    sweep_id TEXT, parent_id TEXT, resume_from TEXT,
+    pid INTEGER, pgid INTEGER, pid_created REAL, host TEXT, slot INTEGER, queue_pos INTEGER,
+    heartbeat REAL, stop_requested REAL, stop_deadline REAL, progress REAL, step INTEGER,
+    error TEXT, error_log TEXT
+)"""
+_INDEXES = [
+    "CREATE INDEX IF NOT EXISTS runs_by_status ON runs(status, queue_pos)",
+    "CREATE INDEX IF NOT EXISTS runs_by_created ON runs(created)",
+    "CREATE INDEX IF NOT EXISTS runs_by_sweep ON runs(sweep_id)",
+    "CREATE INDEX IF NOT EXISTS runs_by_parent ON runs(parent_id)",
+]
+_RENAMED = {"rank": "lora_r"}  # old column -> new column (registries written before the rename)
+# Fields a caller may set besides status (status only changes through _transition).
+_UPDATABLE = {"pid", "pgid", "pid_created", "host", "heartbeat", "stop_requested", "stop_deadline", "progress",
+              "step", "results", "error", "error_log"}
+
+
+def _record(row: sqlite3.Row, runs_dir: Path) -> RunRecord:
+    data = dict(row)
+    data["results"] = json.loads(data["results"]) if data.get("results") else {}
+    return RunRecord(**data, runs_dir=str(runs_dir))
+
+
+def _row(record: RunRecord) -> list:
+    data = record.to_dict()
+    data["status"] = record.status.value
+    data["results"] = json.dumps(data["results"] or {}, default=files.jsonable)
+    return [data[c] for c in _COLUMNS]
+
+
+_READY: set[str] = set()  # registries this process has already created or brought up to date
+_INSERT = f"INSERT INTO runs ({','.join(_COLUMNS)}) VALUES ({','.join('?' * len(_COLUMNS))})"
+
+
+# -- the registry ----------------------------------------------------------------------------------------------
+
+class Registry:
+    """The SQLite index of the runs in one runs directory. Holds no open connection, so one instance can serve
+    any number of threads."""
+
+    def __init__(self, runs_dir: str | Path | None = None):
+        self.runs_dir = layout.runs_root(runs_dir)
+        self.path = layout.registry_path(self.runs_dir)
+        self._ensure_schema()
+
+    # connections: one per call, closed right after (threads and processes never share one)
+    def _open(self) -> sqlite3.Connection:
+        con = sqlite3.connect(str(self.path), timeout=60.0, isolation_level=None, check_same_thread=False)
+        con.row_factory = sqlite3.Row
+        con.execute("PRAGMA busy_timeout = 60000")
+        con.execute("PRAGMA synchronous = NORMAL")
+        return con
+
+    def _connect(self) -> sqlite3.Connection:
+        self._ensure_schema()
+        return self._open()
+
+    def _ensure_schema(self) -> None:
+        # also when the file was deleted under a long-lived manager: it is rebuilt from the run dirs
+        if str(self.path) not in _READY or not self.path.exists():
+            self._init_schema()
+            _READY.add(str(self.path))
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        con = self._connect()
+        try:
+            yield con
+        finally:
+            con.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One short write transaction. BEGIN IMMEDIATE takes the write lock up front, so two writers queue on
+        the busy timeout instead of failing when a read lock would have to be upgraded."""
+        con = self._connect()
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                yield con
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+        finally:
+            con.close()
+
+    def _init_schema(self) -> None:
+        """Create the table, or bring a registry made by an older version up to date (renamed and added
+        columns), in one transaction so concurrent processes migrate it once."""
+        fresh = not self.path.exists()
+        con = self._open()
+        try:
+            con.execute("PRAGMA journal_mode = WAL")
+            con.execute("BEGIN IMMEDIATE")
+            con.execute(_SCHEMA)
+            have = {row[1] for row in con.execute("PRAGMA table_info(runs)")}
+            for old, new in _RENAMED.items():
+                if old in have and new not in have:
+                    con.execute(f"ALTER TABLE runs RENAME COLUMN {old} TO {new}")
+                    have = (have - {old}) | {new}
+            for column in _COLUMNS:  # all nullable
+                if column not in have:
+                    con.execute(f"ALTER TABLE runs ADD COLUMN {column}")
+            for index in _INDEXES:
+                con.execute(index)
+            con.execute("COMMIT")
+        finally:
+            con.close()
+        if fresh:
+            self._import_orphans()
+
+    def _import_orphans(self) -> None:
+        """A lost or deleted registry is rebuilt from the runs' status.json files, so no run is ever lost."""
+        for status_file in layout.status_files(self.runs_dir):
+            try:
+                data = json.loads(status_file.read_text(encoding="utf-8"))
+                for old, new in _RENAMED.items():  # a mirror written before a column was renamed
+                    data.setdefault(new, data.get(old))
+                if data.get("id") != status_file.parent.name:
+                    continue
+                record = RunRecord(**{c: data.get(c) for c in _COLUMNS}, runs_dir=str(self.runs_dir))
+                record.results = record.results or {}
+                with self._write() as con:
+                    con.execute(_INSERT.replace("INSERT", "INSERT OR IGNORE", 1), _row(record))
+            except (OSError, ValueError, TypeError, sqlite3.Error):
+                continue
+
+    # reads
+    def get(self, run_id: str) -> RunRecord:
+        """A run by id, or by a unique prefix of its id (like git and docker ids)."""
+        layout.check_run_id(run_id)
+        with self._read() as con:
+            row = con.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None:
+                rows = con.execute("SELECT * FROM runs WHERE id LIKE ? LIMIT 2", (run_id + "%",)).fetchall()
+                row = rows[0] if len(rows) == 1 else None
+        if row is None:
+            raise RunError(f"unknown run id {run_id!r} in {self.runs_dir}")
+        return _record(row, self.runs_dir)
+
+    def list(self, status: RunStatus | list[RunStatus] | None = None, sweep_id: str | None = None,
+             parent_id: str | None = None) -> list[RunRecord]:
+        """Newest first; QUEUED-only listings come in queue order."""
+        where, args = [], []
+        statuses = [RunStatus.parse(s) for s in ([status] if isinstance(status, str) else status or [])]
+        if statuses:
+            where.append(f"status IN ({','.join('?' * len(statuses))})")
+            args += [s.value for s in statuses]
+        if sweep_id:
+            where.append("sweep_id = ?")
+            args.append(sweep_id)
+        if parent_id:
+            where.append("parent_id = ?")
+            args.append(parent_id)
+        order = "queue_pos, created" if statuses == [RunStatus.QUEUED] else "created DESC, id DESC"
+        sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(where) if where else "") + f" ORDER BY {order}"
+        with self._read() as con:
+            rows = con.execute(sql, args).fetchall()
+        return [_record(r, self.runs_dir) for r in rows]
+
+    def count(self, status: RunStatus) -> int:
+        with self._read() as con:
+            return con.execute("SELECT COUNT(*) FROM runs WHERE status = ?", (status.value,)).fetchone()[0]
+
+    # writes
+    def insert(self, record: RunRecord) -> RunRecord:
+        with self._write() as con:
+            if record.status == RunStatus.QUEUED and record.queue_pos is None:
+                record = dataclasses.replace(record, queue_pos=con.execute(
+                    "SELECT COALESCE(MAX(queue_pos), -1) + 1 FROM runs").fetchone()[0])
+            con.execute(_INSERT, _row(record))
+        return self._mirror(record.id)
+
+    def update(self, run_id: str, *, only_if_status: RunStatus | None = None, **fields: Any) -> bool:
+        """Set non-status fields. Returns False when the run is not (any longer) in `only_if_status`."""
+        bad = set(fields) - _UPDATABLE
+        if bad:
+            raise RunError(f"cannot set {sorted(bad)} directly; status changes go through set_status()")
+        if "results" in fields:
+            fields["results"] = json.dumps(fields["results"] or {}, default=files.jsonable)
+        sql = f"UPDATE runs SET {', '.join(f'{k} = ?' for k in fields)} WHERE id = ?"
+        args = [*fields.values(), run_id]
+        if only_if_status:
+            sql += " AND status = ?"
+            args.append(only_if_status.value)
+        with self._write() as con:
+            return con.execute(sql, args).rowcount == 1
+
+    def set_status(self, run_id: str, status: RunStatus, *, expect: RunStatus | None = None,
+                   **fields: Any) -> RunRecord:
+        """Change the status; with `expect`, only if the run is still in that status (else StatusError)."""
+        with self._write() as con:
+            self._transition(con, run_id, RunStatus.parse(status), fields, expect)
+        return self._mirror(run_id)
+
+    def _transition(self, con: sqlite3.Connection, run_id: str, new: RunStatus, fields: dict,
+                    expect: RunStatus | None = None) -> None:
+        """The one place a status changes. Runs inside the caller's write transaction, so check-and-set is
+        atomic: two processes racing to end the same run cannot both succeed."""
+        row = con.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise RunError(f"unknown run id {run_id!r} in {self.runs_dir}")
+        old = RunStatus(row[0])
+        if expect is not None and old != expect:
+            raise StatusError(f"run {run_id} is {old}, not {expect}")
+        if new not in _TRANSITIONS.get(old, ()):
+            raise StatusError(f"run {run_id} cannot go from {old} to {new}"
+                              + (f" ({old} is final)" if old.is_terminal() else ""))
+        bad = set(fields) - _UPDATABLE - {"slot", "started"}
+        if bad:
+            raise RunError(f"cannot set {sorted(bad)} with a status change")
+        now = time.time()
+        values = dict(fields, status=new.value)
+        if new == RunStatus.RUNNING:
+            values.setdefault("started", now)
+            values["queue_pos"] = None
+        if new.is_terminal():
+            values["ended"] = now
+            values["queue_pos"] = None
+        if new == RunStatus.FAILED:
+            values.setdefault("error", "failed (no reason given)")
+            if not values.get("error_log"):
+                values["error_log"] = files.log_tail(RunDir(self.runs_dir / run_id).log)
+        if "results" in values:
+            values["results"] = json.dumps(values["results"] or {}, default=files.jsonable)
+        con.execute(f"UPDATE runs SET {', '.join(f'{k} = ?' for k in values)} WHERE id = ?",
+                    [*values.values(), run_id])
+
+    def claim_next(self, limit: int) -> RunRecord | None:
+        """Atomically move the first QUEUED run to RUNNING if fewer than `limit` runs are RUNNING.
+
+        The count and the claim happen in one BEGIN IMMEDIATE transaction, so any number of launchers, workers
+        and dashboards reconciling at once never exceed the limit."""
+        running = RunStatus.RUNNING.value
+        with self._write() as con:
+            used = {r[0] for r in con.execute("SELECT slot FROM runs WHERE status = ?", (running,))}
+            if con.execute("SELECT COUNT(*) FROM runs WHERE status = ?", (running,)).fetchone()[0] >= limit:
+                return None
+            row = con.execute("SELECT id FROM runs WHERE status = ? ORDER BY queue_pos, created LIMIT 1",
+                              (RunStatus.QUEUED.value,)).fetchone()
+            if row is None:
+                return None
+            slot = next(s for s in range(limit + len(used) + 1) if s not in used)
+            self._transition(con, row[0], RunStatus.RUNNING, {"slot": slot})
+        return self._mirror(row[0])
+
+    def heartbeat(self, run_id: str, progress: float | None = None, step: int | None = None) -> bool:
+        """Record that the worker is alive; returns True when the worker should stop: someone asked for it,
+        or the run is no longer RUNNING (e.g. force-stopped while its worker was still starting)."""
+        with self._write() as con:
+            fields = {"heartbeat": time.time()}
+            if progress is not None:
+                fields["progress"] = progress
+            if step is not None:
+                fields["step"] = step
+            con.execute(f"UPDATE runs SET {', '.join(f'{k} = ?' for k in fields)} WHERE id = ? AND status = ?",
+                        [*fields.values(), run_id, RunStatus.RUNNING.value])
+            row = con.execute("SELECT stop_requested, status FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return row is None or bool(row[0]) or row[1] != RunStatus.RUNNING
+
+    def move(self, run_id: str, position: int) -> list[str]:
+        """Put a QUEUED run at `position` (0 = next to start) and renumber the queue; returns the new order."""
+        queued = RunStatus.QUEUED.value
+        with self._write() as con:
+            queue = [r[0] for r in con.execute("SELECT id FROM runs WHERE status = ? ORDER BY queue_pos, created",
+                                               (queued,))]
+            if run_id not in queue:
+                status = con.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
+                raise RunError(f"run {run_id} is not queued" + (f" (it is {status[0]})" if status else
+                                                                 " (unknown run id)"))
+            queue.remove(run_id)
+            queue.insert(max(0, min(int(position), len(queue))), run_id)
+            base = con.execute("SELECT COALESCE(MIN(queue_pos), 0) FROM runs WHERE status = ?",
+                               (queued,)).fetchone()[0]
+            for i, rid in enumerate(queue):
+                con.execute("UPDATE runs SET queue_pos = ? WHERE id = ?", (base + i, rid))
+        return queue
+
+    def delete(self, run_id: str) -> None:
+        """Remove the row; refuses a RUNNING run and a run whose checkpoint an unfinished resumed run needs."""
+        with self._write() as con:
+            row = con.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise RunError(f"unknown run id {run_id!r} in {self.runs_dir}")
+            if row[0] == RunStatus.RUNNING:
+                raise RunError(f"run {run_id} is RUNNING; stop it first")
+            child = con.execute("SELECT id FROM runs WHERE parent_id = ? AND status IN (?, ?) LIMIT 1",
+                                (run_id, RunStatus.QUEUED.value, RunStatus.RUNNING.value)).fetchone()
+            if child:
+                raise RunError(f"run {run_id} has a resumed run {child[0]} that still needs its checkpoint; "
+                               "stop or delete that run first")
+            con.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+
+    def _mirror(self, run_id: str) -> RunRecord:
+        """Rewrite status.json from the row (atomically), so a run dir describes itself without the registry."""
+        record = self.get(run_id)
+        if record.dir.path.is_dir():
+            files.write_json(record.dir.status, record.to_dict())
+        return record
+
+
+def key_results(results: dict | None) -> dict:
+    """The scalars of a results dict (top level, plus one level of nested dicts as `section.key`), for the
+    registry so listings and comparisons need no file reads. Long strings and big structures stay in
+    results.json only."""
+    out: dict[str, Any] = {}
+
+    def keep(key: str, value: Any) -> None:
+        if len(out) >= _KEY_RESULTS_MAX:
+            return
+        if isinstance(value, bool) or value is None:
+            out[key] = value
+        elif isinstance(value, (int, float)):
+            out[key] = value if not (isinstance(value, float) and not math.isfinite(value)) else None
+        elif isinstance(value, str) and len(value) <= 80:
+            out[key] = value
+        elif hasattr(value, "item"):
+            keep(key, files.jsonable(value))
+
+    for key, value in (results or {}).items():
+        if not isinstance(value, dict):
+            keep(key, value)
+    for key, value in (results or {}).items():
+        if isinstance(value, dict):
+            for sub, v in value.items():
+                if not isinstance(v, (dict, list)):
+                    keep(f"{key}.{sub}", v)
+    return out
