@@ -7,7 +7,7 @@ from typing import Any
 
 import streamlit as st
 
-from lora_core.config import LORA_METHODS, ConfigError, ExperimentConfig
+from lora_core.config import ConfigError, ExperimentConfig
 from lora_core.errors import LoraLabError
 from lora_core.paths import dir_bytes  # noqa: F401 - for the pages
 from lora_core.runs import Runs, RunStatus, default_runs_dir

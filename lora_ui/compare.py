@@ -8,7 +8,8 @@ from collections import Counter
 
 import pandas as pd
 
-from lora_ui.common import LORA_METHODS, RunStatus, primary_metric
+from lora_core.config import LORA_METHODS
+from lora_ui.common import RunStatus, primary_metric
 
 COLUMNS = ["label", "status", "method", "rank", "trainable", "trainable %", "accuracy", "macro-F1", "eval loss",
            "train time (s)", "peak mem (GB)", "est. peak (GB)", "adapter (MB)", "vs full: accuracy",

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from apptest_helpers import errors, no_exception, open_page, texts
-from lora_core.runs import Runs, RunStatus
+from lora_core.runs import Runs
 
 pytestmark = pytest.mark.timeout(300)
 

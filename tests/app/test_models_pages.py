@@ -2,7 +2,7 @@
 import pytest
 
 from apptest_helpers import errors, no_exception, open_page, texts
-from lora_core.runs import Runs, RunStatus
+from lora_core.runs import Runs
 from lora_ui.common import fmt_bytes
 
 pytestmark = pytest.mark.timeout(300)

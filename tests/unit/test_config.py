@@ -61,6 +61,15 @@ def test_yaml_quirks_are_accepted():
     assert ExperimentConfig.from_dict({"lora": {"target_modules": "all-linear"}}).lora.target_modules == "all-linear"
 
 
+@pytest.mark.parametrize("given, stored", [
+    (["all-linear"], "all-linear"), (["preset:qv"], "preset:qv"), ("preset:attention", "preset:attention"),
+    (["query"], ["query"]), ("query,value", ["query", "value"]), ([], None)])
+def test_target_modules_have_one_spelling_after_validation(given, stored):
+    # a one-item list naming all-linear or a preset means that (PEFT reads ["all-linear"] the same way), so
+    # code downstream of the config sees one spelling, whatever order typing tries Union[str, list[str]] in
+    assert ExperimentConfig.from_dict({"lora": {"target_modules": given}}).lora.target_modules == stored
+
+
 def test_invalid_yaml_and_missing_file_are_clear(tmp_path):
     with pytest.raises(ConfigError, match="not valid YAML"):
         ExperimentConfig.from_text("name: [unclosed")

@@ -418,3 +418,21 @@ def test_a_stop_escalates_on_the_next_look_even_if_the_stopper_went_away(runs, r
     time.sleep(0.3)
     record = later.get(rid)
     assert record.status is STOPPED and "did not stop within" in record.error
+
+
+def test_plan_sweep_validates_and_creates_nothing(runs, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d.csv").write_text("text,label\na,0\nb,1\n")
+    planned = runs.plan_sweep(cfg(**{"data.train": "d.csv"}), {"lora.r": [4, 8], "method": ["full"]})
+    assert [(c.method, c.lora.r) for c in planned] == [("lora", 4), ("lora", 8), ("full", 8)]
+    assert {c.data.train for c in planned} == {str(tmp_path / "d.csv")}  # prepared like a launch
+    assert runs.list(reconcile=False) == []
+
+
+@pytest.mark.parametrize("method, folder, marker", [
+    ("lora", "adapter", "adapter/adapter_config.json"), ("qlora", "adapter", "adapter/adapter_config.json"),
+    ("full", "model", "model/config.json"), ("head-only", "head", "head/head.safetensors")])
+def test_each_method_saves_its_weights_in_its_own_folder(tmp_path, method, folder, marker):
+    artifacts = layout.Artifacts(tmp_path)
+    assert artifacts.weights(method) == tmp_path / folder
+    assert artifacts.weights_marker(method) == tmp_path / marker
