@@ -140,8 +140,9 @@ if rec.status in (RunStatus.STOPPED, RunStatus.FAILED):
 elif rec.status in (RunStatus.RUNNING, RunStatus.QUEUED):
     a[1].button("Stop" if rec.status == RunStatus.RUNNING else "Cancel", icon=":material/stop_circle:", key="runs_stop",
                 on_click=stop_run, args=(rec.id,), disabled=bool(rec.stop_requested))
-with a[3].popover("Delete", icon=":material/delete:", disabled=rec.status == RunStatus.RUNNING,
-                  help="Stop a running run first" if rec.status == RunStatus.RUNNING else "Remove the run and its files"):
+running = rec.status == RunStatus.RUNNING
+with a[3].popover("Delete", icon=":material/delete:", disabled=running,
+                  help="Stop a running run first" if running else "Remove the run and its files"):
     st.markdown(f"Delete **{rec.name}** and all its files? This cannot be undone.")
     st.button("Delete for good", key="runs_delete", type="primary", on_click=delete_run, args=(rec.id,))
 

@@ -1,7 +1,7 @@
 """Train: launch the built config (or a sweep over ranks / methods), then watch live runs.
 
-Runs are launched through the run manager (lora_ui.common.runs) into their own worker processes; this script only reads the
-registry and the metrics streams. The live panel is a fragment that re-runs every few seconds by itself,
+Runs are launched through the run manager (lora_ui.common.runs) into their own worker processes; this script
+only reads the registry and the metrics streams. The live panel is a fragment that re-runs every few seconds by itself,
 so the curves grow without rerunning the page.
 """
 import os
@@ -9,7 +9,7 @@ import os
 import pandas as pd
 import streamlit as st
 
-from lora_core.config import BUNDLED_MODELS, ConfigError, ExperimentConfig
+from lora_core.config import BUNDLED_MODELS, LORA_METHODS, ConfigError, ExperimentConfig
 from lora_ui import engine
 from lora_ui.common import (STATUS_ICON, LoraLabError, RunStatus, current_config, error_text, fmt_duration,
                             primary_metric, runs, show_error)
@@ -90,7 +90,7 @@ with tab_sweep:
     with c1:
         ranks = st.multiselect("LoRA ranks", SWEEP_RANKS, default=[4, 8, 16], key="train_sweep_ranks")
     with c2:
-        lora_methods = st.multiselect("Adapter methods", ["lora", "qlora"], default=["lora"],
+        lora_methods = st.multiselect("Adapter methods", list(LORA_METHODS), default=["lora"],
                                       key="train_sweep_methods")
     with c3:
         allowed_baselines = ["full", "head-only"] if cfg.task == "seq-cls" else ["full"]

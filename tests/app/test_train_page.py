@@ -77,7 +77,8 @@ def test_stop_resume_and_cancel(runs_dir):
     button(at, "train_launch").click().run()  # a second launch waits in the queue (1 slot on CPU)
     no_exception(at)
     first, second = sorted(Runs(runs_dir).list(reconcile=False), key=lambda r: r.created)
-    wait_until(lambda: Runs(runs_dir).get(first.id, reconcile=False).status == RunStatus.RUNNING, what="first run RUNNING")
+    wait_until(lambda: Runs(runs_dir).get(first.id, reconcile=False).status == RunStatus.RUNNING,
+               what="first run RUNNING")
     assert Runs(runs_dir).get(second.id, reconcile=False).status == RunStatus.QUEUED
 
     # the live panel shows the loss curve growing while it trains

@@ -63,8 +63,8 @@ def test_progress_line_running_and_finished():
 
 
 def record(method, rank, tail="a1b2c3", **results):
-    return RunRecord(id=f"{method}-{rank}-20261128-{tail}", name=method, status=RunStatus.SUCCEEDED, created=0.0, method=method,
-                     rank=rank, results=results)
+    return RunRecord(id=f"{method}-{rank}-20261128-{tail}", name=method, status=RunStatus.SUCCEEDED, created=0.0,
+                     method=method, lora_r=rank, results=results)
 
 
 def test_compare_rows_relative_to_full():
