@@ -6,7 +6,8 @@ Set-up: one real tiny run is trained through the run manager (tiny-random-gpt2, 
 200 more runs are created through lora_core.runs with real, validated configs (LoRA ranks 2-64, full,
 head-only, QLoRA; in sweeps of 5) and given that real run's metrics stream and results — written through
 the engine's own API (Runs.create, files.append_event, Registry.set_status, files.write_json), with the
-method/rank/params fields adjusted per run. They are labelled as fixtures in their names; nothing here claims they were trained.
+method/rank/params fields adjusted per run. They are labelled as fixtures in their names; nothing here claims
+they were trained.
 
 Each page is rendered through Streamlit's AppTest in a fresh Python process (so nothing is imported or
 cached beforehand): once on its first visit (the Config builder's first visit includes importing torch,
