@@ -6,7 +6,8 @@ from typing import Any
 import streamlit as st
 
 from lora_ui import charts
-from lora_ui.common import fmt_bytes, fmt_duration
+from lora_ui.format import fmt_bytes, fmt_duration
+from lora_ui.service import RunStatus
 
 
 def last(events: list[dict], key: str, kind: str | None = None) -> Any:
@@ -37,7 +38,7 @@ def progress_line(rec, events: list[dict]) -> tuple[float, str]:
     epoch = last(events, "epoch")
     if epoch is not None:
         parts.append(f"epoch {float(epoch):.2f}")
-    if rec.status == "RUNNING":
+    if rec.status == RunStatus.RUNNING:
         current = phase(events)
         if current and current != "training":
             parts.insert(0, current.replace("_", " ") + "…")

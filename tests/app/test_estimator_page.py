@@ -5,7 +5,7 @@ import pytest
 from apptest_helpers import errors, no_exception, open_page
 from lora_core import storage
 from lora_core.estimator import estimate, lora_param_table
-from lora_ui.common import fmt_bytes
+from lora_ui.format import fmt_bytes
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -3,7 +3,7 @@ import pytest
 
 from apptest_helpers import errors, no_exception, open_page, texts
 from lora_core import storage
-from lora_ui.common import fmt_bytes
+from lora_ui.format import fmt_bytes
 
 pytestmark = pytest.mark.timeout(300)
 
