@@ -46,7 +46,7 @@ SUMMARY_TEXT = "✅ Valid config"  # the Config builder's summary line, drawn la
 
 def train_template(runs_dir: Path):
     """One real run whose metrics and results the fixtures copy."""
-    from lora_core import launcher
+    from lora_core import launcher, storage
     from lora_core.config import ExperimentConfig
 
     cfg = ExperimentConfig.from_dict({
