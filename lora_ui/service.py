@@ -6,8 +6,9 @@ lora_core.errors). Three kinds of call:
 - cached reads of things that only change with their inputs (a model's layers, parameter counts, estimates,
   data previews): `st.cache_data`, keyed by plain arguments; an engine error is raised, never cached;
 - live reads of the run registry (statuses, metrics, results, logs), never cached;
-- run actions (launch, sweep, stop, cancel, move, resume, delete, merge): each goes through `_act`, which knows
-  who is acting, and returns an `ActionResult` or raises the engine's `LoraLabError`.
+- run actions (launch, sweep, stop, cancel, move, resume, delete, merge): each first passes `_who_acts`, the one
+  place that knows who is acting (and where role checks go), then returns an `ActionResult` or raises the
+  engine's `LoraLabError`.
 
 The engine's run manager is held here once per runs directory (`_runs()`). Today that is `_ModuleRuns`, which
 puts the storage and launcher modules behind the method names of the coming `lora_core.runs.Runs`; switching
