@@ -117,4 +117,4 @@ def show_message(page: PageState, where=None) -> None:
         return
     text_col, close_col = (where or st).columns([24, 1], vertical_alignment="center")
     getattr(text_col, message.level)(message.text)
-    close_col.button("✕", key=page.key("dismiss"), on_click=page.dismiss, help="Dismiss this message")
+    close_col.button(":material/close:", key=page.key("dismiss"), on_click=page.dismiss, help="Dismiss this message")
