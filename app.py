@@ -1,12 +1,11 @@
 """LoRA Lab dashboard: `streamlit run app.py`.
 
-The entry point only sets up navigation; each page is a plain script in pages/. The engine
-(lora_core) does the work: pages launch runs through the run manager (lora_ui.common.runs) and never train in this
-process.
+The entry point only sets up navigation; each page in pages/ is layout and calls lora_ui, whose service module
+is the one door to the engine (lora_core). Runs train in worker processes, never in this one.
 """
 import streamlit as st
 
-from lora_ui.common import runs
+from lora_ui import service
 
 st.set_page_config(page_title="LoRA Lab", page_icon="🧪", layout="wide")
 
@@ -32,9 +31,6 @@ with st.sidebar:
     st.caption("LoRA trains a low-rank update beside each frozen weight:  \n"
                "**W' = W + (α/r)·B·A**, with B ∈ ℝ^(d_out×r), A ∈ ℝ^(r×d_in).  \n"
                "Only A and B learn: r·(d_in + d_out) parameters per layer instead of d_in·d_out.")
-    try:
-        st.caption(f"Runs directory: `{runs().root}`")
-    except Exception as exc:  # noqa: BLE001 - the sidebar must not take the app down
-        st.caption(f"Runs directory unavailable: {exc}")
+    st.caption(f"Runs directory: `{service.runs_dir()}`")
 
 page.run()

@@ -5,8 +5,9 @@ from typing import Iterable
 
 import plotly.graph_objects as go
 
+from lora_ui.format import X_AXES
+
 METHOD_COLORS = {"full": "#E4572E", "lora": "#6C4BF4", "qlora": "#17BEBB", "head-only": "#FFC914"}
-X_AXES = {"step": "step", "epoch": "epoch", "wall time (s)": "elapsed_s"}
 _LAYOUT = dict(margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.2), height=360)
 
 
@@ -39,8 +40,7 @@ def curves_figure(runs: list[tuple[str, list[dict]]], x: str = "step", title: st
         if ey:
             fig.add_trace(go.Scatter(x=ex, y=ey, mode="lines+markers", name=f"{label} · {eval_metric}",
                                      line=dict(color=color, dash="dash"), marker=dict(size=8, symbol="diamond")))
-    xtitle = next((k for k, v in X_AXES.items() if v == x), x)
-    fig.update_layout(title=title, xaxis_title=xtitle, yaxis_title="loss", **_LAYOUT)
+    fig.update_layout(title=title, xaxis_title=X_AXES.get(x, x), yaxis_title="loss", **_LAYOUT)
     return fig
 
 
@@ -54,7 +54,7 @@ def eval_metrics_figure(events: list[dict], x: str = "step") -> go.Figure | None
             fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=name))
     if not fig.data:
         return None
-    fig.update_layout(title="Eval metrics", xaxis_title=x, **_LAYOUT)
+    fig.update_layout(title="Eval metrics", xaxis_title=X_AXES.get(x, x), **_LAYOUT)
     return fig
 
 

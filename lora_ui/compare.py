@@ -8,8 +8,8 @@ from collections import Counter
 
 import pandas as pd
 
-from lora_core.config import LORA_METHODS
-from lora_ui.common import RunStatus, primary_metric
+from lora_ui.format import method_text, primary_metric
+from lora_ui.service import RunStatus
 
 COLUMNS = ["label", "status", "method", "rank", "trainable", "trainable %", "accuracy", "macro-F1", "eval loss",
            "train time (s)", "peak mem (GB)", "est. peak (GB)", "adapter (MB)", "vs full: accuracy",
@@ -17,7 +17,7 @@ COLUMNS = ["label", "status", "method", "rank", "trainable", "trainable %", "acc
 
 
 def short_label(rec) -> str:
-    label = f"{rec.method} r={rec.lora_r}" if rec.method in LORA_METHODS and rec.lora_r else (rec.method or rec.name)
+    label = method_text(rec) if rec.method else rec.name
     return label + (" (stopped)" if rec.status == RunStatus.STOPPED else "")
 
 
@@ -91,3 +91,17 @@ def same_eval_set(table: list[dict]) -> bool:
     """True when every run was scored on the same data (same fingerprint): a fair comparison."""
     prints = {r["data fingerprint"] for r in table if r.get("data fingerprint")}
     return len(prints) <= 1
+
+
+def estimate_rows(records) -> list[dict]:
+    """Recorded memory estimate beside the measured peak, one row per run that measured one."""
+    measured = [r for r in records if (r.results or {}).get("peak_mem_bytes")]
+    out = []
+    for rec, label in zip(measured, labels_for(measured)):
+        est = estimate_bytes(rec.results)
+        peak = rec.results["peak_mem_bytes"]
+        out.append({"label": f"{label} · {rec.name}"[:60], "model": rec.model,
+                    "estimate_gb": est / 1e9 if est else None, "measured_gb": peak / 1e9,
+                    "error %": (est / peak - 1) * 100 if est else None,
+                    "how measured": rec.results.get("peak_mem_method", ""), "id": rec.id})
+    return out

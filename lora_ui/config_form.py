@@ -1,8 +1,9 @@
-"""The Config builder's form state: widget keys <-> ExperimentConfig, and the exports (PEFT snippet, CLI).
+"""The Config builder's form state: widget keys <-> ExperimentConfig, the layer table, and the exports (PEFT
+snippet, CLI).
 
-Widget keys are "cfg_" + the dotted config field ("cfg_lora.r"), plus a few composite choices (model and
-dataset pickers, the target-module mode). The pure functions here are what the tests check; the page
-script only lays out widgets.
+Widget keys are the builder's prefix "cfg_" + the dotted config field ("cfg_lora.r"), plus a few composite
+choices (model and dataset pickers, the target-module mode). The functions here are what the tests check; the
+page only lays out widgets.
 """
 from __future__ import annotations
 
@@ -11,9 +12,14 @@ import shlex
 import typing
 from typing import Any
 
-from lora_core.config import BUNDLED_MODELS, SAMPLE_DATASETS, ExperimentConfig, get_dotted, set_dotted
+import streamlit as st
 
-P = "cfg_"
+from lora_core.config import (BUNDLED_MODELS, SAMPLE_DATASETS, ConfigError, ExperimentConfig, get_dotted,
+                              set_dotted)
+from lora_ui import service
+from lora_ui.state import BUILDER, set_current_config
+
+P = BUILDER.prefix
 OTHER_MODEL = "Hub id or local directory…"
 OTHER_DATA = "Local file or hub dataset…"
 SPLIT_OFF = "Split off part of train"
@@ -117,6 +123,44 @@ def config_dict_from_state(state: dict[str, Any]) -> dict:
     if P + "generate.prompts" in state:
         d["generate"]["prompts"] = [p for p in str(state[P + "generate.prompts"]).splitlines() if p.strip()]
     return d
+
+
+def form_config(state) -> tuple[ExperimentConfig | None, ConfigError | None]:
+    """(the validated config the widgets describe, None) or (None, the first ConfigError)."""
+    try:
+        return ExperimentConfig.from_dict(config_dict_from_state(state)), None
+    except ConfigError as exc:
+        return None, exc
+
+
+def apply_config(cfg: ExperimentConfig) -> None:
+    """Show `cfg` in the builder's widgets and make it the current config (safe before the widgets are drawn,
+    or from a callback)."""
+    for key, value in state_from_config(cfg).items():
+        st.session_state[key] = value
+    set_current_config(cfg)
+
+
+def layer_groups(layers: list[dict], selected: set[str], r: int | None) -> list[dict]:
+    """The model's adaptable body layers grouped by leaf name: type, shapes, count, weight parameters and what
+    LoRA of rank r would train on them (from the engine's r·(d_in + d_out))."""
+    groups: dict[str, dict] = {}
+    for row in layers:
+        if row.get("head"):
+            continue
+        group = groups.setdefault(row["leaf"], {"adapt": row["leaf"] in selected, "layer": row["leaf"],
+                                                "type": row["type"], "shape (in → out)": [], "count": 0,
+                                                "weight params": 0, "LoRA params at r": 0 if r else None})
+        shape = f"{row['in_features']} → {row['out_features']}"
+        if shape not in group["shape (in → out)"]:
+            group["shape (in → out)"].append(shape)
+        group["count"] += 1
+        group["weight params"] += int(row["params"])
+        if r:
+            group["LoRA params at r"] += service.lora_params(row["in_features"], row["out_features"], r)
+    for group in groups.values():
+        group["shape (in → out)"] = ", ".join(group["shape (in → out)"])
+    return list(groups.values())
 
 
 def resolve_targets(cfg: ExperimentConfig, presets: dict[str, list[str]] | None) -> list[str] | str:

@@ -6,7 +6,8 @@ from typing import Any
 import streamlit as st
 
 from lora_ui import charts
-from lora_ui.common import RunStatus, fmt_bytes, fmt_duration
+from lora_ui.format import fmt_bytes, fmt_duration
+from lora_ui.service import RunStatus
 
 
 def last(events: list[dict], key: str, kind: str | None = None) -> Any:

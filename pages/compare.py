@@ -2,100 +2,116 @@
 curves, the accuracy-vs-trainable-params frontier, and a CSV download."""
 import streamlit as st
 
-from lora_ui import charts
+from lora_ui import charts, service
 from lora_ui import compare as cmp
-from lora_ui.common import DONE, STATUS_ICON, number_columns, runs, show_error
+from lora_ui.format import X_AXES, number_columns, status_text
+from lora_ui.service import RunStatus
+from lora_ui.state import COMPARE
+from lora_ui.widgets import show_error
 
-S = st.session_state
+S = COMPARE
+DONE = (RunStatus.SUCCEEDED, RunStatus.STOPPED)
 
-st.title("Compare")
-st.caption("Which adapter is worth it? Accuracy against what it costs: trainable parameters, time and memory, "
-           "relative to full fine-tuning on the same data.")
 
-try:
-    all_runs = runs().list()
-except Exception as exc:  # noqa: BLE001
-    show_error(exc)
-    st.stop()
-finished = [r for r in all_runs if r.status in DONE and r.results]
-if not finished:
-    st.info("No finished runs yet. Launch a sweep on the Train page (ranks plus full and head-only baselines) "
-            "and come back when it has finished.")
-    st.stop()
-
-sweeps = list(dict.fromkeys(r.sweep_id for r in finished if r.sweep_id))
-modes = (["A sweep"] if sweeps else []) + ["Pick runs"]
-if S.get("compare_sweep") in sweeps and "compare_mode" not in S:
-    S["compare_mode"] = "A sweep"
-mode = st.radio("Compare", modes, horizontal=True, key="compare_mode")
-by_id = {r.id: r for r in finished}
-if mode == "A sweep":
-    if S.get("compare_sweep") not in sweeps:
-        S["compare_sweep"] = sweeps[0]
-    sweep = st.selectbox("Sweep", sweeps, key="compare_sweep",
-                         format_func=lambda s: f"{s} ({sum(r.sweep_id == s for r in finished)} finished runs)")
-    chosen = [r for r in finished if r.sweep_id == sweep]
-    pending = [r for r in all_runs if r.sweep_id == sweep and r.status not in DONE]
-    if pending:
-        st.caption(" · ".join(f"{STATUS_ICON.get(r.status, '')} {r.name}" for r in pending)
-                   + " — not finished, left out")
-else:
-    default = [r.id for r in finished[:6]]
-    picked = st.multiselect("Runs", list(by_id), default=default, key="compare_runs",
+def choose_runs(all_runs: list, finished: list) -> list:
+    """A sweep, or runs picked by hand; returns the chosen finished runs."""
+    sweeps = list(dict.fromkeys(r.sweep_id for r in finished if r.sweep_id))
+    modes = (["A sweep"] if sweeps else []) + ["Pick runs"]
+    if S.get("sweep") in sweeps and "mode" not in S:
+        S["mode"] = "A sweep"
+    mode = st.radio("Compare", modes, horizontal=True, key=S.key("mode"))
+    if mode == "A sweep":
+        if S.get("sweep") not in sweeps:
+            S["sweep"] = sweeps[0]
+        sweep = st.selectbox("Sweep", sweeps, key=S.key("sweep"),
+                             format_func=lambda s: f"{s} ({sum(r.sweep_id == s for r in finished)} finished runs)")
+        pending = [r for r in all_runs if r.sweep_id == sweep and r.status not in DONE]
+        if pending:
+            st.caption(" · ".join(f"{status_text(r.status)} {r.name}" for r in pending) + " — not finished, left out")
+        return [r for r in finished if r.sweep_id == sweep]
+    by_id = {r.id: r for r in finished}
+    picked = st.multiselect("Runs", list(by_id), default=[r.id for r in finished[:6]], key=S.key("runs"),
                             format_func=lambda i: f"{by_id[i].name} · {i}")
-    chosen = [by_id[i] for i in picked]
+    return [by_id[i] for i in picked]
 
-if not chosen:
-    st.warning("Select at least one finished run.")
-    st.stop()
 
-# oldest first reads naturally for a sweep (the order it was launched in)
-chosen = sorted(chosen, key=lambda r: r.created)
-table = cmp.rows(chosen)
-frame = cmp.frame(table)
-if not cmp.same_eval_set(table):
-    st.warning("These runs were not all evaluated on the same data (their dataset fingerprints differ), so "
-               "their metrics are not directly comparable.")
-has_full = any(r["method"] == "full" for r in table)
-st.dataframe(frame, hide_index=True, width="stretch", column_config=number_columns(frame))
-if not has_full:
-    st.caption("Add a full fine-tuning run (the sweep's *full* baseline) to see the ratios relative to it.")
-st.download_button("Download CSV", frame.to_csv(index=False), file_name="lora-lab-compare.csv",
-                   mime="text/csv", key="compare_csv")
+def table_section(table: list[dict]) -> None:
+    frame = cmp.frame(table)
+    if not cmp.same_eval_set(table):
+        st.warning("These runs were not all evaluated on the same data (their dataset fingerprints differ), so "
+                   "their metrics are not directly comparable.")
+    st.dataframe(frame, hide_index=True, width="stretch", column_config=number_columns(frame))
+    if not any(r["method"] == "full" for r in table):
+        st.caption("Add a full fine-tuning run (the sweep's *full* baseline) to see the ratios relative to it.")
+    st.download_button("Download CSV", frame.to_csv(index=False), file_name="lora-lab-compare.csv",
+                       mime="text/csv", key=S.key("csv"))
 
-labels = [r["label"] for r in table]
-methods = [r["method"] for r in table]
-score = "accuracy" if any(r["accuracy"] is not None for r in table) else "eval loss"
-has_score = any(r[score] is not None for r in table)
-c1, c2, c3 = st.columns(3)
-with c1:
-    if has_score:
-        st.plotly_chart(charts.bar_figure(labels, [r[score] for r in table], score.capitalize(), score, methods),
-                        key="compare_bar_score", width="stretch")
-    else:
-        st.caption("No eval metric recorded for these runs yet (stopped before their first evaluation).")
-with c2:
-    st.plotly_chart(charts.bar_figure(labels, [r["train time (s)"] for r in table], "Training time", "seconds",
-                                      methods), key="compare_bar_time", width="stretch")
-with c3:
-    st.plotly_chart(charts.bar_figure(labels, [r["trainable"] for r in table], "Trainable parameters",
-                                      "params (log)", methods, log=True), key="compare_bar_params",
-                    width="stretch")
 
-st.subheader("Loss curves")
-x_name = st.radio("x-axis", list(charts.X_AXES), horizontal=True, key="compare_x")
-try:
-    series = [(label, runs().metrics(rec.id)) for rec, label in zip(chosen, labels)]
-    st.plotly_chart(charts.curves_figure(series, x=charts.X_AXES[x_name], title="Train (solid) and eval (dashed) loss"),
-                    key="compare_curves", width="stretch")
-except Exception as exc:  # noqa: BLE001
-    show_error(exc)
+def bars_section(table: list[dict], score: str, has_score: bool) -> None:
+    labels = [r["label"] for r in table]
+    methods = [r["method"] for r in table]
+    c1, c2, c3 = st.columns(3)
+    with c1:
+        if has_score:
+            st.plotly_chart(charts.bar_figure(labels, [r[score] for r in table], score.capitalize(), score,
+                                              methods), key=S.key("bar_score"), width="stretch")
+        else:
+            st.caption("No eval metric recorded for these runs yet (stopped before their first evaluation).")
+    c2.plotly_chart(charts.bar_figure(labels, [r["train time (s)"] for r in table], "Training time", "seconds",
+                                      methods), key=S.key("bar_time"), width="stretch")
+    c3.plotly_chart(charts.bar_figure(labels, [r["trainable"] for r in table], "Trainable parameters",
+                                      "params (log)", methods, log=True), key=S.key("bar_params"), width="stretch")
 
-st.subheader("Efficiency frontier")
-if has_score:
+
+def curves_section(chosen: list, table: list[dict]) -> None:
+    st.subheader("Loss curves")
+    x = st.radio("x-axis", list(X_AXES), horizontal=True, key=S.key("x"), format_func=X_AXES.get)
+    try:
+        series = [(row["label"], service.metrics(rec.id)) for rec, row in zip(chosen, table)]
+    except Exception as exc:  # noqa: BLE001 - a run deleted meanwhile: say so, keep the rest of the page
+        show_error(exc)
+        return
+    st.plotly_chart(charts.curves_figure(series, x=x, title="Train (solid) and eval (dashed) loss"),
+                    key=S.key("curves"), width="stretch")
+
+
+def frontier_section(table: list[dict], score: str, has_score: bool) -> None:
+    st.subheader("Efficiency frontier")
+    if not has_score:
+        st.caption("The frontier needs runs with an eval metric.")
+        return
     st.caption("Each point is a run; the dotted line links the runs that no other run beats with fewer trainable "
                "parameters. Hover for time and peak memory.")
     st.plotly_chart(charts.frontier_figure(table, score=score, higher_is_better=score == "accuracy"),
-                    key="compare_frontier", width="stretch")
-else:
-    st.caption("The frontier needs runs with an eval metric.")
+                    key=S.key("frontier"), width="stretch")
+
+
+def main() -> None:
+    st.title("Compare")
+    st.caption("Which adapter is worth it? Accuracy against what it costs: trainable parameters, time and "
+               "memory, relative to full fine-tuning on the same data.")
+    try:
+        all_runs = service.list_runs()
+    except Exception as exc:  # noqa: BLE001 - an unreadable runs dir is reported, not raised
+        show_error(exc)
+        return
+    finished = [r for r in all_runs if r.status in DONE and r.results]
+    if not finished:
+        st.info("No finished runs yet. Launch a sweep on the Train page (ranks plus full and head-only "
+                "baselines) and come back when it has finished.")
+        return
+    chosen = choose_runs(all_runs, finished)
+    if not chosen:
+        st.warning("Select at least one finished run.")
+        return
+    chosen = sorted(chosen, key=lambda r: r.created)  # oldest first: the order a sweep was launched in
+    table = cmp.rows(chosen)
+    score = "accuracy" if any(r["accuracy"] is not None for r in table) else "eval loss"
+    has_score = any(r[score] is not None for r in table)
+    table_section(table)
+    bars_section(table, score, has_score)
+    curves_section(chosen, table)
+    frontier_section(table, score, has_score)
+
+
+main()

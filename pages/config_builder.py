@@ -1,42 +1,33 @@
 """Config builder: pick a model, layers, LoRA knobs, data and training settings; see counts and memory live;
 export as YAML / JSON / PEFT code / CLI; load a saved config.
 
-Every widget writes "cfg_<dotted field>" in session state (kept across pages with persist_state); the
-validated config is stored as "cfg_current" for the Train page. Validation is ExperimentConfig's own:
-its ConfigError names a field and the page shows the message under that field.
+Every widget writes "cfg_<dotted field>" in session state (kept across pages with persist_state). Each run of
+the page validates that state first (ExperimentConfig's own validation: a ConfigError names the field, and the
+message lands under it), then draws one tab per function, reading every derived number — the α/r scale, LoRA
+parameters per layer, trainable counts, the number of labels — from the validated config and the engine. The
+valid config becomes the current config the Train page launches.
 """
 import json
 
 import pandas as pd
 import streamlit as st
 
-from lora_core.config import (BUNDLED_MODELS, LORA_METHODS, SAMPLE_DATASETS, ConfigError, ExperimentConfig,
-                              field_choices, field_help)
-from lora_ui import engine
-from lora_ui.common import FieldSlots, current_config, error_text, fmt_bytes, fmt_count, set_current_config
-from lora_ui.config_form import (OTHER_DATA, OTHER_MODEL, P, SPLIT_OFF, TARGET_MODES, cli_command,
-                                 config_dict_from_state, config_filename, field_meta, peft_snippet,
-                                 resolve_targets, state_from_config)
+from lora_core.config import (BUNDLED_MODELS, SAMPLE_DATASETS, ConfigError, ExperimentConfig, field_choices,
+                              field_help)
+from lora_ui import service
+from lora_ui.config_form import (OTHER_DATA, OTHER_MODEL, SPLIT_OFF, TARGET_MODES, apply_config, cli_command,
+                                 config_dict_from_state, config_filename, field_meta, form_config, layer_groups,
+                                 peft_snippet, resolve_targets, state_from_config)
+from lora_ui.format import error_text, fmt_bytes, fmt_count
+from lora_ui.state import BUILDER, current_config, default_config, set_current_config
+from lora_ui.widgets import FieldSlots, choice_or_other, show_message
 
-S = st.session_state
+S = BUILDER
 slots = FieldSlots()
 
 
-def apply_config(cfg: ExperimentConfig) -> None:
-    """Put a config into the widgets (only safe before they are drawn, or from a callback)."""
-    for key, value in state_from_config(cfg).items():
-        S[key] = value
-    set_current_config(cfg)
-
-
-def reset_to_defaults() -> None:
-    from lora_ui.common import default_config
-
-    apply_config(default_config())
-
-
 def field(kind: str, dotted: str, label: str, **kw):
-    """One widget for one config field: tooltip from field_help, limits from the field's metadata."""
+    """One widget for one config field: tooltip from field_help, choices and limits from the field itself."""
     kw.setdefault("help", field_help(dotted))
     if kind in ("selectbox", "radio") and "options" not in kw:
         kw["options"] = list(field_choices(dotted) or [])
@@ -46,63 +37,49 @@ def field(kind: str, dotted: str, label: str, **kw):
             kw.setdefault("min_value", meta["min"])
         if "max" in meta:
             kw.setdefault("max_value", meta["max"])
-    value = getattr(st, kind)(label, key=P + dotted, persist_state="session", **kw)
+    value = getattr(st, kind)(label, key=S.key(dotted), persist_state="session", **kw)
     slots.add(dotted)
     return value
 
 
-# -- state: defaults, loading a saved config ---------------------------------------------------------------
+def columns_of_fields(specs: list[tuple]) -> None:
+    """A row of fields: [(kind, dotted, label, {widget kwargs}), ...], one column each."""
+    for col, (kind, dotted, label, kw) in zip(st.columns(len(specs)), specs):
+        with col:
+            field(kind, dotted, label, **kw)
 
-if P + "name" not in S:
-    for k, v in state_from_config(current_config()).items():
-        S.setdefault(k, v)
 
-st.title("Config builder")
-st.caption("Everything a run needs, in one validated config. The Train page launches what you build here.")
+# -- loading a saved config ----------------------------------------------------------------------------------------
 
-with st.expander("Load a saved config (YAML or JSON)", expanded=False, icon=":material/upload_file:"):
-    upload = st.file_uploader("Config file", type=["yaml", "yml", "json"], key="cfg_upload",
-                              help="A file exported from this page or written by hand; unknown keys are refused.")
-    if upload is not None and S.get("cfg_loaded_file") != upload.file_id:
-        S["cfg_loaded_file"] = upload.file_id
-        try:
-            text = upload.getvalue().decode("utf-8")
-            fmt = "json" if upload.name.lower().endswith(".json") else "yaml"
-            loaded = ExperimentConfig.from_text(text, fmt=fmt, source=upload.name)
-            apply_config(loaded)
-            S["cfg_load_message"] = ("ok", f"Loaded {upload.name}: {loaded.name}")
-        except (ConfigError, UnicodeDecodeError, ValueError) as exc:
-            S["cfg_load_message"] = ("error", f"{upload.name}: {error_text(exc)}")
-    if upload is None:  # the file was removed: forget its message
-        S.pop("cfg_load_message", None)
-        S.pop("cfg_loaded_file", None)
-    message = S.get("cfg_load_message")
-    if message:
-        (st.success if message[0] == "ok" else st.error)(message[1])
-    st.button("Reset to the offline defaults", on_click=reset_to_defaults, key="cfg_reset")
+def load_section() -> None:
+    with st.expander("Load a saved config (YAML or JSON)", expanded=False, icon=":material/upload_file:"):
+        upload = st.file_uploader("Config file", type=["yaml", "yml", "json"], key=S.key("upload"),
+                                  help="A file exported from this page or written by hand; unknown keys are refused.")
+        if upload is not None and S.get("loaded_file") != upload.file_id:
+            S["loaded_file"] = upload.file_id
+            try:
+                fmt = "json" if upload.name.lower().endswith(".json") else "yaml"
+                loaded = ExperimentConfig.from_text(upload.getvalue().decode("utf-8"), fmt=fmt, source=upload.name)
+                apply_config(loaded)  # the widgets are drawn below, so their state may still change
+                S.post("success", f"Loaded {upload.name}: {loaded.name}")
+            except (ConfigError, UnicodeDecodeError) as exc:
+                S.post("error", f"{upload.name}: {error_text(exc)}")
+        if upload is None and S.pop("loaded_file") is not None:  # the file was removed: forget its message
+            S.dismiss()
+        show_message(S)
+        st.button("Reset to the offline defaults", on_click=apply_config, args=(default_config(),),
+                  key=S.key("reset"))
 
-summary = st.container(border=True)  # filled at the end, once the config is validated
 
-tab_model, tab_lora, tab_data, tab_train, tab_export = st.tabs(
-    ["Model & method", "LoRA layers & knobs", "Data", "Training", "Export"])
+# -- the tabs --------------------------------------------------------------------------------------------------------
 
-# -- model & method ----------------------------------------------------------------------------------------
-with tab_model:
-    c1, c2, c3 = st.columns([2, 1, 1])
-    with c1:
-        field("text_input", "name", "Run name")
-    with c2:
-        field("selectbox", "task", "Task")
-    with c3:
-        field("selectbox", "method", "Method")
-    c1, c2 = st.columns([1, 2])
-    with c1:
-        model_choice = st.selectbox("Model", list(BUNDLED_MODELS) + [OTHER_MODEL], key=P + "model_choice",
-                                    persist_state="session", help=field_help("model.source"))
-    with c2:
-        if model_choice == OTHER_MODEL:
-            st.text_input("Hub id or local directory", key=P + "model_custom", persist_state="session",
-                          placeholder="e.g. distilbert-base-uncased or /models/my-bert")
+def model_tab() -> None:
+    columns_of_fields([("text_input", "name", "Run name", {}), ("selectbox", "task", "Task", {}),
+                       ("selectbox", "method", "Method", {})])
+    choice_or_other("Model", BUNDLED_MODELS, OTHER_MODEL, key=S.key("model_choice"),
+                    custom_key=S.key("model_custom"), custom_label="Hub id or local directory",
+                    placeholder="e.g. distilbert-base-uncased or /models/my-bert", help=field_help("model.source"),
+                    persist="session")
     slots.add("model.source")
     with st.expander("Advanced model options"):
         field("text_input", "model.revision", "Revision")
@@ -110,270 +87,238 @@ with tab_model:
     st.caption("**full** trains every weight · **lora** trains small B·A adapters beside frozen weights · "
                "**qlora** does the same on a 4-bit quantized base · **head-only** trains only the classifier.")
 
-source = (S.get(P + "model_custom") or "").strip() if model_choice == OTHER_MODEL else model_choice
-layer_rows: list[dict] = []
-layer_error = None
-preset_map: dict = {}
-if source:
-    try:
-        trust, revision = bool(S.get(P + "model.trust_remote_code")), (S.get(P + "model.revision") or "").strip()
-        layer_rows = engine.targets(source, trust, revision or None)
-        preset_map = engine.presets(source, trust, revision or None)
-    except Exception as exc:  # noqa: BLE001 - a bad model id is user input: show it, don't crash
-        layer_error = exc
-if layer_error is not None:
-    with tab_model:
-        slots.show(ConfigError("model.source", error_text(layer_error)))
 
-# -- LoRA --------------------------------------------------------------------------------------------------
-with tab_lora:
-    method = S.get(P + "method", "lora")
-    if method not in LORA_METHODS:
-        st.info(f"Method **{method}** does not use LoRA adapters; these settings apply to lora and qlora runs.")
+def lora_tab(cfg: ExperimentConfig | None, layers: list[dict], presets: dict) -> None:
+    if cfg is not None and not cfg.uses_lora:
+        st.info(f"Method **{cfg.method}** does not use LoRA adapters; these settings apply to lora and qlora runs.")
     st.markdown("LoRA keeps each chosen weight **W** (d_out × d_in) frozen and learns a low-rank update:")
     st.latex(r"W' = W + \frac{\alpha}{r}\,B A,\qquad B\in\mathbb{R}^{d_\text{out}\times r},\;"
              r"A\in\mathbb{R}^{r\times d_\text{in}}")
-    c1, c2, c3, c4 = st.columns(4)
-    with c1:
-        r = field("number_input", "lora.r", "Rank r", step=1)
-    with c2:
-        alpha = field("number_input", "lora.alpha", "Alpha α", step=1.0)
-    with c3:
-        field("number_input", "lora.dropout", "Dropout", step=0.05, format="%.2f")
-    with c4:
-        field("selectbox", "lora.bias", "Bias")
-    c1, c2, c3 = st.columns(3)
-    with c1:
-        rslora = field("checkbox", "lora.use_rslora", "rsLoRA (α/√r)")
-    with c2:
-        field("checkbox", "lora.use_dora", "DoRA")
-    with c3:
-        field("text_input", "lora.modules_to_save", "Also train in full (comma-separated)")
-    if r and alpha:
-        scale = alpha / (r ** 0.5 if rslora else r)
-        st.caption(f"Scaling of the update: α/{'√r' if rslora else 'r'} = {alpha:g}/"
-                   f"{f'√{r}' if rslora else r} = **{scale:.3g}**. Doubling r with α fixed halves the scale, "
-                   "which is why α is usually raised with r.")
+    columns_of_fields([("number_input", "lora.r", "Rank r", {"step": 1}),
+                       ("number_input", "lora.alpha", "Alpha α", {"step": 1.0}),
+                       ("number_input", "lora.dropout", "Dropout", {"step": 0.05, "format": "%.2f"}),
+                       ("selectbox", "lora.bias", "Bias", {})])
+    columns_of_fields([("checkbox", "lora.use_rslora", "rsLoRA (α/√r)", {}), ("checkbox", "lora.use_dora", "DoRA", {}),
+                       ("text_input", "lora.modules_to_save", "Also train in full (comma-separated)", {})])
+    if cfg is not None:
+        lora = cfg.lora
+        divisor = f"√{lora.r}" if lora.use_rslora else str(lora.r)
+        st.caption(f"Scaling of the update: α/{'√r' if lora.use_rslora else 'r'} = {lora.alpha:g}/{divisor} = "
+                   f"**{cfg.lora_scaling:.3g}**. Doubling r with α fixed halves the scale, which is why α is "
+                   "usually raised with r.")
+    targets_section(cfg, layers, presets)
+    if cfg is not None and cfg.method == "qlora":
+        st.subheader("4-bit quantization")
+        columns_of_fields([("selectbox", "quant.quant_type", "Quant type", {}),
+                           ("selectbox", "quant.compute_dtype", "Compute dtype", {}),
+                           ("checkbox", "quant.double_quant", "Double quantization", {})])
 
+
+def targets_section(cfg: ExperimentConfig | None, layers: list[dict], presets: dict) -> None:
+    """Which layers get adapters, and the model's adaptable layers with what LoRA would train on each."""
     st.subheader("Layers to adapt")
     mode = st.radio("Target modules", list(TARGET_MODES), format_func=TARGET_MODES.get, horizontal=True,
-                    key=P + "targets_mode", persist_state="session", help=field_help("lora.target_modules"))
-    body_rows = [row for row in layer_rows if not row.get("head")]
-    head_leaves = sorted({row["leaf"] for row in layer_rows if row.get("head")})
-    leaves = list(dict.fromkeys(row["leaf"] for row in body_rows))
+                    key=S.key("targets_mode"), persist_state="session", help=field_help("lora.target_modules"))
+    leaves = list(dict.fromkeys(row["leaf"] for row in layers if not row.get("head")))
     if mode == "custom":
-        chosen = [x for x in S.get(P + "targets_custom", []) if x in leaves or not leaves]
-        S[P + "targets_custom"] = chosen
-        st.multiselect("Layers (by leaf name; every layer with that name is adapted)", leaves or chosen,
-                       key=P + "targets_custom", persist_state="session",
+        # names the model lacks stay listed (and are reported below), never silently dropped
+        chosen = list(S.get("targets_custom") or [])
+        st.multiselect("Layers (by leaf name; every layer with that name is adapted)",
+                       list(dict.fromkeys(leaves + chosen)), key=S.key("targets_custom"), persist_state="session",
                        placeholder="choose layers from the table below")
     slots.add("lora.target_modules")
-    if mode != "custom" and preset_map:
-        st.caption(f"{mode} → {', '.join(preset_map.get(mode[7:], [])) or '(none)'}")
-    if body_rows:
-        if mode == "custom":
-            selected = set(S.get(P + "targets_custom") or [])
-        else:
-            selected = set(preset_map.get(mode[7:], [])) if preset_map else set()
-        rank = int(r or 0)
-        table = {}
-        for row in body_rows:
-            t = table.setdefault(row["leaf"], {"adapt": row["leaf"] in selected, "layer": row["leaf"],
-                                               "type": row["type"], "shape (in → out)": set(), "count": 0,
-                                               "weight params": 0, "LoRA params at r": 0})
-            t["shape (in → out)"].add(f"{row['in_features']} → {row['out_features']}")
-            t["count"] += 1
-            t["weight params"] += int(row.get("params") or row["in_features"] * row["out_features"])
-            t["LoRA params at r"] += rank * (row["in_features"] + row["out_features"])
-        frame = pd.DataFrame(table.values())
-        frame["shape (in → out)"] = frame["shape (in → out)"].map(lambda s: ", ".join(sorted(s)))
-        st.dataframe(frame, hide_index=True, width="stretch",
-                     column_config={"adapt": st.column_config.CheckboxColumn("adapt", width="small")})
-        st.caption(f"{len(body_rows)} adaptable layers in {len(table)} groups. LoRA adds r·(d_in + d_out) "
-                   "parameters per layer."
-                   + (f" The head ({', '.join(head_leaves)}) is not a LoRA target: for seq-cls it is trained in "
-                      "full and saved with the adapter." if head_leaves else ""))
+    if mode != "custom" and presets:
+        st.caption(f"{mode} → {', '.join(presets.get(mode[7:], [])) or '(none)'}")
+    if not leaves:
+        return
+    targets = resolve_targets(cfg, presets) if cfg is not None else []
+    selected = set(leaves) if targets == "all-linear" else set(targets if isinstance(targets, list) else [])
+    rank = cfg.lora.r if cfg is not None else None
+    st.dataframe(pd.DataFrame(layer_groups(layers, selected, rank)), hide_index=True, width="stretch",
+                 column_config={"adapt": st.column_config.CheckboxColumn("adapt", width="small")})
+    heads = sorted({row["leaf"] for row in layers if row.get("head")})
+    st.caption(f"{sum(not row.get('head') for row in layers)} adaptable layers in {len(leaves)} groups. LoRA adds "
+               "r·(d_in + d_out) parameters per layer."
+               + (f" The head ({', '.join(heads)}) is not a LoRA target: for seq-cls it is trained in full and "
+                  "saved with the adapter." if heads else ""))
 
-    if method == "qlora":
-        st.subheader("4-bit quantization")
-        c1, c2, c3 = st.columns(3)
-        with c1:
-            field("selectbox", "quant.quant_type", "Quant type")
-        with c2:
-            field("selectbox", "quant.compute_dtype", "Compute dtype")
-        with c3:
-            field("checkbox", "quant.double_quant", "Double quantization")
 
-# -- data --------------------------------------------------------------------------------------------------
-with tab_data:
-    task = S.get(P + "task", "seq-cls")
-    c1, c2 = st.columns([1, 2])
-    with c1:
-        train_choice = st.selectbox("Training data", list(SAMPLE_DATASETS) + [OTHER_DATA], key=P + "train_choice",
-                                    persist_state="session", help=field_help("data.train"))
-    with c2:
-        if train_choice == OTHER_DATA:
-            st.text_input("File path or hub dataset id", key=P + "train_custom", persist_state="session",
-                          placeholder="e.g. data/train.csv or glue")
+def data_tab(task: str) -> None:
+    choice_or_other("Training data", SAMPLE_DATASETS, OTHER_DATA, key=S.key("train_choice"),
+                    custom_key=S.key("train_custom"), custom_label="File path or hub dataset id",
+                    placeholder="e.g. data/train.csv or glue", help=field_help("data.train"), persist="session")
     slots.add("data.train")
-    c1, c2 = st.columns([1, 2])
-    with c1:
-        eval_choice = st.selectbox("Evaluation data", [SPLIT_OFF] + list(SAMPLE_DATASETS) + [OTHER_DATA],
-                                   key=P + "eval_choice", persist_state="session", help=field_help("data.eval"))
-    with c2:
-        if eval_choice == OTHER_DATA:
-            st.text_input("Eval file path or hub dataset id", key=P + "eval_custom", persist_state="session")
-        elif eval_choice == SPLIT_OFF:
+
+    def eval_fraction(choice: str) -> None:
+        if choice == SPLIT_OFF:
             field("number_input", "data.eval_fraction", "Eval fraction", step=0.05, format="%.2f")
+
+    choice_or_other("Evaluation data", [SPLIT_OFF, *SAMPLE_DATASETS], OTHER_DATA, key=S.key("eval_choice"),
+                    custom_key=S.key("eval_custom"), custom_label="Eval file path or hub dataset id",
+                    help=field_help("data.eval"), persist="session", beside=eval_fraction)
     slots.add("data.eval")
-    c1, c2, c3, c4 = st.columns(4)
-    if task == "seq-cls":
-        with c1:
-            field("text_input", "data.text_column", "Text column")
-        with c2:
-            field("text_input", "data.label_column", "Label column")
-    else:
-        with c1:
-            field("text_input", "data.prompt_column", "Prompt column")
-        with c2:
-            field("text_input", "data.response_column", "Response column")
-    with c3:
-        field("number_input", "data.max_length", "Max tokens", step=16)
-    with c4:
-        field("number_input", "data.max_train_samples", "Max train rows", step=100, placeholder="all")
+    columns = ([("text_input", "data.text_column", "Text column", {}),
+                ("text_input", "data.label_column", "Label column", {})] if task == "seq-cls" else
+               [("text_input", "data.prompt_column", "Prompt column", {}),
+                ("text_input", "data.response_column", "Response column", {})])
+    columns_of_fields(columns + [("number_input", "data.max_length", "Max tokens", {"step": 16}),
+                                 ("number_input", "data.max_train_samples", "Max train rows",
+                                  {"step": 100, "placeholder": "all"})])
     with st.expander("Hub dataset options and limits"):
-        c1, c2, c3, c4 = st.columns(4)
-        with c1:
-            field("text_input", "data.subset", "Subset (config name)")
-        with c2:
-            field("text_input", "data.train_split", "Train split")
-        with c3:
-            field("text_input", "data.eval_split", "Eval split")
-        with c4:
-            field("number_input", "data.max_eval_samples", "Max eval rows", step=100, placeholder="all")
+        columns_of_fields([("text_input", "data.subset", "Subset (config name)", {}),
+                           ("text_input", "data.train_split", "Train split", {}),
+                           ("text_input", "data.eval_split", "Eval split", {}),
+                           ("number_input", "data.max_eval_samples", "Max eval rows", {"step": 100,
+                                                                                       "placeholder": "all"})])
         if task == "causal-lm":
             field("checkbox", "data.mask_prompt", "Loss on response tokens only")
-    preview_slot = st.container()
 
-# -- training ----------------------------------------------------------------------------------------------
-with tab_train:
-    c1, c2, c3, c4 = st.columns(4)
-    with c1:
-        field("number_input", "train.epochs", "Epochs", step=0.5)
-    with c2:
-        field("number_input", "train.max_steps", "Max steps", step=1, placeholder="from epochs")
-    with c3:
-        field("number_input", "train.batch_size", "Batch size", step=1)
-    with c4:
-        field("text_input", "train.learning_rate", "Learning rate", placeholder="auto (1e-3 LoRA, 5e-5 full)")
-    c1, c2, c3, c4 = st.columns(4)
-    with c1:
-        field("selectbox", "train.optimizer", "Optimizer")
-    with c2:
-        field("selectbox", "train.scheduler", "LR schedule")
-    with c3:
-        field("number_input", "train.warmup_ratio", "Warmup ratio", step=0.05, format="%.2f")
-    with c4:
-        field("selectbox", "train.precision", "Precision")
-    c1, c2, c3, c4 = st.columns(4)
-    with c1:
-        field("number_input", "train.seed", "Seed", step=1)
-    with c2:
-        field("number_input", "train.logging_steps", "Log every N steps", step=1)
-    with c3:
-        field("number_input", "train.eval_steps", "Eval every N steps", step=1, placeholder="each epoch")
-    with c4:
-        field("checkbox", "train.gradient_checkpointing", "Gradient checkpointing")
+
+def train_tab() -> None:
+    columns_of_fields([("number_input", "train.epochs", "Epochs", {"step": 0.5}),
+                       ("number_input", "train.max_steps", "Max steps", {"step": 1, "placeholder": "from epochs"}),
+                       ("number_input", "train.batch_size", "Batch size", {"step": 1}),
+                       ("text_input", "train.learning_rate", "Learning rate",
+                        {"placeholder": "auto (1e-3 LoRA, 5e-5 full)"})])
+    columns_of_fields([("selectbox", "train.optimizer", "Optimizer", {}),
+                       ("selectbox", "train.scheduler", "LR schedule", {}),
+                       ("number_input", "train.warmup_ratio", "Warmup ratio", {"step": 0.05, "format": "%.2f"}),
+                       ("selectbox", "train.precision", "Precision", {})])
+    columns_of_fields([("number_input", "train.seed", "Seed", {"step": 1}),
+                       ("number_input", "train.logging_steps", "Log every N steps", {"step": 1}),
+                       ("number_input", "train.eval_steps", "Eval every N steps", {"step": 1,
+                                                                                  "placeholder": "each epoch"}),
+                       ("checkbox", "train.gradient_checkpointing", "Gradient checkpointing", {})])
     with st.expander("More optimization settings"):
-        c1, c2, c3, c4 = st.columns(4)
-        with c1:
-            field("number_input", "train.gradient_accumulation_steps", "Grad accumulation", step=1)
-        with c2:
-            field("number_input", "train.weight_decay", "Weight decay", step=0.01, format="%.3f")
-        with c3:
-            field("number_input", "train.max_grad_norm", "Max grad norm", step=0.5)
-        with c4:
-            field("number_input", "train.eval_batch_size", "Eval batch size", step=1, placeholder="= batch size")
-        c1, c2, c3 = st.columns(3)
-        with c1:
-            field("number_input", "train.save_steps", "Checkpoint every N steps", step=1, placeholder="each eval")
-        with c2:
-            field("number_input", "train.early_stopping_patience", "Early-stopping patience", step=1,
-                  placeholder="off")
-        with c3:
-            field("number_input", "generate.max_new_tokens", "Generated tokens (causal-lm)", step=8)
+        columns_of_fields([
+            ("number_input", "train.gradient_accumulation_steps", "Grad accumulation", {"step": 1}),
+            ("number_input", "train.weight_decay", "Weight decay", {"step": 0.01, "format": "%.3f"}),
+            ("number_input", "train.max_grad_norm", "Max grad norm", {"step": 0.5}),
+            ("number_input", "train.eval_batch_size", "Eval batch size", {"step": 1, "placeholder": "= batch size"})])
+        columns_of_fields([
+            ("number_input", "train.save_steps", "Checkpoint every N steps", {"step": 1, "placeholder": "each eval"}),
+            ("number_input", "train.early_stopping_patience", "Early-stopping patience", {"step": 1,
+                                                                                         "placeholder": "off"}),
+            ("number_input", "generate.max_new_tokens", "Generated tokens (causal-lm)", {"step": 8})])
         field("text_area", "generate.prompts", "Prompts generated before and after training (causal-lm, one a line)")
 
-# -- validate, then fill the summary and the exports ----------------------------------------------------------
-cfg = None
-try:
-    cfg = ExperimentConfig.from_dict(config_dict_from_state(S))
-except ConfigError as exc:
-    slots.show(exc, fallback=summary)
-    with summary:
-        st.error(f"Fix **{exc.field or 'config'}**: {exc.message}", icon="✋")
 
-if cfg is not None and layer_error is None:
-    set_current_config(cfg)
-    num_labels = 3 if cfg.data.train == "sample:sentiment-3" else 2
-    with preview_slot:
-        st.markdown("**Preview** — first rows as the engine reads them")
-        try:
-            frame, counts = engine.preview(cfg)
-            st.dataframe(frame, hide_index=True, width="stretch")
-            if counts:
-                num_labels = max(2, len(counts))
-                st.bar_chart(pd.Series(counts, name="rows"), height=180, horizontal=True)
-                st.caption("Label counts: " + ", ".join(f"{k}: {v}" for k, v in counts.items()))
-        except Exception as exc:  # noqa: BLE001 - DataError names file, column and row
-            slots.show(ConfigError("data.train", error_text(exc)))
-    with summary:
-        c = st.columns(5)
-        try:
-            counts_ = engine.count_params(cfg, num_labels=num_labels)
-            c[0].metric("Trainable params", fmt_count(counts_["trainable"]),
-                        help=f"{counts_['trainable']:,} of {counts_['total']:,}")
-            c[1].metric("% of the model", f"{counts_['percent']:.3f}%")
-            c[2].metric("Adapter size" if cfg.uses_lora else "Saved weights", fmt_bytes(counts_["adapter_bytes"]))
-        except Exception as exc:  # noqa: BLE001 - e.g. a target name that does not exist (ModelError)
-            slots.show(ConfigError("lora.target_modules", error_text(exc)), fallback=summary)
-            c[0].metric("Trainable params", "—")
-        est = None
-        try:
-            est = engine.estimate_for_experiment(cfg)
-            c[3].metric("Est. training memory", fmt_bytes(est.get("peak_bytes")),
-                        help=f"Estimated peak on {est.get('settings', {}).get('device', 'this device')} at batch "
-                             f"{cfg.train.batch_size} × {cfg.data.max_length} tokens (see the Estimator page)")
-        except Exception as exc:  # noqa: BLE001
-            c[3].metric("Est. training memory", "—", help=error_text(exc))
-        c[4].metric("Scale α/r", f"{cfg.lora_scaling:.3g}" if cfg.uses_lora else "—")
-        if est and est.get("terms"):
-            with st.expander("Memory estimate by term"):
-                st.dataframe(pd.DataFrame([{"term": k.replace("_", " "), "bytes": fmt_bytes(v)}
-                                           for k, v in est["terms"].items() if v]), hide_index=True,
-                             width="stretch")
-                st.caption(f"The tutorial's rule (weights × 6) would say {fmt_bytes(est.get('naive_bytes'))}.")
-        st.caption(f"✅ Valid config · {cfg.method} on `{cfg.model.source}` · data `{cfg.data.train}` · "
-                   f"lr {cfg.learning_rate:g}. Launch it from the Train page.")
-        st.page_link("pages/train.py", label="Go to Train", icon=":material/rocket_launch:")
-
-with tab_export:
+def export_tab(cfg: ExperimentConfig | None, presets: dict, labels: int) -> None:
     if cfg is None:
         st.warning("Fix the highlighted field to export this config.")
-    else:
-        c1, c2 = st.columns(2)
-        c1.download_button("YAML", cfg.to_yaml(), file_name=config_filename(cfg, "yaml"),
-                           mime="application/x-yaml", key="cfg_dl_yaml")
-        c2.download_button("JSON", cfg.to_json(), file_name=config_filename(cfg, "json"),
-                           mime="application/json", key="cfg_dl_json")
-        st.code(cfg.to_yaml(), language="yaml")
-        st.markdown("**Command line** — save the YAML above, then:")
-        st.code(cli_command(cfg), language="bash")
-        st.markdown("**The same model in plain transformers + peft**")
+        return
+    c1, c2 = st.columns(2)
+    c1.download_button("YAML", cfg.to_yaml(), file_name=config_filename(cfg, "yaml"), mime="application/x-yaml",
+                       key=S.key("dl_yaml"))
+    c2.download_button("JSON", cfg.to_json(), file_name=config_filename(cfg, "json"), mime="application/json",
+                       key=S.key("dl_json"))
+    st.code(cfg.to_yaml(), language="yaml")
+    st.markdown("**Command line** — save the YAML above, then:")
+    st.code(cli_command(cfg), language="bash")
+    st.markdown("**The same model in plain transformers + peft**")
+    try:
+        path = service.resolved_source(cfg.model.source)
+    except Exception:  # noqa: BLE001 - the snippet still helps with the raw id
+        path = cfg.model.source
+    st.code(peft_snippet(cfg, path, resolve_targets(cfg, presets), num_labels=labels), language="python")
+    S["export_json"] = json.dumps(cfg.to_dict())
+
+
+# -- derived numbers -------------------------------------------------------------------------------------------------
+
+def model_structure(model: dict) -> tuple[list[dict], dict, Exception | None]:
+    """(the model's adaptable layers, its target presets, None), or empty ones and the error to show under
+    model.source."""
+    if not model.get("source"):
+        return [], {}, None
+    where = (model["source"], bool(model.get("trust_remote_code")), model.get("revision") or None)
+    try:
+        return service.model_layers(*where), service.target_presets(*where), None
+    except Exception as exc:  # noqa: BLE001 - a bad model id is user input: show it, don't crash
+        return [], {}, exc
+
+
+def preview(cfg: ExperimentConfig, slot) -> int:
+    """The data preview and label counts; returns the number of labels the run will train (2 if unreadable)."""
+    with slot:
+        st.markdown("**Preview** — first rows as the engine reads them")
         try:
-            path = engine.resolved_source(cfg.model.source)
-        except Exception:  # noqa: BLE001 - the snippet still helps with the raw id
-            path = cfg.model.source
-        st.code(peft_snippet(cfg, path, resolve_targets(cfg, preset_map), num_labels=3
-                             if cfg.data.train == "sample:sentiment-3" else 2), language="python")
-        S["cfg_export_json"] = json.dumps(cfg.to_dict())
+            frame, counts = service.data_preview(cfg)
+        except Exception as exc:  # noqa: BLE001 - DataError names file, column and row
+            slots.show(exc, field="data.train")
+            return 2
+        st.dataframe(frame, hide_index=True, width="stretch")
+        if counts:
+            st.bar_chart(pd.Series(counts, name="rows"), height=180, horizontal=True)
+            st.caption("Label counts: " + ", ".join(f"{k}: {v}" for k, v in counts.items()))
+    return service.num_labels(cfg)
+
+
+def summary_section(cfg: ExperimentConfig, labels: int) -> None:
+    c = st.columns(5)
+    try:
+        counts = service.count_params(cfg, num_labels=labels)
+        c[0].metric("Trainable params", fmt_count(counts["trainable"]),
+                    help=f"{counts['trainable']:,} of {counts['total']:,}")
+        c[1].metric("% of the model", f"{counts['percent']:.3f}%")
+        c[2].metric("Adapter size" if cfg.uses_lora else "Saved weights", fmt_bytes(counts["adapter_bytes"]))
+    except Exception as exc:  # noqa: BLE001 - e.g. a target name that does not exist (ModelError)
+        slots.show(exc, field="lora.target_modules")
+        c[0].metric("Trainable params", "—")
+    est = None
+    try:
+        est = service.estimate_for_experiment(cfg, num_labels=labels)
+        c[3].metric("Est. training memory", fmt_bytes(est.get("peak_bytes")),
+                    help=f"Estimated peak on {est.get('settings', {}).get('device', 'this device')} at batch "
+                         f"{cfg.train.batch_size} × {cfg.data.max_length} tokens (see the Estimator page)")
+    except Exception as exc:  # noqa: BLE001 - EstimateError says what it cannot estimate
+        c[3].metric("Est. training memory", "—", help=error_text(exc))
+    c[4].metric("Scale α/r", f"{cfg.lora_scaling:.3g}" if cfg.uses_lora else "—")
+    if est and est.get("terms"):
+        with st.expander("Memory estimate by term"):
+            st.dataframe(pd.DataFrame([{"term": k.replace("_", " "), "bytes": fmt_bytes(v)}
+                                       for k, v in est["terms"].items() if v]), hide_index=True, width="stretch")
+            st.caption(f"The tutorial's rule (weights × 6) would say {fmt_bytes(est.get('naive_bytes'))}.")
+    st.caption(f"✅ Valid config · {cfg.method} on `{cfg.model.source}` · data `{cfg.data.train}` · "
+               f"lr {cfg.learning_rate:g}. Launch it from the Train page.")
+    st.page_link("pages/train.py", label="Go to Train", icon=":material/rocket_launch:")
+
+
+# -- the page --------------------------------------------------------------------------------------------------------
+
+def main() -> None:
+    if "name" not in S:  # first visit in this session: show the current config
+        for key, value in state_from_config(current_config()).items():
+            st.session_state.setdefault(key, value)
+    st.title("Config builder")
+    st.caption("Everything a run needs, in one validated config. The Train page launches what you build here.")
+    load_section()
+    cfg, error = form_config(st.session_state)  # validate first; every tab reads the validated config
+    layers, presets, model_error = model_structure(config_dict_from_state(st.session_state)["model"])
+    summary = st.container(border=True)  # filled once the tabs (and their error slots) exist
+    tabs = st.tabs(["Model & method", "LoRA layers & knobs", "Data", "Training", "Export"])
+    with tabs[0]:
+        model_tab()
+    with tabs[1]:
+        lora_tab(cfg, layers, presets)
+    with tabs[2]:
+        data_tab(cfg.task if cfg is not None else S.get("task", "seq-cls"))
+        preview_slot = st.container()
+    with tabs[3]:
+        train_tab()
+    labels = 2
+    if model_error is not None:
+        slots.show(model_error, field="model.source")
+    if error is not None:
+        slots.show(error, fallback=summary)
+        summary.error(f"Fix **{error.field or 'config'}**: {error.message}", icon="✋")
+    elif model_error is None:
+        set_current_config(cfg)
+        labels = preview(cfg, preview_slot)
+        with summary:
+            summary_section(cfg, labels)
+    with tabs[4]:
+        export_tab(cfg, presets, labels)
+
+
+main()

@@ -1,77 +1,30 @@
 """Merge & export: fold a run's LoRA adapter into its base, verify the merged model is plain and equivalent,
 and download the adapter or the merged model."""
-import io
-import zipfile
-from pathlib import Path
-
 import streamlit as st
 
-from lora_core.config import LORA_METHODS
-from lora_ui.common import RunStatus, dir_bytes, error_text, fmt_bytes, pick_run, runs
+from lora_ui import service
+from lora_ui.format import fmt_bytes
+from lora_ui.service import RunStatus
+from lora_ui.state import MERGE
+from lora_ui.widgets import attempt, pick_run, show_error, show_message
 
-S = st.session_state
-
-st.title("Merge & export")
-st.markdown("Merging computes **W' = W + (α/r)·B·A** once and stores W' in place of W: the result is a plain "
-            "model with no PEFT dependency and no extra latency. We then reload it with `AutoModel…"
-            "from_pretrained`, check that no `lora_` parameter is left, and compare its outputs with the adapter "
-            "model's.")
+S = MERGE
 
 
-def zip_dir(path: Path) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for p in sorted(path.rglob("*")):
-            if p.is_file():
-                zf.write(p, p.relative_to(path.parent))
-    return buf.getvalue()
+def download(label: str, folder, file_name: str, key: str, **kw) -> None:
+    st.download_button(label, lambda: service.zip_folder(folder), file_name=file_name, mime="application/zip",
+                       key=S.key(key), **kw)
 
 
-rec = pick_run(RunStatus.SUCCEEDED, "merge_run", "No finished runs yet. Train one on the Train page first.")
-artifacts = runs().dir(rec.id).artifacts
-adapter = artifacts.adapter
-merged = artifacts.merged  # like `python -m lora_core merge RUN` without --out
-
-if rec.method not in LORA_METHODS:
+def plain_weights(rec, saved) -> None:
+    """A full or head-only run: nothing to merge, its weights download as they are."""
     st.info(f"This is a **{rec.method}** run: it saved its weights directly (no adapter to merge). "
             "You can download them as they are.")
-    saved = artifacts.weights(rec.method)
-    if saved.is_dir():
-        st.metric("Saved weights", fmt_bytes(dir_bytes(saved)))
-        st.download_button(f"Download {saved.name}/ (zip)", lambda: zip_dir(saved),
-                           file_name=f"{rec.id}-{saved.name}.zip", mime="application/zip", key="merge_dl_saved")
-    st.stop()
+    st.metric("Saved weights", fmt_bytes(service.folder_bytes(saved.folder)))
+    download(f"Download {saved.kind}/ (zip)", saved.folder, f"{rec.id}-{saved.kind}.zip", "dl_saved")
 
-if not adapter.is_dir():
-    st.error(f"Run {rec.id} has no adapter folder at {adapter}.")
-    st.stop()
 
-c1, c2, c3 = st.columns(3)
-c1.metric("Adapter on disk", fmt_bytes(dir_bytes(adapter)))
-c2.metric("Merged model", fmt_bytes(dir_bytes(merged)) if merged.is_dir() else "not merged yet")
-c3.metric("Trainable params", f"{(rec.results or {}).get('trainable_params') or 0:,}")
-st.download_button("Download adapter (zip)", lambda: zip_dir(adapter), file_name=f"{rec.id}-adapter.zip",
-                   mime="application/zip", key="merge_dl_adapter",
-                   help="adapter_config.json + adapter_model.safetensors: load with PeftModel.from_pretrained")
-
-if rec.method == "qlora":
-    st.caption("QLoRA: 4-bit weights cannot absorb the update, so the base is reloaded in full precision and "
-               "the adapter merged there; the report also shows the gap to the 4-bit model used in training.")
-
-again = merged.is_dir() and any(merged.iterdir())
-label = "🔁 Merge again (replaces the merged folder)" if again else "🧬 Merge and verify"
-if st.button(label, type="primary", key="merge_go"):
-    try:
-        from lora_core.merge import merge_adapter
-
-        with st.spinner("Merging, saving, reloading as a plain model, comparing outputs…"):
-            # overwrite: the engine replaces the old merged folder only once the new model is saved
-            S[f"merge_report_{rec.id}"] = merge_adapter(runs().config(rec.id), adapter, merged, overwrite=again)
-    except Exception as exc:  # noqa: BLE001 - ModelError and friends: say what is wrong
-        st.error(f"Merge failed: {error_text(exc)}")
-
-report = S.get(f"merge_report_{rec.id}")
-if report:
+def report_section(report: dict) -> None:
     ok = report.get("ok")
     (st.success if ok else st.error)(
         f"{'✅ Verified' if ok else '❌ Not equivalent'}: the merged model loads as a plain "
@@ -87,9 +40,56 @@ if report:
     with st.expander("Full report"):
         st.json(report)
 
-if merged.is_dir() and any(merged.iterdir()):
-    st.download_button("Download merged model (zip)", lambda: zip_dir(merged),
-                       file_name=f"{rec.id}-merged.zip", mime="application/zip", key="merge_dl_merged")
-    auto = "AutoModelForSequenceClassification" if rec.task == "seq-cls" else "AutoModelForCausalLM"
-    st.code(f"from transformers import {auto}\nmodel = {auto}.from_pretrained({str(merged)!r})  # no peft needed",
-            language="python")
+
+def adapter_section(rec, saved) -> None:
+    merged = saved.merged.is_dir() and any(saved.merged.iterdir())
+    c1, c2, c3 = st.columns(3)
+    c1.metric("Adapter on disk", fmt_bytes(service.folder_bytes(saved.folder)))
+    c2.metric("Merged model", fmt_bytes(service.folder_bytes(saved.merged)) if merged else "not merged yet")
+    c3.metric("Trainable params", f"{(rec.results or {}).get('trainable_params') or 0:,}")
+    download("Download adapter (zip)", saved.folder, f"{rec.id}-{saved.kind}.zip", "dl_adapter",
+             help="adapter_config.json + adapter_model.safetensors: load with PeftModel.from_pretrained")
+    if rec.method == "qlora":
+        st.caption("QLoRA: 4-bit weights cannot absorb the update, so the base is reloaded in full precision and "
+                   "the adapter merged there; the report also shows the gap to the 4-bit model used in training.")
+    label = "🔁 Merge again (replaces the merged folder)" if merged else "🧬 Merge and verify"
+    if st.button(label, type="primary", key=S.key("go")):
+        result = attempt(S, "Merge failed", service.merge_run, rec.id,
+                         spinner="Merging, saving, reloading as a plain model, comparing outputs…")
+        if result is not None:
+            S[f"report_{rec.id}"] = result.detail
+            S.post("success", result.message)
+        st.rerun()  # redraw the sizes above from disk
+    report = S.get(f"report_{rec.id}")
+    if report:
+        report_section(report)
+    if merged:
+        download("Download merged model (zip)", saved.merged, f"{rec.id}-{saved.merged.name}.zip", "dl_merged")
+        auto = "AutoModelForSequenceClassification" if rec.task == "seq-cls" else "AutoModelForCausalLM"
+        st.code(f"from transformers import {auto}\nmodel = {auto}.from_pretrained({str(saved.merged)!r})  "
+                "# no peft needed", language="python")
+
+
+def main() -> None:
+    st.title("Merge & export")
+    st.markdown("Merging computes **W' = W + (α/r)·B·A** once and stores W' in place of W: the result is a plain "
+                "model with no PEFT dependency and no extra latency. We then reload it with `AutoModel…"
+                "from_pretrained`, check that no `lora_` parameter is left, and compare its outputs with the "
+                "adapter model's.")
+    show_message(S)
+    rec = pick_run(service.list_runs(RunStatus.SUCCEEDED), S.key("run"),
+                   "No finished runs yet. Train one on the Train page first.")
+    if rec is None:
+        return
+    try:
+        saved = service.saved_weights(rec.id)
+    except Exception as exc:  # noqa: BLE001 - ModelError: the run saved no weights
+        show_error(exc)
+        return
+    if saved.mergeable:
+        adapter_section(rec, saved)
+    else:
+        plain_weights(rec, saved)
+
+
+main()

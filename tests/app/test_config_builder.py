@@ -5,7 +5,7 @@ import yaml
 from apptest_helpers import errors, no_exception, open_page, texts
 from lora_core.config import ExperimentConfig
 from lora_core.models import count_params
-from lora_ui.common import fmt_bytes, fmt_count
+from lora_ui.format import fmt_bytes, fmt_count
 
 pytestmark = pytest.mark.timeout(300)
 

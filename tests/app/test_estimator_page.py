@@ -3,9 +3,9 @@ show their recorded estimate beside the measured peak."""
 import pytest
 
 from apptest_helpers import errors, no_exception, open_page
-from lora_core.estimator import estimate, lora_param_table
 from lora_core.runs import Runs, RunStatus
-from lora_ui.common import fmt_bytes
+from lora_core.estimator import estimate, lora_param_table
+from lora_ui.format import fmt_bytes
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -73,7 +73,7 @@ def test_estimate_vs_measured_for_finished_runs(use_seeded):
     at = open_page("estimator")
     no_exception(at)
     table = frame_with(at, "measured_gb")
-    finished = [r for r in Runs(use_seeded).list(reconcile=False) if r.status == RunStatus.SUCCEEDED]
+    finished = [r for r in Runs(use_seeded).list() if r.status == RunStatus.SUCCEEDED]
     assert sorted(table["id"]) == sorted(r.id for r in finished)
     for _, row in table.iterrows():
         results = Runs(use_seeded).results(row["id"])

@@ -3,7 +3,7 @@ import pytest
 
 from apptest_helpers import errors, no_exception, open_page, texts
 from lora_core.runs import Runs
-from lora_ui.common import fmt_bytes
+from lora_ui.format import fmt_bytes
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -19,7 +19,7 @@ def metric(at, label):
 # -- merge ------------------------------------------------------------------------------------------------------
 
 def test_merge_and_verify(seeded_copy):
-    record = next(r for r in Runs(seeded_copy).list(reconcile=False)
+    record = next(r for r in Runs(seeded_copy).list()
                   if r.method == "lora" and r.lora_r == 4 and r.task == "seq-cls")
     at = open_page("merge")
     no_exception(at)
@@ -31,7 +31,7 @@ def test_merge_and_verify(seeded_copy):
     report = at.session_state[f"merge_report_{record.id}"]
     assert report["ok"] and report["lora_params_left"] == 0 and report["max_abs_diff"] < 1e-4
     assert any("Verified" in s.value for s in at.success)
-    merged = Runs(seeded_copy).dir(record.id).artifacts.path / "merged"
+    merged = Runs(seeded_copy).dir(record.id).artifacts.merged
     assert (merged / "config.json").is_file()
     assert any("merged model" in b.label for b in at.download_button)
     # merging again replaces the folder instead of failing on it
@@ -41,7 +41,7 @@ def test_merge_and_verify(seeded_copy):
 
 
 def test_full_run_has_nothing_to_merge(use_seeded):
-    record = next(r for r in Runs(use_seeded).list(reconcile=False) if r.method == "full")
+    record = next(r for r in Runs(use_seeded).list() if r.method == "full")
     at = open_page("merge")
     at.selectbox(key="merge_run").set_value(record.id).run()
     no_exception(at)
@@ -52,7 +52,7 @@ def test_full_run_has_nothing_to_merge(use_seeded):
 # -- playground -------------------------------------------------------------------------------------------------
 
 def test_playground_classifies_with_base_and_tuned(use_seeded):
-    record = next(r for r in Runs(use_seeded).list(reconcile=False)
+    record = next(r for r in Runs(use_seeded).list()
                   if r.method == "lora" and r.lora_r == 2 and r.task == "seq-cls")
     at = open_page("playground")
     at.selectbox(key="play_run").set_value(record.id).run()
@@ -69,7 +69,7 @@ def test_playground_classifies_with_base_and_tuned(use_seeded):
 
 
 def test_playground_generates(use_seeded):
-    record = next(r for r in Runs(use_seeded).list(reconcile=False) if r.name == "seed-gen")
+    record = next(r for r in Runs(use_seeded).list() if r.name == "seed-gen")
     at = open_page("playground")
     at.selectbox(key="play_run").set_value(record.id).run()
     button(at, "play_load").click().run()
@@ -124,7 +124,7 @@ def test_qlora_bad_model_is_an_error(runs_dir, tmp_path):
 
 
 def test_qlora_generate_base_vs_adapter(use_seeded):
-    record = next(r for r in Runs(use_seeded).list(reconcile=False) if r.name == "seed-gen")
+    record = next(r for r in Runs(use_seeded).list() if r.name == "seed-gen")
     at = open_page("qlora")
     at.selectbox(key="qlora_gen_run").set_value(record.id).run()
     at.number_input(key="qlora_tokens").set_value(3).run()

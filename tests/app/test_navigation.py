@@ -31,20 +31,32 @@ def test_every_page_renders_in_one_session(use_seeded):
         assert at.title, f"{page} has no title"
 
 
-def test_light_pages_do_not_import_torch(use_seeded):
+def heavy_modules_seen(pages: list[str], runs) -> dict[str, list[str]]:
+    """Render `pages` in order in a fresh Python process; for each, which of torch/transformers/peft it had
+    imported by then."""
     script = f"""
 import json, sys
 from streamlit.testing.v1 import AppTest
 at = AppTest.from_file({APP!r}, default_timeout=120).run()
 seen = {{}}
-for page in {LIGHT_PAGES!r}:
+for page in {pages!r}:
     at.switch_page(f"pages/{{page}}.py").run()
     assert not at.exception, (page, [e.value for e in at.exception])
     seen[page] = [m for m in ("torch", "transformers", "peft") if m in sys.modules]
 print(json.dumps(seen))
 """
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=240,
-                         env=dict(os.environ, LORA_LAB_RUNS_DIR=str(use_seeded)))
+                         env=dict(os.environ, LORA_LAB_RUNS_DIR=str(runs)))
     assert out.returncode == 0, out.stderr[-3000:]
-    seen = json.loads(out.stdout.strip().splitlines()[-1])
-    assert seen == {page: [] for page in LIGHT_PAGES}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_light_pages_do_not_import_torch(use_seeded):
+    assert heavy_modules_seen(LIGHT_PAGES, use_seeded) == {page: [] for page in LIGHT_PAGES}
+
+
+@pytest.mark.xfail(strict=True, reason="needs the engine's torch-free model structure for a model seen before "
+                                       "(issue #8 item 8, the memory work): remove this mark when it lands")
+def test_config_builder_needs_no_torch_for_a_model_seen_before(runs_dir):
+    heavy_modules_seen(["config_builder"], runs_dir)  # the first visit may import torch and fill the disk cache
+    assert heavy_modules_seen(["config_builder"], runs_dir) == {"config_builder": []}

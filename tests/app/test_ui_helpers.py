@@ -4,7 +4,7 @@ import pytest
 from lora_core.config import ExperimentConfig
 from lora_core.runs import RunRecord, RunStatus
 from lora_ui import charts, compare
-from lora_ui.common import error_text, fmt_bytes, fmt_count, fmt_duration
+from lora_ui.format import error_text, fmt_bytes, fmt_count, fmt_duration
 from lora_ui.config_form import (OTHER_DATA, OTHER_MODEL, SPLIT_OFF, cli_command, config_dict_from_state,
                                  state_from_config)
 from lora_ui.live import progress_line

@@ -1,0 +1,119 @@
+"""How the dashboard writes numbers, times, statuses, run names and errors: one spelling for every page.
+
+Pure functions and tables (plus `number_columns`, which builds Streamlit column configs); no engine calls.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import streamlit as st
+
+from lora_core.errors import LoraLabError
+from lora_ui.service import RunStatus
+
+STATUS_ICON = {RunStatus.QUEUED: "⏳", RunStatus.RUNNING: "🏃", RunStatus.SUCCEEDED: "✅", RunStatus.FAILED: "❌",
+               RunStatus.STOPPED: "⏹️"}
+
+# The x-axes a metrics chart can use: event key -> what the axis is called.
+X_AXES = {"step": "step", "epoch": "epoch", "elapsed_s": "wall time (s)"}
+
+# How numeric columns of run tables are shown, by column name (Runs and Compare share the names).
+NUMBER_FORMATS = {
+    "trainable": "localized", "trainable %": "%.3f%%", "accuracy": "%.4f", "macro-F1": "%.4f",
+    "eval loss": "%.4f", "train time (s)": "%.1f", "peak mem (GB)": "%.3f", "est. peak (GB)": "%.3f",
+    "adapter (MB)": "%.2f", "vs full: accuracy": "%.3f×", "vs full: time": "%.3f×",
+    "vs full: trainable": "%.5f×", "vs full: memory": "%.3f×",
+}
+
+
+# -- numbers and times -----------------------------------------------------------------------------------------
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def fmt_bytes(n: float | None) -> str:
+    if _missing(n):
+        return "—"
+    n = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000
+    return f"{n:.2f} TB"
+
+
+def fmt_count(n: float | None) -> str:
+    if _missing(n):
+        return "—"
+    n = float(n)
+    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if _missing(seconds):
+        return "—"
+    seconds = max(0, int(round(seconds)))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h {m:02d}m" if h else (f"{m}m {s:02d}s" if m else f"{s}s")
+
+
+def fmt_time(ts: float | str | None) -> str:
+    if ts in (None, ""):
+        return "—"
+    if isinstance(ts, str):
+        return ts.replace("T", " ")[:19]
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def number_columns(frame) -> dict:
+    """st.dataframe column_config for the numeric run-table columns present in `frame`."""
+    return {name: st.column_config.NumberColumn(format=fmt)
+            for name, fmt in NUMBER_FORMATS.items() if name in frame.columns}
+
+
+# -- runs ------------------------------------------------------------------------------------------------------
+
+def status_text(status: str) -> str:
+    """'✅ SUCCEEDED': the icon and the status name."""
+    return f"{STATUS_ICON.get(status, '')} {RunStatus(status).value}"
+
+
+def method_text(rec) -> str:
+    """'lora r=8', or the method alone when it has no rank."""
+    return rec.method + (f" r={rec.lora_r}" if rec.lora_r else "")
+
+
+def run_label(rec, show_task: bool = False) -> str:
+    """How a run is named in pickers: 'name · [task ·] method r=8 · id'."""
+    return f"{rec.name} · {rec.task + ' · ' if show_task else ''}{method_text(rec)} · {rec.id}"
+
+
+def primary_metric(results: dict | None) -> tuple[str, float | None]:
+    """(name, value) of the headline eval metric: accuracy for classification, eval loss for causal LM."""
+    if not results:
+        return "accuracy", None
+    metrics = results.get("metrics") if isinstance(results.get("metrics"), dict) else results
+    for key in ("eval_accuracy", "accuracy"):
+        if metrics.get(key) is not None:
+            return "accuracy", float(metrics[key])
+    if metrics.get("eval_loss") is not None:
+        return "eval loss", float(metrics["eval_loss"])
+    return "accuracy", None
+
+
+# -- errors ----------------------------------------------------------------------------------------------------
+
+def error_text(exc: BaseException) -> str:
+    """One readable line for any error. Engine errors (LoraLabError) already say what is wrong and name the
+    field; anything else is unexpected, so its type is kept in front of the message."""
+    if isinstance(exc, LoraLabError):
+        return str(exc).strip() or type(exc).__name__
+    if isinstance(exc, KeyError) and exc.args:
+        return str(exc.args[0])
+    return f"{type(exc).__name__}: {str(exc).strip()}"

@@ -1,0 +1,120 @@
+"""Widgets several pages draw: a bundled choice or "Other…", a run picker, run-action buttons with feedback that
+lasts, and errors placed under the field they name."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import streamlit as st
+
+from lora_ui.format import error_text, run_label
+from lora_ui.service import ActionResult
+from lora_ui.state import PageState, track_runs
+
+
+# -- errors ------------------------------------------------------------------------------------------------------
+
+def show_error(exc: BaseException, where=None) -> None:
+    """An error as one st.error line (in `where` if given), never a traceback."""
+    (where or st).error(error_text(exc), icon="🚫")
+
+
+class FieldSlots:
+    """An empty slot under each form field, so an error that names a field lands next to it."""
+
+    def __init__(self) -> None:
+        self._slots: dict[str, Any] = {}
+
+    def add(self, dotted: str) -> None:
+        self._slots[dotted] = st.empty()
+
+    def _best(self, dotted: str):
+        # "lora.target_modules[0]" -> "lora.target_modules"; fall back to the section
+        key = dotted.split("[")[0]
+        while key:
+            if key in self._slots:
+                return self._slots[key]
+            key = key.rpartition(".")[0]
+        return None
+
+    def show(self, exc: BaseException, fallback=None, field: str = "") -> None:
+        """Show `exc` under the field it names, or under `field` (named in front) for an error that names none."""
+        text = error_text(exc)
+        if getattr(exc, "field", ""):
+            field = exc.field
+        elif field and not text.startswith(field):
+            text = f"{field}: {text}"
+        slot = self._best(field) if field else None
+        (slot or fallback or st).error(text, icon="🚫")
+
+
+# -- pickers -----------------------------------------------------------------------------------------------------
+
+def choice_or_other(label: str, choices, other: str, *, key: str, custom_key: str, custom_label: str,
+                    placeholder: str | None = None, help: str | None = None, index: int = 0,
+                    persist: str | None = None, beside: Callable[[str], None] | None = None) -> str:
+    """A selectbox of bundled choices plus `other`; choosing `other` opens a text box beside it. Returns the
+    chosen value, or the typed one (stripped, possibly "") for `other`. `beside(choice)` draws in the space
+    beside the selectbox when a listed choice is picked."""
+    left, right = st.columns([1, 2])
+    choice = left.selectbox(label, [*choices, other], index=index, key=key, help=help, persist_state=persist)
+    if choice == other:
+        return (right.text_input(custom_label, key=custom_key, placeholder=placeholder,
+                                 persist_state=persist) or "").strip()
+    if beside is not None:
+        with right:
+            beside(choice)
+    return choice
+
+
+def pick_run(runs: list, key: str, empty: str, *, show_task: bool = False, label: str = "Run"):
+    """A selectbox over `runs`; with none, shows `empty` and returns None (the page goes on drawing)."""
+    if not runs:
+        st.info(empty)
+        return None
+    by_id = {r.id: r for r in runs}
+    return by_id[st.selectbox(label, list(by_id), key=key, format_func=lambda i: run_label(by_id[i], show_task))]
+
+
+# -- actions -----------------------------------------------------------------------------------------------------
+
+def action_button(page: PageState, label: str, action: Callable[..., ActionResult | str], *args: Any, key: str,
+                  where=None, verb: str | None = None, **button: Any) -> None:
+    """A button that runs `action(*args)` as its callback and posts the outcome as the page's message: the
+    result's message, or the error (prefixed by `verb` or the label, and the run id)."""
+    (where or st).button(label, key=key, on_click=_perform, args=(page, verb or label, action, args), **button)
+
+
+def _perform(page: PageState, verb: str, action: Callable[..., ActionResult | str], args: tuple) -> None:
+    try:
+        result = action(*args)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes the page's message, never a traceback
+        subject = f" {args[0]}" if args and isinstance(args[0], str) else ""
+        page.post("error", f"{verb}{subject}: {error_text(exc)}")
+        return
+    if isinstance(result, ActionResult):
+        track_runs(result.new_runs)
+        result = result.message
+    page.post("success", result)
+
+
+def attempt(page: PageState, verb: str, action: Callable[..., Any], *args: Any, spinner: str = "Working…",
+            **kwargs: Any) -> Any:
+    """Run a slow action now (behind an `if st.button(...)`) under a spinner. Returns its result; on failure posts
+    the error as the page's message and returns None. Follow it with st.rerun() so the page redraws from state
+    (the message, the loaded model, fresh panels)."""
+    try:
+        with st.spinner(spinner):
+            return action(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes the page's message, never a traceback
+        page.post("error", f"{verb}: {error_text(exc)}")
+        return None
+
+
+def show_message(page: PageState, where=None) -> None:
+    """The page's last action message, on every rerun until the next action replaces it or it is dismissed."""
+    message = page.message()
+    if message is None:
+        return
+    text_col, close_col = (where or st).columns([24, 1], vertical_alignment="center")
+    getattr(text_col, message.level)(message.text)
+    close_col.button(":material/close:", key=page.key("dismiss"), on_click=page.dismiss, help="Dismiss this message")
