@@ -22,7 +22,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import ConfigError, ExperimentConfig
+from .config import OPTIMIZERS, ConfigError, ExperimentConfig
 
 Event = dict[str, Any]
 _CLOSE = object()  # tells the event writer thread to finish
@@ -112,10 +112,6 @@ def precision_flags(precision: str) -> dict:
     return {"bf16": precision == "bf16", "fp16": precision == "fp16", "use_cpu": not cuda, "_name": precision}
 
 
-# adamw: the fused torch AdamW (transformers' default since torch 2.8); adamw_8bit: bitsandbytes' 8-bit AdamW
-OPTIMIZERS = {"adamw": "adamw_torch_fused", "adamw_8bit": "adamw_bnb_8bit", "sgd": "sgd"}
-
-
 def training_arguments(cfg: ExperimentConfig, checkpoint_dir: Path):
     """TrainingArguments from the config. Evaluation runs at each epoch end (or every eval_steps); checkpoints
     follow evaluation unless save_steps is set; early stopping keeps them in step, as the Trainer requires."""
@@ -140,7 +136,7 @@ def training_arguments(cfg: ExperimentConfig, checkpoint_dir: Path):
         weight_decay=t.weight_decay,
         lr_scheduler_type=t.scheduler,
         warmup_steps=t.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
-        optim=OPTIMIZERS[t.optimizer],
+        optim=OPTIMIZERS[t.optimizer].trainer_optim,
         max_grad_norm=t.max_grad_norm,
         activation_checkpointing=t.gradient_checkpointing,  # transformers 5 name of gradient checkpointing
         # non-reentrant checkpointing needs no input grads, so frozen-embedding LoRA models work as they are
