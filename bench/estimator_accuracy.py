@@ -74,26 +74,27 @@ QUICK = {"minilm lora", "tiny-gpt2 full", "tiny-llama lora ckpt", "small-llama q
 # and the MLP, r=8, batch 2, activation checkpointing, bf16, peak *reserved*; its sequence length is not stated
 # (Alpaca, padded per batch): 512 is assumed. The bitsandbytes of those runs (0.41-0.42) kept the input of every
 # 4-bit matmul for backward (MatMul4Bit: ctx.tensors = (A, B)); today's keeps only the packed weight.
+LITGPT = {"train.precision": "bf16-true", "lora.dropout": 0.05}  # and torchtune: pure bf16, LoRA dropout 0.05
 PUBLISHED = [
-    ("litgpt 7B LoRA mb1", "llama-2-7b", "lora", 1, 1304, {"precision": "bf16-true", "lora_dropout": 0.05}, 21.30e9),
-    ("litgpt 7B LoRA mb2", "llama-2-7b", "lora", 2, 1304, {"precision": "bf16-true", "lora_dropout": 0.05}, 29.07e9),
+    ("litgpt 7B LoRA mb1", "llama-2-7b", "lora", 1, 1304, LITGPT, 21.30e9),
+    ("litgpt 7B LoRA mb2", "llama-2-7b", "lora", 2, 1304, LITGPT, 29.07e9),
     ("litgpt 7B NF4", "llama-2-7b", "qlora", 1, 1304,
-     {"precision": "bf16-true", "double_quant": False, "lora_dropout": 0.05, "kbit_prepare": False,
+     {**LITGPT, "quant.double_quant": False, "kbit_prepare": False,
       "bnb_saves_input": True}, 14.14e9),
     ("litgpt 7B NF4-dq", "llama-2-7b", "qlora", 1, 1304,
-     {"precision": "bf16-true", "lora_dropout": 0.05, "kbit_prepare": False, "bnb_saves_input": True}, 13.84e9),
-    ("litgpt 13B LoRA", "llama-2-13b", "lora", 1, 1304, {"precision": "bf16-true", "lora_dropout": 0.05}, 38.12e9),
+     {**LITGPT, "kbit_prepare": False, "bnb_saves_input": True}, 13.84e9),
+    ("litgpt 13B LoRA", "llama-2-13b", "lora", 1, 1304, LITGPT, 38.12e9),
     ("litgpt 13B NF4", "llama-2-13b", "qlora", 1, 1304,
-     {"precision": "bf16-true", "double_quant": False, "lora_dropout": 0.05, "kbit_prepare": False,
+     {**LITGPT, "quant.double_quant": False, "kbit_prepare": False,
       "bnb_saves_input": True}, 23.14e9),
     ("litgpt 13B NF4-dq", "llama-2-13b", "qlora", 1, 1304,
-     {"precision": "bf16-true", "lora_dropout": 0.05, "kbit_prepare": False, "bnb_saves_input": True}, 22.55e9),
+     {**LITGPT, "kbit_prepare": False, "bnb_saves_input": True}, 22.55e9),
     ("torchtune 7B LoRA (reserved)", "llama-2-7b", "lora", 2, 512,
-     {"precision": "bf16-true", "gradient_checkpointing": True, "lora_dropout": 0.05,
-      "targets": ["q_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}, 15.57e9),
+     {**LITGPT, "train.gradient_checkpointing": True,
+      "lora.target_modules": ["q_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}, 15.57e9),
     ("torchtune 7B QLoRA (reserved)", "llama-2-7b", "qlora", 2, 512,
-     {"precision": "bf16-true", "gradient_checkpointing": True, "lora_dropout": 0.05, "kbit_prepare": False,
-      "targets": ["q_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}, 9.29e9),
+     {**LITGPT, "train.gradient_checkpointing": True, "kbit_prepare": False,
+      "lora.target_modules": ["q_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}, 9.29e9),
 ]
 
 
@@ -138,7 +139,8 @@ def measure(cfg, extra, seq):
     import torch
 
     from lora_core import models
-    from lora_core.estimator import measure_step_peak
+    from lora_core.memory import measure_step_peak
+    from lora_core.memory.measure import engine_optimizer
 
     model, _ = models.load_for_training(cfg, num_labels=2)
     if extra.get("attention"):
@@ -150,8 +152,7 @@ def measure(cfg, extra, seq):
         model.to("cuda")
     device = next(model.parameters()).device
     model.train()
-    # the engine's "adamw" is transformers' adamw_torch: torch.optim.AdamW with its default implementation
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    optimizer = engine_optimizer(model, cfg)  # what a run's Trainer builds (config.OPTIMIZERS): fused AdamW
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(1000, 20000, (cfg.train.batch_size, seq), generator=g)
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
@@ -178,7 +179,7 @@ def main() -> int:
     import torch
     from transformers.utils import logging as hf_logging
 
-    from lora_core.estimator import estimate, experiment_knobs
+    from lora_core.memory import estimate, experiment_settings
 
     warnings.filterwarnings("ignore")
     hf_logging.disable_progress_bar()
@@ -194,7 +195,7 @@ def main() -> int:
             cfg = experiment(name, paths.get(source, source), task, method, batch, seq, extra)
             t0 = time.perf_counter()
             real, device = measure(cfg, extra, seq)
-            knobs = experiment_knobs(cfg, num_labels=2, device=device)
+            knobs = experiment_settings(cfg, num_labels=2, device=device)
             if extra.get("attention"):
                 knobs["attention"] = extra["attention"]
             model_arg, method_arg = knobs.pop("model"), knobs.pop("method")

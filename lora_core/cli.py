@@ -6,7 +6,9 @@ import json
 import sys
 from pathlib import Path
 
-from .config import ConfigError
+from . import memory
+from .config import ConfigError, field_choices
+from .memory import settings as memory_settings
 
 
 def _emit(obj, as_json: bool, text: str | None = None) -> None:
@@ -71,11 +73,11 @@ def cmd_params(args) -> int:
 
 
 def cmd_targets(args) -> int:
-    from .models import list_targets, load_config, target_presets
+    from .models import model_structure, presets_for
 
-    model_type = load_config(args.model, args.trust_remote_code).model_type
-    targets = list_targets(args.model, trust_remote_code=args.trust_remote_code)
-    presets = target_presets(args.model, args.trust_remote_code, layers=targets, model_type=model_type)
+    described = model_structure(args.model, trust_remote_code=args.trust_remote_code)  # no torch once seen
+    targets, model_type = described.layers, described.model_type
+    presets = presets_for(targets, model_type)
     if args.json:
         _emit({"model_type": model_type, "targets": targets, "presets": presets}, True)
         return 0
@@ -104,11 +106,10 @@ def cmd_merge(args) -> int:
 
 
 def cmd_estimate(args) -> int:
-    from .estimator import estimate
-
     knobs = {k: v for k, v in vars(args).items()
              if k not in ("func", "json", "command", "model", "method", "batch_size", "seq_len") and v is not None}
-    est = estimate(model=args.model, method=args.method, batch_size=args.batch_size, seq_len=args.seq_len, **knobs)
+    est = memory.estimate(model=args.model, method=args.method, batch_size=args.batch_size,
+                          seq_len=args.seq_len, **knobs)
     _emit(est.to_dict(), args.json, est.summary())
     return 0
 
@@ -235,29 +236,34 @@ def build_parser() -> argparse.ArgumentParser:
     sp = cmd("estimate", cmd_estimate, "Estimate training memory, term by term, and which GPUs it fits.")
     sp.add_argument("--model", required=True, help="a preset (e.g. llama-2-7b, gpt2, minilm), a config.json or "
                                                    "model dir, a hub id, or a parameter count like 7e9")
-    sp.add_argument("--method", default="lora", choices=["full", "full-bf16", "full-fp16", "lora", "qlora",
-                                                         "head-only"],
+    sp.add_argument("--method", default="lora", choices=memory_settings.METHODS,
                     help="full = fp32; full-bf16/full-fp16 = mixed precision with fp32 master weights")
     sp.add_argument("--batch-size", type=int, default=1)
-    sp.add_argument("--seq-len", type=int, default=512)
-    sp.add_argument("--task", choices=["causal-lm", "seq-cls"], help="default: causal-lm for decoders")
+    sp.add_argument("--seq-len", type=int, default=512, help="tokens per row of the (padded) batch")
+    sp.add_argument("--task", choices=field_choices("task"), help="default: causal-lm for decoders")
     sp.add_argument("--num-labels", type=int, help="classes of a seq-cls head (default 2)")
-    sp.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16", "bf16-mixed", "fp16-mixed",
-                                            "bf16-true", "fp16-true"],
-                    help="compute precision (default: fp32 for full, auto = bf16-mixed on CUDA otherwise)")
+    # config fields under the config's own names (as in a config file or `sweep --vary`)
+    sp.add_argument("--train.precision", choices=memory_settings.PRECISIONS,
+                    help="bf16/fp16: mixed precision as in a config; *-true: pure 16-bit (default: fp32 for full, "
+                         "auto = bf16 on CUDA otherwise)")
+    sp.add_argument("--train.optimizer", choices=field_choices("train.optimizer"))
+    sp.add_argument("--train.gradient_checkpointing", action="store_true", default=None)
+    sp.add_argument("--train.gradient_accumulation_steps", type=int,
+                    help="gradients live through every forward but the first")
+    sp.add_argument("--lora.r", type=int, help="LoRA rank (default 8)")
+    sp.add_argument("--lora.target_modules", help="comma-separated layer names, all-linear, or preset:qv / "
+                                                  "preset:attention")
+    sp.add_argument("--lora.dropout", type=float, help="LoRA dropout (default 0.1)")
+    sp.add_argument("--lora.bias", choices=field_choices("lora.bias"))
+    sp.add_argument("--lora.use_dora", action="store_true", default=None)
+    sp.add_argument("--quant.quant_type", choices=field_choices("quant.quant_type"))
+    sp.add_argument("--quant.double_quant", action=argparse.BooleanOptionalAction, default=None)
+    # the estimator's own knobs
     sp.add_argument("--weights-dtype", choices=["fp32", "bf16", "fp16"], help="dtype the weights are loaded in")
-    sp.add_argument("--rank", type=int, help="LoRA rank (default 8)")
-    sp.add_argument("--targets", help="comma-separated layer names, all-linear, or preset:qv / preset:attention")
-    sp.add_argument("--lora-dropout", type=float, help="LoRA dropout (default 0.1)")
-    sp.add_argument("--optimizer", choices=["adamw", "adamw_8bit", "sgd"])
-    sp.add_argument("--adamw-impl", choices=["fused", "foreach", "for-loop"],
-                    help="AdamW implementation: its step temporaries (default fused)")
-    sp.add_argument("--quant-type", choices=["nf4", "fp4"])
-    sp.add_argument("--no-double-quant", dest="double_quant", action="store_false", default=None)
-    sp.add_argument("--gradient-checkpointing", action="store_true", default=None)
-    sp.add_argument("--attention", choices=["sdpa", "eager", "flash"])
-    sp.add_argument("--grad-accum", type=int, help="gradient accumulation steps (gradients live through forward)")
-    sp.add_argument("--device", choices=["cuda", "cpu"], help="cpu: no CUDA context, no allocator slack")
+    sp.add_argument("--adamw-impl", choices=memory_settings.ADAMW_IMPLS,
+                    help="AdamW implementation, for its step temporaries (default: what the engine runs, fused)")
+    sp.add_argument("--attention", choices=memory_settings.ATTENTIONS)
+    sp.add_argument("--device", choices=memory_settings.DEVICES, help="cpu: no CUDA context, no allocator slack")
     sp.add_argument("--json", action="store_true")
 
     sp = with_runs_dir(cmd("status", cmd_status, "Status, pid, progress and last metrics of a run."))

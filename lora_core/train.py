@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .config import OPTIMIZERS, ConfigError, ExperimentConfig
+from .memory import StepPeakMeter, estimate_for_experiment
 
 Event = dict[str, Any]
 _CLOSE = object()  # tells the event writer thread to finish
@@ -61,13 +62,16 @@ def run_experiment(cfg: ExperimentConfig, out_dir: Path, *, on_event: Callable[[
         model, tokenizer = models.load_for_training(cfg, splits.num_labels or 2, splits.id2label)
         memory.hold(model)
         train_ds, eval_ds = data.tokenize(splits, tokenizer, cfg)
+        estimate = memory_estimate(cfg, splits.num_labels or 2, train_ds)  # the run's real batch shapes
         before = generations(cfg, model, tokenizer)
         if stop_requested():
             return collect_results(cfg, splits=splits, model=model, memory=memory, stopped=True,
-                                   resume_from=resume_from)
+                                   resume_from=resume_from, estimate=estimate)
 
         trainer = build_trainer(cfg, model, tokenizer, train_ds, eval_ds, out_dir / "checkpoints",
                                 stream, stop_requested, memory)
+        tensor_peak = StepPeakMeter()  # exact live-tensor bytes of the largest steps, beside RSS
+        trainer.add_callback(tensor_peak.callback())
 
         # -- train -------------------------------------------------------------------------------------------
         stream.phase("training")
@@ -87,7 +91,8 @@ def run_experiment(cfg: ExperimentConfig, out_dir: Path, *, on_event: Callable[[
                                                       encoding="utf-8")
     return collect_results(cfg, splits=splits, model=trainer.model, memory=memory, stopped=stream.stopping,
                            resume_from=resume_from, trainer=trainer, train_time=train_time, final=final,
-                           artifact_dir=artifact_dir, stream=stream, generations=pairs)
+                           artifact_dir=artifact_dir, stream=stream, generations=pairs, estimate=estimate,
+                           tensor_peak=tensor_peak.results())
 
 
 # -- setup helpers ---------------------------------------------------------------------------------------------
@@ -460,12 +465,12 @@ def device_name() -> str:
     return f"cpu ({torch.get_num_threads()} threads, {os.cpu_count()} cores)"
 
 
-def memory_estimate(cfg: ExperimentConfig) -> tuple[dict | None, str | None]:
-    """The estimator's prediction for this config, or (None, why not)."""
+def memory_estimate(cfg: ExperimentConfig, num_labels: int, train_ds) -> tuple[dict | None, str | None]:
+    """The estimator's prediction for this run (its class count, the optimizer it runs, the longest padded batch
+    its tokenized data gives), or (None, why not)."""
     try:
-        from .estimator import estimate_for_experiment
-
-        return estimate_for_experiment(cfg), None
+        lengths = [len(ids) for ids in train_ds["input_ids"]]
+        return estimate_for_experiment(cfg, num_labels=num_labels, lengths=lengths), None
     except Exception as exc:  # the estimator is optional for a run: record why it is missing
         return None, f"{type(exc).__name__}: {exc}"
 
@@ -473,13 +478,14 @@ def memory_estimate(cfg: ExperimentConfig) -> tuple[dict | None, str | None]:
 def collect_results(cfg: ExperimentConfig, *, splits, memory: MemoryMeter, stopped: bool, resume_from=None,
                     model=None, trainer=None, train_time: float = 0.0, final: dict | None = None,
                     artifact_dir: Path | None = None, stream: EventStream | None = None,
-                    generations: list | None = None) -> dict:
+                    generations: list | None = None, estimate: tuple | None = None,
+                    tensor_peak: dict | None = None) -> dict:
     """The results dict: final eval metrics, time, params, artifact size, memory (measured + estimated),
     versions, device, data fingerprint, seed. Runs stopped before training carry what they have."""
     trainable = total = None
     if model is not None:
         trainable, total = param_counts(model)
-    estimate, estimate_error = memory_estimate(cfg)
+    estimate, estimate_error = estimate or (None, "the run stopped before its data was tokenized")
     flags = precision_flags(cfg.train.precision)
     results: dict[str, Any] = {
         "task": cfg.task, "method": cfg.method, "model": cfg.model.source,
@@ -498,6 +504,7 @@ def collect_results(cfg: ExperimentConfig, *, splits, memory: MemoryMeter, stopp
         "adapter_bytes_on_disk": sum(f.stat().st_size for f in artifact_dir.glob("*.safetensors"))
         if artifact_dir else None,
         "peak_mem_bytes": memory.peak(), "peak_mem_method": memory.method,
+        **(tensor_peak or {"peak_tensor_bytes": None, "peak_tensor_method": "the run stopped before training"}),
         "memory_estimate": estimate, "memory_estimate_error": estimate_error,
         "versions": versions(), "device": device_name(), "precision": flags["_name"],
         "dataset_fingerprint": splits.fingerprint, "train_rows": len(splits.train), "eval_rows": len(splits.eval),

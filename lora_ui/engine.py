@@ -47,20 +47,19 @@ def count_params(cfg: ExperimentConfig, num_labels: int = 2) -> dict:
 
 
 @st.cache_data(show_spinner=False, max_entries=128)
-def _estimate_for_experiment(cfg_json: str) -> dict:
-    from lora_core.estimator import estimate_for_experiment
+def _estimate_for_experiment(cfg_json: str, num_labels: int) -> dict:
+    from lora_core.memory import estimate_for_experiment
 
-    out = estimate_for_experiment(ExperimentConfig.from_dict(json.loads(cfg_json)))
-    return out.to_dict() if hasattr(out, "to_dict") else dict(out)
+    return estimate_for_experiment(ExperimentConfig.from_dict(json.loads(cfg_json)), num_labels=num_labels)
 
 
-def estimate_for_experiment(cfg: ExperimentConfig) -> dict:
-    return _estimate_for_experiment(json.dumps(cfg.to_dict(), sort_keys=True))
+def estimate_for_experiment(cfg: ExperimentConfig, num_labels: int = 2) -> dict:
+    return _estimate_for_experiment(json.dumps(cfg.to_dict(), sort_keys=True), int(num_labels))
 
 
 @st.cache_data(show_spinner="Estimating memory…", max_entries=256)
 def estimate(model: str, method: str, batch_size: int, seq_len: int, knobs_json: str) -> dict:
-    from lora_core.estimator import estimate as _estimate
+    from lora_core.memory import estimate as _estimate
 
     return _estimate(model=model, method=method, batch_size=batch_size, seq_len=seq_len,
                      **json.loads(knobs_json)).to_dict()
@@ -68,14 +67,14 @@ def estimate(model: str, method: str, batch_size: int, seq_len: int, knobs_json:
 
 @st.cache_data(show_spinner=False)
 def model_presets() -> list[str]:
-    from lora_core.estimator import MODEL_PRESETS
+    from lora_core.memory import MODEL_PRESETS
 
     return list(MODEL_PRESETS)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def lora_param_table(d_in: int, d_out: int, ranks: tuple[int, ...]) -> list[dict]:
-    from lora_core.estimator import lora_param_table as _table
+    from lora_core.memory import lora_param_table as _table
 
     return _table(d_in, d_out, ranks=ranks)
 

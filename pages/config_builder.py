@@ -340,7 +340,7 @@ if cfg is not None and layer_error is None:
             c[0].metric("Trainable params", "—")
         est = None
         try:
-            est = engine.estimate_for_experiment(cfg)
+            est = engine.estimate_for_experiment(cfg, num_labels=num_labels)
             c[3].metric("Est. training memory", fmt_bytes(est.get("peak_bytes")),
                         help=f"Estimated peak on {est.get('settings', {}).get('device', 'this device')} at batch "
                              f"{cfg.train.batch_size} × {cfg.data.max_length} tokens (see the Estimator page)")

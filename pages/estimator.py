@@ -49,16 +49,18 @@ ckpt = c[0].toggle("Gradient checkpointing", key="est_ckpt")
 attention = c[1].selectbox("Attention", ["sdpa", "eager"], key="est_attn",
                            help="eager materializes the b·h·s² attention scores; SDPA/flash does not")
 device = c[2].selectbox("Device", ["cuda", "cpu"], key="est_device")
-knobs = {"optimizer": optimizer, "gradient_checkpointing": ckpt, "attention": attention, "device": device}
+knobs = {"train.optimizer": optimizer, "train.gradient_checkpointing": ckpt, "attention": attention,
+         "device": device}
 if method in ("lora", "qlora"):
     rank = c[3].number_input("LoRA rank", min_value=1, max_value=1024, value=8, step=1, key="est_rank")
     c = st.columns(4)
     targets = c[0].selectbox("Targets", ["qv", "attention", "all-linear"], key="est_targets",
                              help="Which layers get adapters (architecture presets)")
-    knobs.update(rank=int(rank), targets=targets)
+    knobs.update({"lora.r": int(rank), "lora.target_modules": "all-linear" if targets == "all-linear"
+                  else f"preset:{targets}"})
     if method == "qlora":
-        knobs["quant_type"] = c[1].selectbox("4-bit type", ["nf4", "fp4"], key="est_qtype")
-        knobs["double_quant"] = c[2].toggle("Double quantization", value=True, key="est_dq")
+        knobs["quant.quant_type"] = c[1].selectbox("4-bit type", ["nf4", "fp4"], key="est_qtype")
+        knobs["quant.double_quant"] = c[2].toggle("Double quantization", value=True, key="est_dq")
 
 est = None
 if model:
