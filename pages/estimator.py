@@ -124,17 +124,24 @@ try:
     rows = []
     for rec, label in zip(done, cmp.labels_for(done)):
         est_b = cmp.estimate_bytes(rec.results)
-        measured = rec.results["peak_mem_bytes"]
+        measured, tensors = rec.results["peak_mem_bytes"], rec.results.get("peak_tensor_bytes")
         rows.append({"label": f"{label} · {rec.name}"[:60], "model": rec.model, "estimate_gb": est_b / 1e9
-                     if est_b else None, "measured_gb": measured / 1e9,
-                     "error %": (est_b / measured - 1) * 100 if est_b else None,
+                     if est_b else None, "tensor_gb": tensors / 1e9 if tensors else None,
+                     "error vs tensors %": (est_b / tensors - 1) * 100 if est_b and tensors else None,
+                     "measured_gb": measured / 1e9, "error %": (est_b / measured - 1) * 100 if est_b else None,
                      "how measured": rec.results.get("peak_mem_method", ""), "id": rec.id})
     if rows:
         st.plotly_chart(charts.estimate_vs_measured_figure(rows[:30]), key="est_vs_measured", width="stretch")
         st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config={
             "estimate_gb": st.column_config.NumberColumn("estimate (GB)", format="%.3f"),
+            "tensor_gb": st.column_config.NumberColumn("tensor peak (GB)", format="%.3f"),
+            "error vs tensors %": st.column_config.NumberColumn(format="%+.1f%%"),
             "measured_gb": st.column_config.NumberColumn("measured (GB)", format="%.3f"),
             "error %": st.column_config.NumberColumn(format="%+.1f%%")})
+        st.caption("Tensor peak: live tensor bytes at the run's largest steps (weights, gradients, optimizer "
+                   "states, activations), the figure the estimate models. Measured: on CPU the growth of the "
+                   "process's peak RSS, which adds the allocator's cached pages, Python objects, tokenizer, "
+                   "datasets and library code; on a GPU torch.cuda.max_memory_allocated.")
     else:
         st.caption("No finished runs yet: every run records its measured peak beside the estimate for its config.")
 except Exception as exc:  # noqa: BLE001

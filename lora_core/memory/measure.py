@@ -175,11 +175,10 @@ class StepPeakMeter:
         self.largest = 0          # rows x tokens of the largest batch profiled so far
         self.shape: tuple | None = None
         self.steps = 0            # steps profiled
-        self.seconds = 0.0        # wall time of the profiled steps, profiler included
+        self.seconds = 0.0        # wall time of the profiler's own bookkeeping (start, stop, reading events)
         self.cuda = False
         self._profile = None
         self._resident = 0
-        self._started = 0.0
         self._optimizer = None
         self._hook = None
 
@@ -216,21 +215,23 @@ class StepPeakMeter:
             return
         if ids.numel() <= self.largest:
             return
+        started = time.perf_counter()
         self.largest, self.shape = ids.numel(), tuple(ids.shape)
-        self._started = time.perf_counter()
         self._resident = live_tensor_bytes(module, self._optimizer, kwargs)
         self._profile = _profiler()
         self._profile.__enter__()
+        self.seconds += time.perf_counter() - started
 
     def step_end(self) -> None:
         if self._profile is None:
             return
+        started = time.perf_counter()
         self._profile.__exit__(None, None, None)
         peak, _, _ = replay_allocations(self._profile.profiler.kineto_results.events())
         self._profile = None
         self.peak = max(self.peak, self._resident + peak)
         self.steps += 1
-        self.seconds += time.perf_counter() - self._started
+        self.seconds += time.perf_counter() - started
 
     def end(self) -> None:
         self.step_end()  # a run stopped inside a profiled step still counts it
@@ -251,4 +252,4 @@ class StepPeakMeter:
         return {"peak_tensor_bytes": int(self.peak),
                 "peak_tensor_method": f"cpu: live tensor bytes from torch.profiler allocator events over the "
                                       f"{self.steps} steps whose batch was the largest so far (largest: {rows} x "
-                                      f"{tokens} tokens; {self.seconds:.1f} s in profiled steps)"}
+                                      f"{tokens} tokens; profiler bookkeeping {self.seconds:.2f} s)"}
