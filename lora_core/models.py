@@ -271,12 +271,17 @@ def config_json(source: str, revision: str | None = None) -> dict:
             raise ModelError(f"model.source: cannot read the config of {source!r} ({_short(exc)})") from None
     else:
         path = path / "config.json"
+    return read_config_json(path)
+
+
+def read_config_json(path: Path, field: str = "model.source") -> dict:
+    """A config.json file as a dict; ModelError naming `field` when it is unreadable or not a model config."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise ModelError(f"model.source: {path} is not a readable config.json ({_short(exc)})") from None
+        raise ModelError(f"{field}: {path} is not a readable config.json ({_short(exc)})") from None
     if not isinstance(data, dict) or "model_type" not in data:
-        raise ModelError(f"model.source: {path} is not a Hugging Face config.json (no 'model_type' key)")
+        raise ModelError(f"{field}: {path} is not a Hugging Face config.json (no 'model_type' key)")
     return data
 
 

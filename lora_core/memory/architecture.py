@@ -8,7 +8,6 @@ a Llama-like stand-in with exact totals.
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,12 +96,9 @@ def model_ref(model) -> ModelRef:
     path = Path(text).expanduser()
     if path.is_file():
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise EstimateError(f"model: cannot read {path} as a config.json: {exc}") from None
-        if not isinstance(data, dict) or "model_type" not in data:
-            raise EstimateError(f"model: {path} is not a Hugging Face config.json (no 'model_type' key)")
-        return ModelRef(path.parent.name or path.name, config=data)
+            return ModelRef(path.parent.name or path.name, config=models.read_config_json(path, field="model"))
+        except LoraLabError as exc:
+            raise EstimateError(str(exc)) from None
     if path.is_dir() and not (path / "config.json").is_file():
         raise EstimateError(f"model: {path} has no config.json, so it is not a model directory")
     if is_local_path(text) and not path.exists():
