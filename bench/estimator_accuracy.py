@@ -175,7 +175,7 @@ def load(cfg, extra=None):
     import torch
 
     from lora_core import models
-    from lora_core.memory.measure import engine_optimizer
+    from lora_core.memory import engine_optimizer
 
     extra = extra or {}
     model, tokenizer = models.load_for_training(cfg, num_labels=extra.get("num_labels", 2),
@@ -351,7 +351,7 @@ def profiler_overhead(steps: int = 6) -> None:
 
     from lora_core import data
     from lora_core.config import ExperimentConfig
-    from lora_core.memory.measure import _profiler, replay_allocations
+    from lora_core.memory import memory_profiler, replay_allocations
 
     cfg = ExperimentConfig.from_dict({})
     splits = data.load_splits(cfg)
@@ -370,7 +370,7 @@ def profiler_overhead(steps: int = 6) -> None:
         step()
         plain.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        with _profiler() as prof:
+        with memory_profiler() as prof:
             step()
         replay_allocations(prof.profiler.kineto_results.events())
         profiled.append(time.perf_counter() - t0)

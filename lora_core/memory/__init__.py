@@ -25,11 +25,12 @@ from ..errors import EstimateError
 from .architecture import ModelRef
 from .estimator import Estimate, estimate
 from .experiment import estimate_for_experiment, experiment_settings
-from .measure import StepPeakMeter, live_tensor_bytes, measure_step_peak
+from .measure import (StepPeakMeter, engine_optimizer, live_tensor_bytes, measure_step_peak, memory_profiler,
+                      optimizer_implementation, replay_allocations)
 from .parameters import lora_param_table
 from .presets import GPUS, MODEL_PRESETS
 from .settings import KNOBS
 
 __all__ = ["estimate", "Estimate", "estimate_for_experiment", "experiment_settings", "lora_param_table",
-           "measure_step_peak", "live_tensor_bytes", "StepPeakMeter", "ModelRef", "EstimateError", "MODEL_PRESETS",
-           "GPUS", "KNOBS"]
+           "measure_step_peak", "live_tensor_bytes", "StepPeakMeter", "engine_optimizer", "optimizer_implementation",
+           "memory_profiler", "replay_allocations", "ModelRef", "EstimateError", "MODEL_PRESETS", "GPUS", "KNOBS"]

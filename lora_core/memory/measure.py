@@ -100,7 +100,7 @@ def measure_step_peak(model, batch: dict, optimizer, *, autocast_dtype=None, max
 
     from torch.profiler import record_function
 
-    with _profiler() as prof:
+    with memory_profiler() as prof:
         run_step(lambda name: record_function(f"lora_lab_phase:{name}"))
     events = prof.profiler.kineto_results.events()
     spans = {e.name().split(":", 1)[1]: (e.start_ns(), e.end_ns()) for e in events
@@ -137,7 +137,8 @@ def optimizer_implementation(optimizer) -> str:
     return "foreach" if optimizer.defaults.get("foreach") else "for-loop"
 
 
-def _profiler():
+def memory_profiler():
+    """torch.profiler recording the CPU allocator's allocations and frees ([memory] events)."""
     from torch.profiler import ProfilerActivity, profile
 
     return profile(activities=[ProfilerActivity.CPU], profile_memory=True)
@@ -218,7 +219,7 @@ class StepPeakMeter:
         started = time.perf_counter()
         self.largest, self.shape = ids.numel(), tuple(ids.shape)
         self._resident = live_tensor_bytes(module, self._optimizer, kwargs)
-        self._profile = _profiler()
+        self._profile = memory_profiler()
         self._profile.__enter__()
         self.seconds += time.perf_counter() - started
 

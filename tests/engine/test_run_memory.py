@@ -4,7 +4,7 @@ import pytest
 
 from lora_core import train
 from lora_core.config import OPTIMIZERS, ExperimentConfig
-from lora_core.memory.measure import optimizer_implementation
+from lora_core.memory import optimizer_implementation
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -6,8 +6,7 @@ import pytest
 
 from lora_core.config import ExperimentConfig
 from lora_core.memory import (GPUS, MODEL_PRESETS, Estimate, EstimateError, estimate, estimate_for_experiment,
-                              experiment_settings, lora_param_table, measure_step_peak)
-from lora_core.memory.measure import engine_optimizer
+                              engine_optimizer, experiment_settings, lora_param_table, measure_step_peak)
 
 GB = 1e9
 
