@@ -294,7 +294,7 @@ def modules_to_save(structure: ModelStructure, lora) -> list[str]:
 # -- what trains: PEFT's rules as arithmetic -----------------------------------------------------------------------
 
 @dataclass
-class Tensor:
+class ParamTensor:
     """One parameter tensor of the model as set up for training."""
     name: str            # the base model's parameter (LoRA tensors: the adapted module + ".lora_A" etc.)
     numel: int
@@ -319,10 +319,10 @@ def plan(structure: ModelStructure, method: str, lora=None) -> Plan:
     """The tensors of `method` on this model. `lora` is a config.LoraSettings (lora / qlora only)."""
     unique = [(name, numel) for name, numel, alias in structure.params if alias is None]
     if method == "full":
-        return Plan([Tensor(n, k, _owner(n), True, "base", _is_bias(n), True) for n, k in unique])
+        return Plan([ParamTensor(n, k, _owner(n), True, "base", _is_bias(n), True) for n, k in unique])
     if method == "head-only":
         heads = tuple(f"{h}." for h in structure.heads)
-        return Plan([Tensor(n, k, _owner(n), n.startswith(heads), "base", _is_bias(n), n.startswith(heads))
+        return Plan([ParamTensor(n, k, _owner(n), n.startswith(heads), "base", _is_bias(n), n.startswith(heads))
                      for n, k in unique])
     return _plan_lora(structure, lora)
 
@@ -350,9 +350,9 @@ def _plan_lora(structure: ModelStructure, lora) -> Plan:
         if alias is None:  # the original tensor: frozen unless a bias rule trains it
             trains = bias and bias_trains(owner) and root is None
             saved = bias and (lora.bias == "all" or (lora.bias == "lora_only" and owner in result.lora_modules))
-            result.tensors.append(Tensor(name, numel, owner, trains, "base", bias, saved))
+            result.tensors.append(ParamTensor(name, numel, owner, trains, "base", bias, saved))
         if root is not None:  # modules_to_save trains a copy (a tied tensor gets its own, untied copy)
-            result.tensors.append(Tensor(name, numel, root, True, "copy", bias, True))
+            result.tensors.append(ParamTensor(name, numel, root, True, "copy", bias, True))
             if bias and lora.bias == "all":  # the file has it twice: under the wrapper's name and its own
                 result.saved_twice += numel
         if owner in result.lora_modules and not bias:
@@ -360,13 +360,13 @@ def _plan_lora(structure: ModelStructure, lora) -> Plan:
     return result
 
 
-def _lora_tensors(linear: dict, lora) -> list[Tensor]:
+def _lora_tensors(linear: dict, lora) -> list[ParamTensor]:
     """B·A with A: r x d_in and B: d_out x r; DoRA adds a magnitude per output."""
     name, r = linear["name"], lora.r
-    out = [Tensor(f"{name}.lora_A", r * linear["in"], name, True, "lora", saved=True),
-           Tensor(f"{name}.lora_B", linear["out"] * r, name, True, "lora", saved=True)]
+    out = [ParamTensor(f"{name}.lora_A", r * linear["in"], name, True, "lora", saved=True),
+           ParamTensor(f"{name}.lora_B", linear["out"] * r, name, True, "lora", saved=True)]
     if lora.use_dora:
-        out.append(Tensor(f"{name}.lora_magnitude_vector", linear["out"], name, True, "lora", saved=True))
+        out.append(ParamTensor(f"{name}.lora_magnitude_vector", linear["out"], name, True, "lora", saved=True))
     return out
 
 

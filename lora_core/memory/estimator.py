@@ -18,7 +18,7 @@ from .architecture import Architecture, model_ref
 from .parameters import plan_params
 from .presets import GPUS
 from .settings import DTYPE_BYTES, DTYPE_NAMES, GB, Settings, resolve
-from .timeline import peak_at, simulate
+from .timeline import Timeline, peak_at, simulate
 
 MIB = 1024 ** 2
 
@@ -148,7 +148,7 @@ def estimate(model: Any = "llama-2-7b", method: str = "qlora", batch_size: int =
     return est
 
 
-def _activations(tl, arch: Architecture, s: Settings, b: int) -> dict:
+def _activations(tl: Timeline, arch: Architecture, s: Settings, b: int) -> dict:
     def at(pc: tuple) -> int:
         return int(pc[0] * b + pc[1])
 

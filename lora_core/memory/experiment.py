@@ -12,13 +12,7 @@ import statistics
 from ..config import ExperimentConfig, get_dotted
 from .architecture import ModelRef
 from .estimator import estimate
-from .settings import detected_device
-
-# The config fields that shape memory, passed to estimate() under their own names.
-CONFIG_FIELDS = ("train.precision", "train.optimizer", "train.gradient_checkpointing",
-                 "train.gradient_accumulation_steps", "lora.r", "lora.target_modules", "lora.dropout", "lora.bias",
-                 "lora.use_dora", "lora.modules_to_save", "quant.quant_type", "quant.double_quant",
-                 "quant.compute_dtype", "model.trust_remote_code")
+from .settings import CONFIG_FIELDS, detected_device
 
 
 def experiment_settings(cfg: ExperimentConfig, num_labels: int = 2, device: str | None = None,

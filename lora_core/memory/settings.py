@@ -28,7 +28,8 @@ DTYPE_BYTES = {"f32": 4, "bf16": 2, "f16": 2, "i64": 8, "bool": 1, "u8": 1}
 DTYPE_CODES = {"fp32": "f32", "float32": "f32", "bf16": "bf16", "bfloat16": "bf16", "fp16": "f16", "float16": "f16"}
 DTYPE_NAMES = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
 
-_CONFIG_KNOBS = ("train.precision", "train.optimizer", "train.gradient_checkpointing",
+# The config fields that shape memory: estimate() takes them under their own names.
+CONFIG_FIELDS = ("train.precision", "train.optimizer", "train.gradient_checkpointing",
                  "train.gradient_accumulation_steps", "lora.r", "lora.target_modules", "lora.dropout", "lora.bias",
                  "lora.use_dora", "lora.modules_to_save", "quant.quant_type", "quant.double_quant",
                  "quant.compute_dtype", "model.trust_remote_code")
@@ -37,7 +38,7 @@ _DEFAULT_CONFIG = ExperimentConfig()
 # Every knob estimate() takes besides model/method/batch_size/seq_len, with its default. Config fields default
 # to the config's defaults, except the two whose default depends on the model and method.
 KNOBS: dict[str, Any] = {
-    **{name: get_dotted(_DEFAULT_CONFIG, name) for name in _CONFIG_KNOBS},
+    **{name: get_dotted(_DEFAULT_CONFIG, name) for name in CONFIG_FIELDS},
     "task": None,                  # None: causal-lm for decoders, seq-cls for encoders
     "train.precision": None,       # see PRECISIONS; None: fp32 for "full", the method's own for full-bf16/fp16,
                                    # "auto" otherwise (bf16 mixed on CUDA, fp32 on CPU)
