@@ -14,8 +14,9 @@ from typing import Callable
 
 import yaml
 
-from .config import ConfigError, ExperimentConfig
+from .config import ConfigError, ExperimentConfig, field_choices
 from .errors import LoraLabError
+from .memory import settings as memory_settings
 from .runs import Runs, RunStatus
 
 MODEL_COMMANDS = "lora_core.cli_models"
@@ -168,29 +169,34 @@ def build_parser() -> argparse.ArgumentParser:
              "Estimate training memory, term by term, and which GPUs it fits.")
     sp.add_argument("--model", required=True, help="a preset (e.g. llama-2-7b, gpt2, minilm), a config.json or "
                                                    "model dir, a hub id, or a parameter count like 7e9")
-    sp.add_argument("--method", default="lora", choices=["full", "full-bf16", "full-fp16", "lora", "qlora",
-                                                         "head-only"],
+    sp.add_argument("--method", default="lora", choices=memory_settings.METHODS,
                     help="full = fp32; full-bf16/full-fp16 = mixed precision with fp32 master weights")
     sp.add_argument("--batch-size", type=int, default=1)
-    sp.add_argument("--seq-len", type=int, default=512)
-    sp.add_argument("--task", choices=["causal-lm", "seq-cls"], help="default: causal-lm for decoders")
+    sp.add_argument("--seq-len", type=int, default=512, help="tokens per row of the (padded) batch")
+    sp.add_argument("--task", choices=field_choices("task"), help="default: causal-lm for decoders")
     sp.add_argument("--num-labels", type=int, help="classes of a seq-cls head (default 2)")
-    sp.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16", "bf16-mixed", "fp16-mixed",
-                                            "bf16-true", "fp16-true"],
-                    help="compute precision (default: fp32 for full, auto = bf16-mixed on CUDA otherwise)")
+    # config fields under the config's own names (as in a config file or `sweep --vary`)
+    sp.add_argument("--train.precision", choices=memory_settings.PRECISIONS,
+                    help="bf16/fp16: mixed precision as in a config; *-true: pure 16-bit (default: fp32 for full, "
+                         "auto = bf16 on CUDA otherwise)")
+    sp.add_argument("--train.optimizer", choices=field_choices("train.optimizer"))
+    sp.add_argument("--train.gradient_checkpointing", action="store_true", default=None)
+    sp.add_argument("--train.gradient_accumulation_steps", type=int,
+                    help="gradients live through every forward but the first")
+    sp.add_argument("--lora.r", type=int, help="LoRA rank (default 8)")
+    sp.add_argument("--lora.target_modules", help="comma-separated layer names, all-linear, or preset:qv / "
+                                                  "preset:attention")
+    sp.add_argument("--lora.dropout", type=float, help="LoRA dropout (default 0.1)")
+    sp.add_argument("--lora.bias", choices=field_choices("lora.bias"))
+    sp.add_argument("--lora.use_dora", action="store_true", default=None)
+    sp.add_argument("--quant.quant_type", choices=field_choices("quant.quant_type"))
+    sp.add_argument("--quant.double_quant", action=argparse.BooleanOptionalAction, default=None)
+    # the estimator's own knobs
     sp.add_argument("--weights-dtype", choices=["fp32", "bf16", "fp16"], help="dtype the weights are loaded in")
-    sp.add_argument("--rank", type=int, help="LoRA rank (default 8)")
-    sp.add_argument("--targets", help="comma-separated layer names, all-linear, or preset:qv / preset:attention")
-    sp.add_argument("--lora-dropout", type=float, help="LoRA dropout (default 0.1)")
-    sp.add_argument("--optimizer", choices=["adamw", "adamw_8bit", "sgd"])
-    sp.add_argument("--adamw-impl", choices=["fused", "foreach", "for-loop"],
-                    help="AdamW implementation: its step temporaries (default fused)")
-    sp.add_argument("--quant-type", choices=["nf4", "fp4"])
-    sp.add_argument("--no-double-quant", dest="double_quant", action="store_false", default=None)
-    sp.add_argument("--gradient-checkpointing", action="store_true", default=None)
-    sp.add_argument("--attention", choices=["sdpa", "eager", "flash"])
-    sp.add_argument("--grad-accum", type=int, help="gradient accumulation steps (gradients live through forward)")
-    sp.add_argument("--device", choices=["cuda", "cpu"], help="cpu: no CUDA context, no allocator slack")
+    sp.add_argument("--adamw-impl", choices=memory_settings.ADAMW_IMPLS,
+                    help="AdamW implementation, for its step temporaries (default: what the engine runs, fused)")
+    sp.add_argument("--attention", choices=memory_settings.ATTENTIONS)
+    sp.add_argument("--device", choices=memory_settings.DEVICES, help="cpu: no CUDA context, no allocator slack")
     sp.add_argument("--json", action="store_true")
 
     sp = with_runs_dir(cmd("status", cmd_status, "Status, pid, progress and last metrics of a run."))

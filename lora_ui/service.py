@@ -24,7 +24,7 @@ from typing import Any
 
 import streamlit as st
 
-from lora_core import data, estimator, inference, merge, models, qlora
+from lora_core import data, inference, memory, merge, models, qlora
 from lora_core.config import BUNDLED_MODELS, ExperimentConfig
 from lora_core.errors import LoraLabError, RunError
 from lora_core.paths import dir_bytes
@@ -175,8 +175,7 @@ def count_params(cfg: ExperimentConfig, num_labels: int = 2) -> dict:
 
 @st.cache_data(show_spinner=False, max_entries=128)
 def _estimate_for_experiment(cfg_key: str, num_labels: int) -> dict:
-    return dict(estimator.estimate_for_experiment(ExperimentConfig.from_dict(json.loads(cfg_key)),
-                                                  num_labels=num_labels))
+    return memory.estimate_for_experiment(ExperimentConfig.from_dict(json.loads(cfg_key)), num_labels=num_labels)
 
 
 def estimate_for_experiment(cfg: ExperimentConfig, num_labels: int = 2) -> dict:
@@ -186,8 +185,8 @@ def estimate_for_experiment(cfg: ExperimentConfig, num_labels: int = 2) -> dict:
 
 @st.cache_data(show_spinner="Estimating memory…", max_entries=256)
 def _estimate(model: str, method: str, batch_size: int, seq_len: int, knobs_key: str) -> dict:
-    return estimator.estimate(model=model, method=method, batch_size=batch_size, seq_len=seq_len,
-                              **json.loads(knobs_key)).to_dict()
+    return memory.estimate(model=model, method=method, batch_size=batch_size, seq_len=seq_len,
+                           **json.loads(knobs_key)).to_dict()
 
 
 def estimate(model: str, method: str, batch_size: int, seq_len: int, knobs: dict) -> dict:
@@ -197,13 +196,13 @@ def estimate(model: str, method: str, batch_size: int, seq_len: int, knobs: dict
 
 @st.cache_data(show_spinner=False)
 def model_presets() -> list[str]:
-    return list(estimator.MODEL_PRESETS)
+    return list(memory.MODEL_PRESETS)
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
 def lora_param_table(d_in: int, d_out: int, ranks: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)) -> list[dict]:
     """LoRA on one d_in × d_out layer, per rank: {rank, lora_params, full_params, percent_of_full, reduction}."""
-    return estimator.lora_param_table(int(d_in), int(d_out), ranks=tuple(ranks))
+    return memory.lora_param_table(int(d_in), int(d_out), ranks=tuple(ranks))
 
 
 def lora_params(d_in: int, d_out: int, r: int) -> int:

@@ -32,20 +32,21 @@ def settings(presets: list[str]) -> tuple[str, str, int, int, dict]:
                                help="AdamW keeps two fp32 states per trainable param; 8-bit AdamW two bytes; "
                                     "SGD none")
     c = st.columns(4)
-    knobs = {"optimizer": optimizer,
-             "gradient_checkpointing": c[0].toggle("Gradient checkpointing", key=S.key("ckpt")),
+    knobs = {"train.optimizer": optimizer,
+             "train.gradient_checkpointing": c[0].toggle("Gradient checkpointing", key=S.key("ckpt")),
              "attention": c[1].selectbox("Attention", ["sdpa", "eager"], key=S.key("attn"),
                                          help="eager materializes the b·h·s² attention scores; SDPA/flash does not"),
              "device": c[2].selectbox("Device", ["cuda", "cpu"], key=S.key("device"))}
     if method in ("lora", "qlora"):
-        knobs["rank"] = int(c[3].number_input("LoRA rank", min_value=1, max_value=1024, value=8, step=1,
-                                              key=S.key("rank")))
+        knobs["lora.r"] = int(c[3].number_input("LoRA rank", min_value=1, max_value=1024, value=8, step=1,
+                                                key=S.key("rank")))
         c = st.columns(4)
-        knobs["targets"] = c[0].selectbox("Targets", ["qv", "attention", "all-linear"], key=S.key("targets"),
-                                          help="Which layers get adapters (architecture presets)")
+        targets = c[0].selectbox("Targets", ["qv", "attention", "all-linear"], key=S.key("targets"),
+                                 help="Which layers get adapters (architecture presets)")
+        knobs["lora.target_modules"] = "all-linear" if targets == "all-linear" else f"preset:{targets}"
         if method == "qlora":
-            knobs["quant_type"] = c[1].selectbox("4-bit type", ["nf4", "fp4"], key=S.key("qtype"))
-            knobs["double_quant"] = c[2].toggle("Double quantization", value=True, key=S.key("dq"))
+            knobs["quant.quant_type"] = c[1].selectbox("4-bit type", ["nf4", "fp4"], key=S.key("qtype"))
+            knobs["quant.double_quant"] = c[2].toggle("Double quantization", value=True, key=S.key("dq"))
     return model, method, int(batch), int(seq), knobs
 
 
@@ -105,8 +106,14 @@ def measured_section() -> None:
     st.plotly_chart(charts.estimate_vs_measured_figure(rows[:30]), key=S.key("vs_measured"), width="stretch")
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config={
         "estimate_gb": st.column_config.NumberColumn("estimate (GB)", format="%.3f"),
+        "tensor_gb": st.column_config.NumberColumn("tensor peak (GB)", format="%.3f"),
+        "error vs tensors %": st.column_config.NumberColumn(format="%+.1f%%"),
         "measured_gb": st.column_config.NumberColumn("measured (GB)", format="%.3f"),
         "error %": st.column_config.NumberColumn(format="%+.1f%%")})
+    st.caption("Tensor peak: live tensor bytes at the run's largest steps (weights, gradients, optimizer states, "
+               "activations), the figure the estimate models. Measured: on CPU the growth of the process's peak "
+               "RSS, which adds the allocator's cached pages, Python objects, tokenizer, datasets and library "
+               "code; on a GPU torch.cuda.max_memory_allocated.")
 
 
 def main() -> None:

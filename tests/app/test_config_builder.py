@@ -28,9 +28,9 @@ def test_defaults_render_with_live_counts(runs_dir):
     expected = count_params(ExperimentConfig.from_dict({"lora": {"target_modules": "preset:qv"}}))
     assert metric(at, "Trainable params") == fmt_count(expected["trainable"])
     assert metric(at, "% of the model") == f"{expected['percent']:.3f}%"
-    from lora_core.estimator import estimate_for_experiment
+    from lora_core.memory import estimate_for_experiment
 
-    est = estimate_for_experiment(ExperimentConfig.from_dict(at.session_state["cfg_current"]))
+    est = estimate_for_experiment(ExperimentConfig.from_dict(at.session_state["cfg_current"]), num_labels=2)
     assert metric(at, "Est. training memory") == fmt_bytes(est["peak_bytes"])
     # the adaptable layers and the data preview are on the page
     frames = [d.value for d in at.dataframe]

@@ -1,15 +1,15 @@
-"""Estimator page: the terms, the fits table and the rank table come from lora_core.estimator; finished runs
+"""Estimator page: the terms, the fits table and the rank table come from lora_core.memory; finished runs
 show their recorded estimate beside the measured peak."""
 import pytest
 
 from apptest_helpers import errors, no_exception, open_page
 from lora_core.runs import Runs, RunStatus
-from lora_core.estimator import estimate, lora_param_table
+from lora_core.memory import estimate, lora_param_table
 from lora_ui.format import fmt_bytes
 
 pytestmark = pytest.mark.timeout(300)
 
-PAGE_KNOBS = {"optimizer": "adamw", "gradient_checkpointing": False, "attention": "sdpa", "device": "cuda"}
+PAGE_KNOBS = {"train.optimizer": "adamw", "train.gradient_checkpointing": False, "attention": "sdpa", "device": "cuda"}
 
 
 def metric(at, label):
@@ -24,7 +24,8 @@ def test_default_qlora_7b(runs_dir):
     at = open_page("estimator")
     no_exception(at)
     assert not errors(at)
-    expected = estimate("llama-2-7b", "qlora", 1, 512, rank=8, targets="qv", quant_type="nf4", double_quant=True,
+    expected = estimate("llama-2-7b", "qlora", 1, 512, **{"lora.r": 8, "lora.target_modules": "preset:qv",
+                                                          "quant.quant_type": "nf4", "quant.double_quant": True},
                         **PAGE_KNOBS)
     assert metric(at, "Estimated peak") == fmt_bytes(expected.peak_bytes)
     assert metric(at, "Tutorial rule (weights × 6)") == fmt_bytes(expected.naive_bytes)
@@ -44,7 +45,7 @@ def test_knobs_change_the_estimate(runs_dir):
     at.number_input(key="est_batch").set_value(4).run()
     at.toggle(key="est_ckpt").set_value(True).run()
     no_exception(at)
-    expected = estimate("gpt2", "full", 4, 512, **dict(PAGE_KNOBS, gradient_checkpointing=True))
+    expected = estimate("gpt2", "full", 4, 512, **{**PAGE_KNOBS, "train.gradient_checkpointing": True})
     assert metric(at, "Estimated peak") == fmt_bytes(expected.peak_bytes)
     assert not any(n.key == "est_rank" for n in at.number_input)  # no LoRA knobs for full fine-tuning
 

@@ -56,6 +56,45 @@ def test_meta_counts_equal_peft_after_loading(base, source, method, lora):
     assert sum(predicted["by_module"].values()) == predicted["trainable"]
 
 
+# Counted from the structure file alone (no model is built): every method and the LoRA settings that change what
+# trains or what is saved, checked against PEFT after a real load.
+CACHED_CASES = [
+    (SEQ, "minilm", "lora", {"use_rslora": True, "r": 16}),
+    (SEQ, "minilm", "lora", {"use_dora": True, "target_modules": "all-linear"}),
+    (SEQ, "minilm", "lora", {"bias": "all", "modules_to_save": ["pooler"]}),
+    (SEQ, "minilm", "lora", {"bias": "lora_only", "target_modules": ["query", "attention.output.dense"]}),
+    (SEQ, "minilm", "qlora", {"use_dora": True, "bias": "all"}),
+    (SEQ, "minilm", "head-only", {}),
+    (SEQ, "minilm", "full", {}),
+    (SEQ, "tiny-random-llama", "lora", {"target_modules": "all-linear", "bias": "all"}),
+    (LM, "tiny-random-gpt2", "lora", {"modules_to_save": ["lm_head"], "use_dora": True}),
+    (LM, "tiny-random-llama", "qlora", {"target_modules": "all-linear", "use_rslora": True, "bias": "lora_only"}),
+    (LM, "tiny-random-llama", "full", {}),
+]
+
+
+@pytest.fixture
+def structures_only(monkeypatch):
+    """Structures come from the cache files: building a model to describe it fails the test."""
+    monkeypatch.setattr(models, "_SEEN", {})
+    monkeypatch.setattr(models, "_meta_task_model", lambda *a: pytest.fail("described again, not read from disk"))
+
+
+@pytest.mark.parametrize("base,source,method,lora", CACHED_CASES,
+                         ids=[f"{b['task']}-{s}-{m}-{'-'.join(map(str, l.values())) or 'default'}"
+                              for b, s, m, l in CACHED_CASES])
+def test_cached_counts_equal_peft_after_loading(base, source, method, lora, request):
+    cfg = make_cfg(base, source, method, **lora)
+    models.count_params(cfg, num_labels=3)  # make sure the structure is on disk
+    request.getfixturevalue("structures_only")
+    predicted = models.count_params(cfg, num_labels=3)
+    model, _ = models.load_for_training(cfg, num_labels=3)
+    reported = model.get_nb_trainable_parameters() if cfg.uses_lora else models.nb_params(model)
+    assert (predicted["trainable"], predicted["total"]) == tuple(reported)
+    assert predicted["adapter_bytes"] == models.saved_bytes(cfg, model)
+    assert predicted["by_module"] == models.by_module(model)
+
+
 def test_adapter_bytes_match_the_saved_file(tmp_path):
     cfg = make_cfg(SEQ, "minilm", "lora", use_dora=True)
     predicted = models.count_params(cfg)["adapter_bytes"]

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from lora_core.config import ExperimentConfig
-from lora_core.estimator import (GPUS, MODEL_PRESETS, Estimate, EstimateError, estimate, estimate_for_experiment,
-                                 experiment_knobs, lora_param_table, measure_step_peak)
+from lora_core.memory import (GPUS, MODEL_PRESETS, Estimate, EstimateError, estimate, estimate_for_experiment,
+                              engine_optimizer, experiment_settings, lora_param_table, measure_step_peak)
 
 GB = 1e9
 
@@ -64,7 +64,8 @@ def _peft_counts(preset, task, targets, r, bias="none"):
 ])
 def test_lora_trainable_count_equals_peft(preset, task, targets, r, bias):
     trainable, total = _peft_counts(preset, task, targets, r, bias)
-    est = estimate(preset, "lora", 1, 8, task=task, rank=r, targets=targets, lora_bias=bias, device="cpu")
+    est = estimate(preset, "lora", 1, 8, task=task, device="cpu",
+                   **{"lora.r": r, "lora.target_modules": targets, "lora.bias": bias})
     assert (est.params["trainable"], est.params["total"]) == (trainable, total)
 
 
@@ -105,7 +106,8 @@ def test_engine_model_presets_mirror_the_engines_models():
 
 def _nf4_weights(preset, double_quant):
     """Quantized weights as QLoRA's paper and litgpt count them: the 16-bit non-quantized layers included."""
-    est = estimate(preset, "qlora", 1, 8, double_quant=double_quant, kbit_prepare=False, weights_dtype="bf16")
+    est = estimate(preset, "qlora", 1, 8, kbit_prepare=False, weights_dtype="bf16",
+                   **{"quant.double_quant": double_quant})
     return est.terms["weights"] - est.params["lora"] * 4 + est.terms["quantization_constants"]
 
 
@@ -142,7 +144,7 @@ def test_quantization_constants_match_bitsandbytes():
         if dq:
             constants += state.offset.numel() * 4 + state.state2.absmax.numel() * 4
             constants += state.state2.code.numel() * 4  # the 8-bit map: each loaded layer holds a copy
-        est = estimate(config, "qlora", 1, 8, double_quant=dq, device="cpu", kbit_prepare=False)
+        est = estimate(config, "qlora", 1, 8, device="cpu", kbit_prepare=False, **{"quant.double_quant": dq})
         assert est.params["quantized"] == 7 * 384 * 384
         assert est.terms["quantization_constants"] == 7 * constants
         non_quantized = est.params["base"] - est.params["quantized"]
@@ -156,7 +158,7 @@ def test_quantization_constants_match_bitsandbytes():
     ("litgpt 13B LoRA", "llama-2-13b", "lora", 1, 1304, {}, 38.12, 0.05),
     # the bitsandbytes of those runs kept each 4-bit matmul's input for backward (today's does not)
     ("litgpt 7B NF4", "llama-2-7b", "qlora", 1, 1304,
-     {"kbit_prepare": False, "bnb_saves_input": True, "double_quant": False}, 14.14, 0.10),
+     {"kbit_prepare": False, "bnb_saves_input": True, "quant.double_quant": False}, 14.14, 0.10),
     ("litgpt 13B NF4-dq", "llama-2-13b", "qlora", 1, 1304, {"kbit_prepare": False, "bnb_saves_input": True},
      22.55, 0.10),
 ])
@@ -164,7 +166,8 @@ def test_published_gpu_peaks_within_an_honest_tolerance(name, preset, method, ba
     """litgpt's resource tables (A100, bf16-true, LoRA r=8 on q+v, torch.cuda.max_memory_allocated). Another
     code base and undocumented details: a wider tolerance than our CPU measurements get. (torchtune's QLoRA
     figure is not matched: see bench/estimator_accuracy.py.)"""
-    est = estimate(preset, method, batch, seq, device="cuda", precision="bf16-true", lora_dropout=0.05, **knobs)
+    est = estimate(preset, method, batch, seq, device="cuda", **{"train.precision": "bf16-true", "lora.dropout": 0.05},
+                   **knobs)
     assert est.allocated_bytes / GB == pytest.approx(published, rel=tol), name
 
 
@@ -184,7 +187,7 @@ def _real_step(source, task, method, batch, seq, **train):
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    optimizer = engine_optimizer(model, cfg)  # what a run's Trainer builds: fused AdamW
     ids = torch.randint(1000, 20000, (batch, seq), generator=torch.Generator().manual_seed(0))
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
               "labels": ids.clone() if task == "causal-lm" else torch.zeros(batch, dtype=torch.long)}
@@ -228,7 +231,7 @@ def test_methods_order_and_terms():
 
 
 def test_peak_is_resident_plus_the_larger_phase_plus_cuda_extras():
-    est = estimate("mistral-7b", "lora", 2, 1024, rank=16)
+    est = estimate("mistral-7b", "lora", 2, 1024, **{"lora.r": 16})
     t = est.terms
     resident = t["weights"] + t["quantization_constants"] + t["optimizer_states"]
     phase = max(est.phases["forward_backward"], est.phases["optimizer_step"])
@@ -243,7 +246,7 @@ def test_activations_scale_with_batch_and_length_and_shrink_with_checkpointing()
     assert estimate("llama-2-7b", "lora", 4, 1024).terms["activations"] == pytest.approx(
         4 * base.terms["activations"], rel=0.01)
     assert estimate("llama-2-7b", "lora", 1, 2048).terms["activations"] > 1.9 * base.terms["activations"]
-    ckpt = estimate("llama-2-7b", "lora", 1, 1024, gradient_checkpointing=True)
+    ckpt = estimate("llama-2-7b", "lora", 1, 1024, **{"train.gradient_checkpointing": True})
     assert ckpt.terms["activations"] < 0.2 * base.terms["activations"]
     assert ckpt.peak_bytes < base.peak_bytes
 
@@ -264,14 +267,15 @@ def test_cpu_has_no_cuda_context_and_no_gpu_table():
 
 def test_optimizers():
     adamw = estimate("gpt2", "full", 1, 64, device="cpu")
-    eight = estimate("gpt2", "full", 1, 64, device="cpu", optimizer="adamw_8bit")
-    sgd = estimate("gpt2", "full", 1, 64, device="cpu", optimizer="sgd")
+    eight = estimate("gpt2", "full", 1, 64, device="cpu", **{"train.optimizer": "adamw_8bit"})
+    sgd = estimate("gpt2", "full", 1, 64, device="cpu", **{"train.optimizer": "sgd"})
     n = adamw.params["trainable"]
     assert adamw.terms["optimizer_states"] == pytest.approx(8 * n, rel=0.001)
     assert eight.terms["optimizer_states"] == pytest.approx(2 * n, rel=0.02)
     assert sgd.terms["optimizer_states"] == 0
-    foreach = estimate("gpt2", "full", 1, 64, optimizer="adamw", adamw_impl="foreach")
+    foreach = estimate("gpt2", "full", 1, 64, adamw_impl="foreach", **{"train.optimizer": "adamw"})
     assert foreach.terms["optimizer_step_temporaries"] == adamw.terms["gradients"]
+    assert adamw.settings["adamw_impl"] == "fused" and adamw.terms["optimizer_step_temporaries"] == 0
 
 
 def test_fits_table_gives_the_largest_batch_that_fits():
@@ -335,13 +339,13 @@ def test_estimate_for_experiment_uses_the_engines_settings():
                                                                     "max_length": 64},
                                       "train": {"batch_size": 4, "gradient_checkpointing": True},
                                       "lora": {"r": 4, "target_modules": "all-linear"}})
-    knobs = experiment_knobs(cfg, device="cuda")
-    assert knobs["weights_dtype"] == "fp32" and knobs["precision"] == "auto" and knobs["adamw_impl"] == "foreach"
+    knobs = experiment_settings(cfg, device="cuda")
+    assert knobs["weights_dtype"] == "fp32" and knobs["train.precision"] == "auto" and knobs["lora.r"] == 4
     out = estimate_for_experiment(cfg, device="cpu")
     assert out["batch_size"] == 4 and out["seq_len"] == 64
-    assert out["settings"]["gradient_checkpointing"] and out["settings"]["rank"] == 4
-    assert out["settings"]["precision"] == "fp32"
-    assert any("max_length" in n for n in out["notes"])
+    assert out["settings"]["train.gradient_checkpointing"] and out["settings"]["lora.r"] == 4
+    assert out["settings"]["train.precision"] == "fp32" and out["settings"]["adamw_impl"] == "fused"
+    assert out["batch"]["source"] == "data.max_length" and any("max_length" in n for n in out["notes"])
 
 
 # -- bad input ------------------------------------------------------------------------------------------------------
@@ -349,10 +353,12 @@ def test_estimate_for_experiment_uses_the_engines_settings():
 @pytest.mark.parametrize("kwargs, words", [
     ({"method": "qlora8"}, ["method", "allowed", "qlora"]),
     ({"batch_size": 0}, ["batch_size", ">= 1"]),
-    ({"precision": "int3"}, ["precision", "bf16-mixed"]),
-    ({"optimizer": "lion"}, ["optimizer", "adamw_8bit"]),
-    ({"colour": "red"}, ["colour", "unknown", "rank"]),
-    ({"targets": ["q_proj", "nope"]}, ["targets", "'nope'", "q_proj", "preset:"]),
+    ({"train.precision": "int3"}, ["train.precision", "bf16-true"]),
+    ({"train.optimizer": "lion"}, ["train.optimizer", "adamw_8bit"]),
+    ({"colour": "red"}, ["colour", "unknown", "lora.r"]),
+    ({"rank": 8}, ["rank", "unknown", "lora.r"]),  # the config's names, no aliases
+    ({"lora.target_modules": ["q_proj", "nope"]}, ["lora.target_modules", "'nope'", "q_proj"]),
+    ({"lora.r": 0}, ["lora.r", ">= 1"]),
     ({"model": "./no/such/dir"}, ["model", "does not exist"]),
     ({"model": "some-org/not-cached-anywhere"}, ["model", "preset", "offline"]),
     ({"method": "head-only"}, ["head-only", "seq-cls"]),
@@ -380,9 +386,9 @@ def test_cli_estimate_json(capsys):
 def test_cli_estimate_table_and_errors(capsys):
     from lora_core.cli import main
 
-    assert main(["estimate", "--model", "gpt2", "--method", "full-bf16", "--rank", "4", "--gradient-checkpointing",
-                 "--device", "cpu"]) == 0
+    assert main(["estimate", "--model", "gpt2", "--method", "full-bf16", "--lora.r", "4",
+                 "--train.gradient_checkpointing", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
-    assert "gpt2 · full-bf16" in out and "peak" in out
-    assert main(["estimate", "--model", "gpt2", "--targets", "q_proj"]) == 2
-    assert "targets" in capsys.readouterr().err
+    assert "gpt2 · full-bf16" in out and "peak" in out and "(checkpointed)" in out
+    assert main(["estimate", "--model", "gpt2", "--lora.target_modules", "q_proj"]) == 2
+    assert "lora.target_modules" in capsys.readouterr().err

