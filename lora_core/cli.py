@@ -1,8 +1,9 @@
 """`python -m lora_core …`: the engine from a terminal. Each handler is a thin call into the public API.
 
 Run commands (train, sweep, status, list, logs, stop, resume, delete) go through one `Runs` manager built from
-`--runs-dir`. Model commands (params, targets, merge, estimate) live in cli_models.py, which is imported only when
-one of them runs: it needs pandas and the model code, and `list` / `status` must start without them.
+`--runs-dir`. Model commands (params, targets, merge, estimate) live in cli_models.py and the analysis commands
+(inspect, compare) in cli_insight.py; each is imported only when one of its commands runs: they need pandas,
+numpy or the model code, and `list` / `status` must start without them.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from .memory import settings as memory_settings
 from .runs import Runs, RunStatus
 
 MODEL_COMMANDS = "lora_core.cli_models"
+INSIGHT_COMMANDS = "lora_core.cli_insight"
 
 
 def emit(obj, as_json: bool, text: str | None = None) -> None:
@@ -29,10 +31,10 @@ def emit(obj, as_json: bool, text: str | None = None) -> None:
         print(text if text is not None else json.dumps(obj, indent=2, default=str))
 
 
-def model_command(name: str) -> Callable:
-    """The handler `name` of cli_models, loaded when its command runs (see the module docstring)."""
+def model_command(name: str, module: str = MODEL_COMMANDS) -> Callable:
+    """The handler `name` of cli_models (or `module`), loaded when its command runs (see the module docstring)."""
     def run(args) -> int:
-        return getattr(importlib.import_module(MODEL_COMMANDS), name)(args)
+        return getattr(importlib.import_module(module), name)(args)
     return run
 
 
@@ -106,7 +108,7 @@ def cmd_sweep(args) -> int:
         if not sep or not values:
             raise ConfigError(key, "--vary takes KEY=V1,V2,… (e.g. lora.r=4,8,16)")
         vary.setdefault(key.strip(), []).extend(yaml.safe_load(v) for v in values.split(","))
-    sweep_id, run_ids = args.runs.sweep(cfg, vary)
+    sweep_id, run_ids = args.runs.sweep(cfg, vary, seeds=args.seeds)
     emit({"sweep_id": sweep_id, "run_ids": run_ids}, args.json, "\n".join([sweep_id, *run_ids]))
     return 0
 
@@ -217,6 +219,26 @@ def build_parser() -> argparse.ArgumentParser:
     sp = with_runs_dir(cmd("sweep", cmd_sweep, "Launch one run per combination of varied fields."))
     sp.add_argument("config")
     sp.add_argument("--vary", action="append", default=[], help="KEY=V1,V2 (repeatable), e.g. lora.r=4,8,16")
+    sp.add_argument("--seeds", type=int, default=1, help="run each setting N times, with train.seed = the "
+                                                          "config's seed, +1, ... (same data and eval split)")
+    sp.add_argument("--json", action="store_true")
+
+    sp = with_runs_dir(cmd("inspect", model_command("cmd_inspect", INSIGHT_COMMANDS),
+                           "What a LoRA/QLoRA adapter learned: per module ‖ΔW‖, ‖ΔW‖/‖W‖, singular values, "
+                           "effective rank, and a rank advice."))
+    sp.add_argument("target", help="a run id (or unique prefix), or an adapter folder")
+    sp.add_argument("--against", help="a second run (or adapter folder) of the same base: subspace similarity")
+    sp.add_argument("--base", help="base model of an adapter folder (default: its adapter_config.json's)")
+    sp.add_argument("--basis", choices=["A", "delta"], default="A",
+                    help="similarity between the right singular vectors of A (the paper's) or of ΔW")
+    sp.add_argument("--module", help="also print this module's full spectrum")
+    sp.add_argument("--json", action="store_true")
+
+    sp = with_runs_dir(cmd("compare", model_command("cmd_compare", INSIGHT_COMMANDS),
+                           "Finished runs side by side; runs that differ only in seed as mean ± std."))
+    sp.add_argument("run_ids", nargs="*", help="run ids (or unique prefixes)")
+    sp.add_argument("--sweep", help="every finished run of this sweep")
+    sp.add_argument("--diff", action="store_true", help="print only the config fields that differ")
     sp.add_argument("--json", action="store_true")
 
     sp = with_runs_dir(cmd("logs", cmd_logs, "Print a run's worker log."))

@@ -88,6 +88,8 @@ class DataConfig:
     max_length: int = _f(128, "Maximum tokens per example; longer ones are truncated.", min=8, max=32768)
     max_train_samples: Optional[int] = _f(None, "Use at most this many training rows (seeded shuffle).", min=1)
     max_eval_samples: Optional[int] = _f(None, "Use at most this many evaluation rows.", min=1)
+    seed: Optional[int] = _f(None, "Seed for the held-out eval split and the row samples. Empty: train.seed. A "
+                             "sweep over seeds pins it, so its runs share their data.", min=0)
 
 
 @dataclass
@@ -112,7 +114,13 @@ class TrainConfig:
     eval_steps: Optional[int] = _f(None, "Evaluate every N steps. Empty: at the end of each epoch.", min=1)
     save_steps: Optional[int] = _f(None, "Checkpoint every N steps (for resume). Empty: at each evaluation.", min=1)
     early_stopping_patience: Optional[int] = _f(None, "Stop when the eval metric has not improved for N "
-                                                "evaluations.", min=1)
+                                                "evaluations; the best checkpoint is kept and saved.", min=1)
+    early_stopping_metric: Optional[Literal["accuracy", "macro_f1", "eval_loss"]] = _f(
+        None, "The eval metric early stopping watches and the best checkpoint is chosen by. Empty: accuracy for "
+              "seq-cls, eval_loss for causal-lm.")
+    max_restarts: int = _f(0, "Restart a run whose worker crashed (killed, out of memory, machine restart) from "
+                           "its last complete checkpoint, as a new linked run, at most this many times.",
+                           min=0, max=10)
 
 
 @dataclass(frozen=True)
@@ -237,6 +245,10 @@ class ExperimentConfig:
                                                      + ", ".join(f"preset:{p}" for p in LORA_PRESETS))
         if isinstance(targets, list) and not targets:
             self.lora.target_modules = targets = None
+        if self.task == "causal-lm" and self.train.early_stopping_metric in ("accuracy", "macro_f1"):
+            raise ConfigError("train.early_stopping_metric", f"{self.train.early_stopping_metric} is a "
+                                                             "classification metric; causal-lm runs are evaluated "
+                                                             "by eval_loss")
         if self.train.precision == "fp16" and self.method == "qlora" and self.quant.compute_dtype == "bfloat16":
             raise ConfigError("quant.compute_dtype", "fp16 training needs compute_dtype float16 or float32, "
                                                      "not bfloat16")

@@ -330,7 +330,8 @@ def load_splits(cfg: ExperimentConfig) -> Splits:
     """Read, check, split and sample the data of a config; labels mapped to ids."""
     import datasets
 
-    d, seed = cfg.data, cfg.train.seed
+    d = cfg.data
+    seed = d.seed if d.seed is not None else cfg.train.seed
     train_df, train_src = read_table(d.train, subset=d.subset, split=d.train_split)
     train = _canonical(train_df, train_src, cfg)
     class_names = (train_df.attrs.get("class_names") or {}).get(d.label_column)

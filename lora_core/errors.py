@@ -40,3 +40,7 @@ class RunError(LoraLabError):
 
 class StatusError(RunError):
     """An illegal status change, e.g. from a terminal state."""
+
+
+class TrainingDiverged(RunError):
+    """The loss or the gradient norm became NaN or infinite: the run ends at once, its weights are not saved."""

@@ -22,6 +22,7 @@ from . import data, metrics, models
 from .config import OPTIMIZERS, ConfigError, ExperimentConfig
 from .errors import RunError
 from .events import Event, EventStream, MemoryMeter, event_callback
+from .guards import early_stop_reason, early_stopping_metric, greater_is_better, guarded_trainer_class
 from .memory import StepPeakMeter, estimate_for_experiment
 from .paths import dir_bytes
 from .runs.layout import CHECKPOINT_STATE, Artifacts, checkpoint_state, is_complete_checkpoint
@@ -75,6 +76,8 @@ def run_experiment(cfg: ExperimentConfig, out_dir: Path, *, on_event: Callable[[
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         train_time = time.perf_counter() - started
         final = final_metrics(cfg, trainer, stream)
+        final["end_reason"] = early_stop_reason(cfg, trainer.state, stream.stopping)
+        final["early_stopped"] = final["end_reason"] is not None
 
         # -- save --------------------------------------------------------------------------------------------
         stream.phase("saving")
@@ -123,6 +126,7 @@ def training_arguments(cfg: ExperimentConfig, checkpoint_dir: Path):
     if t.save_steps and not t.early_stopping_patience:
         save_strategy, save_steps = "steps", t.save_steps
     early = t.early_stopping_patience is not None
+    metric = early_stopping_metric(cfg) if early else None
     flags = precision_flags(t.precision)
     flags.pop("_name")
     return TrainingArguments(
@@ -147,7 +151,8 @@ def training_arguments(cfg: ExperimentConfig, checkpoint_dir: Path):
         save_steps=save_steps or 500,
         save_total_limit=2,
         load_best_model_at_end=early,
-        metric_for_best_model=("accuracy" if cfg.task == "seq-cls" else "eval_loss") if early else None,
+        metric_for_best_model=metric,
+        greater_is_better=greater_is_better(metric) if early else None,
         logging_strategy="steps",
         logging_steps=t.logging_steps,
         logging_first_step=True,
@@ -165,12 +170,12 @@ def training_arguments(cfg: ExperimentConfig, checkpoint_dir: Path):
 
 def build_trainer(cfg, model, tokenizer, train_ds, eval_ds, checkpoint_dir: Path, stream: EventStream,
                   should_stop, memory: MemoryMeter):
-    from transformers import EarlyStoppingCallback, Trainer
+    from transformers import EarlyStoppingCallback
 
     callbacks = [event_callback(stream, should_stop, memory)]
     if cfg.train.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
-    return Trainer(
+    return guarded_trainer_class()(  # a Trainer that ends the run on a NaN / inf loss or gradient norm
         model=model,
         args=training_arguments(cfg, checkpoint_dir),
         train_dataset=train_ds,

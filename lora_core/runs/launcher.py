@@ -28,6 +28,7 @@ import socket
 import subprocess
 import sys
 import time
+from typing import Callable
 
 import psutil
 
@@ -224,13 +225,17 @@ def _signal_name(code: int) -> str:
 
 # -- reconcile: the one routine that moves the registry forward ---------------------------------------------------
 
-def reconcile(registry: Registry, backend: LocalProcesses) -> list[str]:
+OnCrash = Callable[[RunRecord, str], None]
+
+
+def reconcile(registry: Registry, backend: LocalProcesses, on_crash: OnCrash | None = None) -> list[str]:
     """Mark dead workers FAILED (or STOPPED when a stop was asked for), then start queued runs into free
     slots. Cheap when nothing changed; safe to call from any number of processes at once. Returns the ids of
-    runs it started."""
+    runs it started. `on_crash(record, reason)` runs once for each run this call found dead and marked FAILED
+    (the manager restarts it there when its config allows), before the queue is drained."""
     reap()
     for record in registry.list(status=RunStatus.RUNNING):
-        check_running(registry, backend, record)
+        check_running(registry, backend, record, on_crash)
     started = []
     if registry.count(RunStatus.QUEUED):
         limit = max_concurrent()
@@ -240,12 +245,14 @@ def reconcile(registry: Registry, backend: LocalProcesses) -> list[str]:
     return started
 
 
-def check_running(registry: Registry, backend: LocalProcesses, record: RunRecord) -> None:
+def check_running(registry: Registry, backend: LocalProcesses, record: RunRecord,
+                  on_crash: OnCrash | None = None) -> None:
     """End a RUNNING run whose worker is dead, or whose stop deadline has passed (killing its group)."""
     reason = backend.dead_reason(record)
     if reason:
         backend.kill(record)
-        _end_dead(registry, record, reason)
+        if _end_dead(registry, record, reason) == RunStatus.FAILED and on_crash is not None:
+            on_crash(record, reason)
     elif record.stop_deadline and time.time() > record.stop_deadline:
         backend.kill(record)
         waited = record.stop_deadline - (record.stop_requested or record.stop_deadline)
@@ -256,14 +263,16 @@ def check_running(registry: Registry, backend: LocalProcesses, record: RunRecord
             pass  # it ended by itself meanwhile
 
 
-def _end_dead(registry: Registry, record: RunRecord, reason: str) -> None:
+def _end_dead(registry: Registry, record: RunRecord, reason: str) -> RunStatus | None:
+    """Record the end of a run whose worker died; returns the status recorded, None if someone was first."""
     status = RunStatus.STOPPED if record.stop_requested else RunStatus.FAILED
     if status == RunStatus.STOPPED:
         reason = "stopped: " + reason
     try:
         registry.set_status(record.id, status, expect=RunStatus.RUNNING, error=reason)
     except StatusError:
-        pass  # the worker (or another reconciler) recorded the end first; its word stands
+        return None  # the worker (or another reconciler) recorded the end first; its word stands
+    return status
 
 
 # -- stop and cancel ---------------------------------------------------------------------------------------------

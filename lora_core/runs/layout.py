@@ -172,6 +172,11 @@ def is_complete_checkpoint(path: Path) -> bool:
     return (Path(path) / CHECKPOINT_STATE).is_file()
 
 
+def checkpoint_step(path: Path) -> int:
+    """N of a `checkpoint-N` folder."""
+    return int(Path(path).name[len(CHECKPOINT_PREFIX):])
+
+
 def checkpoint_state(path: Path) -> Path:
     return Path(path) / CHECKPOINT_STATE
 

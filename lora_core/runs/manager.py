@@ -122,7 +122,8 @@ class Runs:
 
     # -- creating and launching ------------------------------------------------------------------------------
     def create(self, cfg: ExperimentConfig, *, sweep_id: str | None = None, parent_id: str | None = None,
-               resume_from: Path | None = None, initial_metrics: list[dict] | None = None) -> RunRecord:
+               resume_from: Path | None = None, initial_metrics: list[dict] | None = None,
+               restarts: int | None = None) -> RunRecord:
         """Create the run directory and its QUEUED row, without starting anything. The files are complete
         before the row exists, so no reader or launcher ever sees a half-made run. `initial_metrics` seeds the
         stream (a resumed run's inherited events)."""
@@ -140,7 +141,7 @@ class Runs:
             record = RunRecord(
                 id=rd.id, name=cfg.name, status=RunStatus.QUEUED, created=time.time(), task=cfg.task,
                 model=cfg.model.source, method=cfg.method, lora_r=cfg.lora.r if cfg.uses_lora else None,
-                sweep_id=sweep_id, parent_id=parent_id, runs_dir=str(self.root),
+                sweep_id=sweep_id, parent_id=parent_id, restarts=restarts, runs_dir=str(self.root),
                 resume_from=Path(resume_from).resolve().relative_to(self.root).as_posix() if resume_from else None)
             return self.registry.insert(record)
         except BaseException:
@@ -153,15 +154,16 @@ class Runs:
         self.reconcile()
         return record.id
 
-    def plan_sweep(self, cfg: ExperimentConfig | dict, vary: dict[str, list]) -> list[ExperimentConfig]:
+    def plan_sweep(self, cfg: ExperimentConfig | dict, vary: dict[str, list],
+                   seeds: int = 1) -> list[ExperimentConfig]:
         """The validated configs `sweep` would launch, without launching anything."""
-        return [prepare(c) for c in sweep_configs(prepare(cfg), vary)]
+        return [prepare(c) for c in sweep_configs(prepare(cfg), vary, seeds)]
 
-    def sweep(self, cfg: ExperimentConfig | dict, vary: dict[str, list]) -> tuple[str, list[str]]:
-        """Launch one run per sweep config (see sweep.sweep_configs), grouped under one sweep id. Every config is
-        validated before the first run is created."""
+    def sweep(self, cfg: ExperimentConfig | dict, vary: dict[str, list], seeds: int = 1) -> tuple[str, list[str]]:
+        """Launch one run per sweep config (see sweep.sweep_configs; each setting `seeds` times), grouped under
+        one sweep id. Every config is validated before the first run is created."""
         base = prepare(cfg)
-        configs = self.plan_sweep(base, vary)
+        configs = self.plan_sweep(base, vary, seeds)
         sweep_id = "sweep-" + layout.new_run_id(base.name)
         run_ids = [self.create(c, sweep_id=sweep_id).id for c in configs]
         self.reconcile()
@@ -176,23 +178,53 @@ class Runs:
         parent = self.get(run_id)
         if parent.status not in (RunStatus.STOPPED, RunStatus.FAILED):
             raise RunError(f"run {parent.id} is {parent.status}; only STOPPED or FAILED runs can be resumed")
-        found = self.checkpoints(parent.id)
-        if not found:
+        if self._latest_checkpoint(parent) is None:
             raise RunError(f"run {parent.id} has no checkpoint to resume from (checkpoints are saved every "
                            "train.save_steps steps, at each evaluation, and when a run is stopped)")
-        step, checkpoint = found[-1]
-        inherited = [dict(e, inherited_from=parent.id) for e in self.metrics(parent.id)
-                     if e.get("kind") != "phase" and isinstance(e.get("step"), (int, float)) and e["step"] <= step]
-        record = self.create(self.config(parent.id), parent_id=parent.id, sweep_id=parent.sweep_id,
-                             resume_from=checkpoint, initial_metrics=inherited)
+        new_id = self._continue(parent)
         self.reconcile()
-        return record.id
+        return new_id
+
+    def _continue(self, parent: RunRecord, restarts: int | None = None) -> str:
+        """A new QUEUED run linked to `parent`, from its latest complete checkpoint (or from the start when it
+        has none), its metrics beginning with the parent's events up to that step."""
+        step, checkpoint = self._latest_checkpoint(parent) or (0, None)
+        inherited = [dict(e, inherited_from=parent.id) for e in self.metrics(parent.id)
+                     if checkpoint and e.get("kind") != "phase" and isinstance(e.get("step"), (int, float))
+                     and e["step"] <= step]
+        return self.create(self.config(parent.id), parent_id=parent.id, sweep_id=parent.sweep_id,
+                           resume_from=checkpoint, initial_metrics=inherited, restarts=restarts).id
+
+    def _latest_checkpoint(self, record: RunRecord) -> tuple[int, Path] | None:
+        """(step, path) of the run's newest complete checkpoint; a resumed run that saved none of its own yet
+        still has the one it started from."""
+        found = self.checkpoints(record.id)
+        if found:
+            return found[-1]
+        start = record.resume_checkpoint
+        if start is not None and layout.is_complete_checkpoint(start):
+            return layout.checkpoint_step(start), start
+        return None
+
+    def _restart_crashed(self, record: RunRecord, reason: str) -> None:
+        """train.max_restarts: a run whose worker died continues as a linked run, if it has restarts left. Runs
+        inside reconcile, which starts the new run right after."""
+        try:
+            limit = self.config(record.id).train.max_restarts
+        except Exception:  # noqa: BLE001 - an unreadable config means no restart; the crash is recorded already
+            return
+        done = record.restarts or 0
+        if done >= limit:
+            return
+        new_id = self._continue(record, restarts=done + 1)
+        self.registry.update(record.id, error=f"{reason}; restarted automatically as {new_id} (restart "
+                                              f"{done + 1} of {limit})")
 
     # -- the lifecycle -----------------------------------------------------------------------------------------
     def reconcile(self) -> list[str]:
-        """Mark dead workers FAILED, escalate overdue stops, start queued runs into free slots; returns the ids
-        of the runs it started."""
-        return launcher.reconcile(self.registry, self.backend)
+        """Mark dead workers FAILED (restarting them as linked runs when train.max_restarts allows), escalate
+        overdue stops, start queued runs into free slots; returns the ids of the runs it started."""
+        return launcher.reconcile(self.registry, self.backend, on_crash=self._restart_crashed)
 
     def stop(self, run_id: str, timeout: float = 15.0, wait: bool = True) -> RunStatus:
         """Graceful stop (the worker saves the adapter and a checkpoint), then kill after `timeout` s; a queued

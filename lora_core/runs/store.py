@@ -75,6 +75,7 @@ class RunRecord:
     sweep_id: str | None = None
     parent_id: str | None = None
     resume_from: str | None = None    # checkpoint path relative to the runs dir
+    restarts: int | None = None       # automatic restarts after crashes before this run (train.max_restarts)
     pid: int | None = None
     pgid: int | None = None
     pid_created: float | None = None  # the worker's process start time, to tell a reused pid apart
@@ -122,7 +123,7 @@ CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, status TEXT NOT NULL,
     created REAL NOT NULL, started REAL, ended REAL,
     task TEXT, model TEXT, method TEXT, lora_r INTEGER, results TEXT,
-    sweep_id TEXT, parent_id TEXT, resume_from TEXT,
+    sweep_id TEXT, parent_id TEXT, resume_from TEXT, restarts INTEGER,
     pid INTEGER, pgid INTEGER, pid_created REAL, host TEXT, slot INTEGER, queue_pos INTEGER,
     heartbeat REAL, stop_requested REAL, stop_deadline REAL, progress REAL, step INTEGER,
     error TEXT, error_log TEXT
