@@ -19,6 +19,7 @@ PAGES = {
     "Results": [
         st.Page("pages/runs.py", title="Runs", icon=":material/list_alt:"),
         st.Page("pages/compare.py", title="Compare", icon=":material/bar_chart:"),
+        st.Page("pages/inspect.py", title="Inspect", icon=":material/query_stats:"),
         st.Page("pages/merge.py", title="Merge & export", icon=":material/call_merge:"),
         st.Page("pages/playground.py", title="Playground", icon=":material/chat:"),
     ],

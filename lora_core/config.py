@@ -309,10 +309,11 @@ def field_help(dotted: str) -> str:
 
 
 def field_choices(dotted: str) -> tuple | None:
-    """Allowed values of a Literal field, e.g. `field_choices("method")`, else None."""
+    """Allowed values of a Literal field, e.g. `field_choices("method")` (an optional one's without None), else
+    None."""
     owner, name = _owner(dotted)
     hint = _HINTS(owner)[name]
-    args = _literal_args(hint)
+    args = _literal_args(hint) or _optional_literal_args(hint)
     return tuple(args) if args else None
 
 
@@ -337,6 +338,15 @@ def _owner(dotted: str):
 def _literal_args(hint) -> list | None:
     if typing.get_origin(hint) is Literal:
         return list(typing.get_args(hint))
+    return None
+
+
+def _optional_literal_args(hint) -> list | None:
+    """The choices of Optional[Literal[...]] (None left out), for field_choices."""
+    if typing.get_origin(hint) in (Union, types.UnionType):
+        inner = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(inner) == 1:
+            return _literal_args(inner[0])
     return None
 
 

@@ -39,12 +39,12 @@ PLAIN_FIELDS = [
     "quant.quant_type", "quant.double_quant", "quant.compute_dtype",
     "data.subset", "data.train_split", "data.eval_split", "data.eval_fraction", "data.text_column",
     "data.label_column", "data.prompt_column", "data.response_column", "data.mask_prompt", "data.max_length",
-    "data.max_train_samples", "data.max_eval_samples",
+    "data.max_train_samples", "data.max_eval_samples", "data.seed",
     "train.epochs", "train.max_steps", "train.batch_size", "train.eval_batch_size",
     "train.gradient_accumulation_steps", "train.optimizer", "train.weight_decay", "train.scheduler",
     "train.warmup_ratio", "train.max_grad_norm", "train.gradient_checkpointing", "train.precision", "train.seed",
     "train.logging_steps", "train.eval_steps", "train.save_steps", "train.early_stopping_patience",
-    "generate.max_new_tokens",
+    "train.early_stopping_metric", "train.max_restarts", "generate.max_new_tokens",
 ]
 # Optional text fields: an empty box means None.
 OPTIONAL_TEXT = {"model.revision", "data.subset", "data.eval_split"}

@@ -6,9 +6,9 @@ lora_core.errors). Three kinds of call:
 - cached reads of things that only change with their inputs (a model's layers, parameter counts, estimates,
   data previews): `st.cache_data`, keyed by plain arguments; an engine error is raised, never cached;
 - live reads of the run registry (statuses, metrics, results, logs), never cached;
-- run actions (launch, sweep, stop, cancel, move, resume, delete, merge): each first passes `_who_acts`, the one
-  place that knows who is acting (and where role checks go), then returns an `ActionResult` or raises the
-  engine's `LoraLabError`.
+- run actions (launch, sweep, stop, cancel, move, resume, delete, merge, vote): each first passes `_who_acts`,
+  the one place that knows who is acting (and where role checks go), then returns an `ActionResult` or raises
+  the engine's `LoraLabError`.
 
 The engine's run manager (`lora_core.runs.Runs`) is held here once per runs directory (`_runs()`).
 """
@@ -24,11 +24,13 @@ from typing import Any
 
 import streamlit as st
 
-from lora_core import data, inference, memory, merge, models, qlora
+from lora_core import adapters, data, inference, memory, merge, models, qlora
 from lora_core.config import BUNDLED_MODELS, ExperimentConfig
 from lora_core.errors import LoraLabError, RunError
 from lora_core.paths import dir_bytes
 from lora_core.runs import Runs, RunStatus, default_runs_dir
+from lora_core.runs import compare as run_compare
+from lora_core.runs.layout import adapter_weights
 
 __all__ = ["LoraLabError", "RunError", "RunStatus"]  # what pages may name besides the functions below
 
@@ -49,9 +51,9 @@ def _runs() -> Runs:
     return _manager(str(runs_dir()))
 
 
-def plan_sweep(cfg: ExperimentConfig, vary: dict[str, list]) -> list[ExperimentConfig]:
+def plan_sweep(cfg: ExperimentConfig, vary: dict[str, list], seeds: int = 1) -> list[ExperimentConfig]:
     """The configs a sweep would launch, validated, launching nothing (ConfigError names a bad field)."""
-    return _runs().plan_sweep(cfg, vary)
+    return _runs().plan_sweep(cfg, vary, seeds)
 
 
 # -- live reads of the registry ----------------------------------------------------------------------------------
@@ -94,6 +96,38 @@ def run_config(run_id: str) -> ExperimentConfig:
 
 def log_tail(run_id: str, n: int = 50) -> str:
     return _runs().log_tail(run_id, n)
+
+
+@st.cache_data(show_spinner=False, max_entries=1024)
+def _config_dict(root: str, run_id: str) -> dict:
+    return _manager(root).config(run_id).to_dict()  # config.yaml is written once: safe to keep
+
+
+def run_configs(run_ids: list[str]) -> dict[str, ExperimentConfig]:
+    """{run id: its config} (each file is read once per server)."""
+    root = str(runs_dir())
+    return {i: ExperimentConfig.from_dict(_config_dict(root, i)) for i in run_ids}
+
+
+def seed_groups(records: list) -> list:
+    """The runs grouped by setting (runs that differ only in train.seed together), labelled by what differs."""
+    return run_compare.group_by_setting(records, run_configs([r.id for r in records]))
+
+
+def group_rows(groups: list) -> list[dict]:
+    """One row per setting with each metric's mean and std across seeds (the `compare` CLI's table)."""
+    return run_compare.group_rows(groups)
+
+
+def config_diff(run_ids: list[str], ignore_seed: bool = False) -> dict[str, dict]:
+    """{dotted field: {run id: value}} for the config fields that differ between these runs."""
+    ignore = run_compare.LABEL_FIELDS + ((run_compare.SEED_FIELD,) if ignore_seed else ())
+    return run_compare.config_diff(run_configs(run_ids), ignore=ignore)
+
+
+def votes(run_id: str) -> dict:
+    """{wins, comparisons, ties}: the Playground choices that involved this run."""
+    return _runs().votes(run_id)
 
 
 def can_resume(run_id: str) -> bool:
@@ -234,6 +268,41 @@ def num_labels(cfg: ExperimentConfig) -> int:
     return max(2, len(counts)) if counts else 2
 
 
+# -- adapter analysis (numpy on the saved files; no model is loaded) -----------------------------------------------
+
+def _adapter_stamp(run_id: str) -> int:
+    """Changes when the run's adapter file is written again (a cache key part)."""
+    path = adapter_weights(_runs().dir(run_id).artifacts.adapter)
+    return path.stat().st_mtime_ns if path.is_file() else 0
+
+
+@st.cache_data(show_spinner="Reading the adapter…", max_entries=16)
+def _adapter_report(root: str, run_id: str, stamp: int) -> adapters.AdapterReport:
+    return adapters.inspect_run(_manager(root), run_id)
+
+
+def inspect_run(run_id: str) -> adapters.AdapterReport:
+    """What a finished LoRA/QLoRA run's adapter learned, module by module (ModelError for other runs)."""
+    return _adapter_report(str(runs_dir()), run_id, _adapter_stamp(run_id))
+
+
+def rank_advice(report: adapters.AdapterReport) -> adapters.Advice:
+    return adapters.rank_advice(report)
+
+
+@st.cache_data(show_spinner="Comparing the adapters…", max_entries=16)
+def _similarity(root: str, first: str, second: str, basis: str, stamps: tuple) -> list:
+    return adapters.similarity(inspect_run(first), inspect_run(second), basis=basis)
+
+
+def adapter_similarity(first: str, second: str, basis: str = "A") -> list:
+    """Per common module, the LoRA paper's subspace similarity φ(i, j) between two runs' adapters."""
+    return _similarity(str(runs_dir()), first, second, basis, (_adapter_stamp(first), _adapter_stamp(second)))
+
+
+SIMILARITY_BASES = adapters.BASES
+
+
 # -- models loaded in this process (QLoRA loader, Playground) --------------------------------------------------------
 
 def load_quantized(source: str, quant_type: str, double_quant: bool, compute_dtype: str,
@@ -258,6 +327,12 @@ def compare_perplexity(source: str, texts: list[str], quant_type: str, double_qu
 def load_run_models(run_id: str) -> inference.RunModels:
     """A finished run's tuned model beside its base, loaded once (keep it in session state)."""
     return inference.load_run(run_config(run_id), _runs().dir(run_id).artifacts)
+
+
+def load_adapter_set(run_ids: list[str]) -> inference.AdapterSet:
+    """2-4 finished LoRA/QLoRA runs of one base, the base loaded once (keep it in session state)."""
+    manager = _runs()
+    return inference.load_adapter_set([(i, run_config(i), manager.dir(i).artifacts.path) for i in run_ids])
 
 
 # -- run actions ---------------------------------------------------------------------------------------------------
@@ -304,10 +379,10 @@ def launch(cfg: ExperimentConfig) -> ActionResult:
                                          "does not stop it.", run_id, (run_id,))
 
 
-def sweep(cfg: ExperimentConfig, vary: dict[str, list]) -> ActionResult:
+def sweep(cfg: ExperimentConfig, vary: dict[str, list], seeds: int = 1) -> ActionResult:
     actor = _who_acts("sweep")
     _preflight(cfg)
-    sweep_id, run_ids = _runs().sweep(cfg, vary)
+    sweep_id, run_ids = _runs().sweep(cfg, vary, seeds)
     return ActionResult("sweep", actor, f"Sweep **{sweep_id}**: {len(run_ids)} runs queued. They start by "
                                         "themselves as slots free up; see them below and on Compare.",
                         None, tuple(run_ids), sweep_id)
@@ -353,3 +428,11 @@ def merge_run(run_id: str) -> ActionResult:
     saved = saved_weights(run_id)
     report = merge.merge_adapter(run_config(run_id), saved.folder, saved.merged, overwrite=True)
     return ActionResult("merge", actor, f"Merged {run_id} into {saved.merged}.", run_id, (), report)
+
+
+def vote(winner: str | None, run_ids: list[str], prompt: str) -> ActionResult:
+    """Record which run answered `prompt` best in the Playground (None: no difference)."""
+    actor = _who_acts("vote", winner)
+    _runs().record_vote(winner, run_ids, prompt, actor=actor)
+    return ActionResult("vote", actor, f"Recorded: {'no difference' if winner is None else winner} for "
+                                       f"“{prompt[:60]}”.", winner)

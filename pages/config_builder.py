@@ -199,6 +199,11 @@ def train_tab() -> None:
             ("number_input", "train.save_steps", "Checkpoint every N steps", {"step": 1, "placeholder": "each eval"}),
             ("number_input", "train.early_stopping_patience", "Early-stopping patience", {"step": 1,
                                                                                          "placeholder": "off"}),
+            ("selectbox", "train.early_stopping_metric", "Early-stopping metric",
+             {"options": [None, *field_choices("train.early_stopping_metric")], "format_func": lambda v: v or "auto"}),
+            ("number_input", "train.max_restarts", "Restarts after a crash", {"step": 1})])
+        columns_of_fields([
+            ("number_input", "data.seed", "Data seed", {"step": 1, "placeholder": "= seed"}),
             ("number_input", "generate.max_new_tokens", "Generated tokens (causal-lm)", {"step": 8})])
         field("text_area", "generate.prompts", "Prompts generated before and after training (causal-lm, one a line)")
 

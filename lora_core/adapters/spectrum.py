@@ -32,7 +32,7 @@ def lowrank_svd(B: np.ndarray, A: np.ndarray, scale: float = 1.0) -> LowRankSVD:
     A = np.asarray(A, dtype=np.float64)
     qb, rb = np.linalg.qr(B)
     qa, ra = np.linalg.qr(A.T)
-    u, s, vt = np.linalg.svd(scale * (rb @ ra.T))
+    u, s, vt = np.linalg.svd(scale * (rb @ ra.T), full_matrices=False)
     return LowRankSVD(qb @ u, s, qa @ vt.T)
 
 

@@ -7,6 +7,7 @@
         metrics.jsonl                       the append-only event stream
         worker.log                          the worker's stdout and stderr
         results.json                        the recipe's results, written at the end
+        votes.jsonl                         Playground "which answer is better" choices involving this run
         artifacts/                          Artifacts: what the recipe writes (train.run_experiment's out_dir)
             adapter/                        lora, qlora: PEFT's adapter_config.json + adapter_model.safetensors
             model/                          full: a plain saved model
@@ -217,6 +218,10 @@ class RunDir:
     @property
     def results(self) -> Path:
         return self.path / "results.json"
+
+    @property
+    def votes(self) -> Path:
+        return self.path / "votes.jsonl"
 
     @property
     def artifacts(self) -> Artifacts:

@@ -220,6 +220,29 @@ class Runs:
         self.registry.update(record.id, error=f"{reason}; restarted automatically as {new_id} (restart "
                                               f"{done + 1} of {limit})")
 
+    # -- Playground preferences --------------------------------------------------------------------------------
+    def record_vote(self, winner: str | None, compared: list[str], prompt: str, actor: str = "local") -> dict:
+        """A "which answer is better" choice between the answers of `compared` runs to one input (winner None:
+        no difference), appended to the votes file of every compared run. Returns the vote."""
+        ids = [self.get(i, reconcile=False).id for i in dict.fromkeys(compared)]
+        if len(ids) < 2:
+            raise RunError("a preference compares the answers of at least two runs")
+        if winner is not None:
+            winner = self.get(winner, reconcile=False).id
+            if winner not in ids:
+                raise RunError(f"run {winner} is not one of the compared runs ({', '.join(ids)})")
+        vote = {"time": time.time(), "winner": winner, "compared": ids, "prompt": prompt[:2000], "actor": actor}
+        for run_id in ids:
+            files.append_event(self.dir(run_id).votes, vote)
+        return vote
+
+    def votes(self, run_id: str) -> dict:
+        """{"wins", "comparisons", "ties"} of a run's Playground choices."""
+        events, _ = files.read_events(self.dir(run_id).votes)
+        me = self.get(run_id, reconcile=False).id
+        return {"wins": sum(e.get("winner") == me for e in events), "comparisons": len(events),
+                "ties": sum(e.get("winner") is None for e in events)}
+
     # -- the lifecycle -----------------------------------------------------------------------------------------
     def reconcile(self) -> list[str]:
         """Mark dead workers FAILED (restarting them as linked runs when train.max_restarts allows), escalate
