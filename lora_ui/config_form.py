@@ -236,10 +236,11 @@ def config_filename(cfg: ExperimentConfig, suffix: str = "yaml") -> str:
     return f"{safe[:80]}.{suffix}"
 
 
-def cli_command(cfg: ExperimentConfig, vary: dict[str, list] | None = None) -> str:
+def cli_command(cfg: ExperimentConfig, vary: dict[str, list] | None = None, seeds: int = 1) -> str:
     """The terminal equivalent: save the YAML, then train (or sweep) it with `python -m lora_core`."""
     path = shlex.quote(config_filename(cfg))
-    if not vary:
+    if not vary and seeds == 1:
         return f"python -m lora_core train {path} --wait"
     flags = " ".join(f"--vary {shlex.quote(k + '=' + ','.join(str(v) for v in vals))}" for k, vals in vary.items())
-    return f"python -m lora_core sweep {path} {flags}"
+    flags += f" --seeds {seeds}" if seeds > 1 else ""
+    return f"python -m lora_core sweep {path} {flags.strip()}"

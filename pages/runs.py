@@ -32,9 +32,19 @@ def row(rec) -> dict:
         "train time (s)": res.get("train_time_s"),
         "peak mem (GB)": res["peak_mem_bytes"] / 1e9 if res.get("peak_mem_bytes") else None,
         "created": fmt_time(rec.created),
+        "note": run_note(rec),
         "sweep": rec.sweep_id or "",
         "id": rec.id,
     }
+
+
+def run_note(rec) -> str:
+    """What else happened to a run, in a word or two: stopped early, restarted after a crash, resumed."""
+    if (rec.results or {}).get("early_stopped"):
+        return "stopped early"
+    if rec.restarts:
+        return f"restart {rec.restarts}"
+    return "resumed" if rec.parent_id else ""
 
 
 def open_in_builder(run_id: str) -> str:
@@ -77,7 +87,8 @@ def run_header(rec) -> None:
     c[4].metric("Peak memory", fmt_bytes((rec.results or {}).get("peak_mem_bytes")))
     st.caption(f"id `{rec.id}` · created {fmt_time(rec.created)} · started {fmt_time(rec.started)} · "
                f"ended {fmt_time(rec.ended)}" + (f" · sweep `{rec.sweep_id}`" if rec.sweep_id else "")
-               + (f" · resumed from `{rec.parent_id}`" if rec.parent_id else ""))
+               + (f" · automatic restart {rec.restarts} of `{rec.parent_id}` after its worker crashed" if rec.restarts
+                  else f" · resumed from `{rec.parent_id}`" if rec.parent_id else ""))
 
 
 def run_actions(rec) -> None:
@@ -104,6 +115,8 @@ def run_actions(rec) -> None:
             st.code(rec.error_log, language="text")
     elif rec.status == RunStatus.STOPPED and rec.error:
         st.warning(rec.error)
+    elif (rec.results or {}).get("early_stopped"):
+        st.info((service.results(rec.id) or {}).get("end_reason") or "stopped early", icon=":material/flag:")
 
 
 def curves_tab(rec) -> None:
