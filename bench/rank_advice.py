@@ -1,7 +1,8 @@
 """Does the inspector's rank advice hold? Train LoRA at r=64, read the advice from the saved adapter, train the
 advised rank with the same seed and data, and compare (measured and printed; nothing is asserted).
 
-    .venv/bin/python bench/rank_advice.py [--only sample|sst2] [--big-r 64] [--train-rows 2000] [--json out.json]
+    .venv/bin/python bench/rank_advice.py [--only sample|sst2] [--big-r 64] [--train-rows 2000] [--sst2 DIR]
+                                          [--json out.json]
 
 Data: the bundled 3-class sample (sample:sentiment-3, 600 rows, 20% held out by the seed), and SST-2 from
 ../shared/datasets/sst2 (2,000 training rows drawn with the seed, the 872-row test.tsv as eval; skipped with a
@@ -37,8 +38,9 @@ def make_config(dataset: str, rank: int, args):
 
     data = {"train": "sample:sentiment-3", "max_length": args.max_length}
     if dataset == "sst2":
-        data = {"train": str(SST2 / "train.tsv"), "eval": str(SST2 / "test.tsv"), "text_column": "sentence",
-                "label_column": "label", "max_length": args.max_length, "max_train_samples": args.train_rows}
+        data = {"train": str(args.sst2 / "train.tsv"), "eval": str(args.sst2 / "test.tsv"),
+                "text_column": "sentence", "label_column": "label", "max_length": args.max_length,
+                "max_train_samples": args.train_rows}
     return ExperimentConfig.from_dict({
         "name": f"advice-{dataset}-r{rank}", "task": "seq-cls", "method": "lora", "model": {"source": "minilm"},
         "lora": {"r": rank, "alpha": 16, "dropout": 0.1, "target_modules": ["query", "value"]},
@@ -108,12 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=float, default=2.0)
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sst2", type=Path, default=SST2, help=f"the SST-2 folder (default {SST2})")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
 
     datasets = [args.only] if args.only else ["sample", "sst2"]
-    if "sst2" in datasets and not (SST2 / "train.tsv").is_file():
-        print(f"SKIP sst2: SST-2 not found at {SST2} (a fresh clone has no ../shared)")
+    if "sst2" in datasets and not (args.sst2 / "train.tsv").is_file():
+        print(f"SKIP sst2: SST-2 not found at {args.sst2} (a fresh clone has no ../shared)")
         datasets.remove("sst2")
     entries = []
     for dataset in datasets:
