@@ -15,22 +15,12 @@ parameters.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import gc
 import json
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-    os.environ.setdefault(var, "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-SST2 = ROOT.parent / "shared" / "datasets" / "sst2"
+from common import SST2, run_quietly
 
 
 def make_config(dataset: str, rank: int, args):
@@ -53,16 +43,9 @@ def make_config(dataset: str, rank: int, args):
 def train_and_inspect(cfg) -> tuple[dict, dict]:
     """(results, the inspector's report as a dict) of one run, trained in a temporary folder."""
     from lora_core.adapters import inspect_adapter
-    from lora_core.train import run_experiment
+    from lora_core.runs.layout import Artifacts
 
-    out = Path(tempfile.mkdtemp(prefix="rank-advice-"))
-    try:
-        with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):  # the Trainer's log lines
-            results = run_experiment(cfg, out)
-        return results, inspect_adapter(out / "adapter", base=cfg.model.source).to_dict()
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
-        gc.collect()
+    return run_quietly(cfg, lambda out: inspect_adapter(Artifacts(out).adapter, base=cfg.model.source).to_dict())
 
 
 def bench_dataset(dataset: str, args) -> dict:
