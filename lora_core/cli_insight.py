@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from . import adapters
+from .adapters.report import read_config
 from .cli import emit
 from .errors import RunError
 from .runs import Runs, RunStatus
@@ -39,8 +40,6 @@ def _report(runs: Runs, target: str, base: str | None, weights=None) -> adapters
 
 
 def _config_base(folder: Path) -> str | None:
-    from .adapters.report import read_config
-
     return read_config(folder).get("base_model_name_or_path")
 
 

@@ -24,6 +24,7 @@ import numpy as np
 from ..errors import ModelError
 from ..runs.layout import adapter_config, adapter_weights
 from . import spectrum
+from .advice import rank_advice
 from .tensors import BaseWeights, SafetensorsFile, base_weights
 
 PEFT_PREFIX = "base_model.model."
@@ -82,8 +83,6 @@ class AdapterReport:
         return found[0]
 
     def to_dict(self) -> dict:
-        from .advice import rank_advice
-
         ranks = [m.effective_rank for m in self.modules]
         return {
             "run_id": self.run_id, "method": self.method, "adapter_dir": self.adapter_dir,
