@@ -58,25 +58,29 @@ def test_subspace_similarity():
     assert phi[i - 1, j - 1] == pytest.approx(np.linalg.norm(U[:, :i].T @ V[:, :j]) ** 2 / min(i, j))
 
 
-def module(name, ranks, r=64):
+def module(name, values, r=64):
     s = np.zeros(r)
-    s[:ranks] = 1.0
-    return ModuleUpdate(name, 0, name, (8, 8), r, 1.0, 1.0, list(s), spectrum.effective_rank(s))
+    s[:len(values)] = values
+    return ModuleUpdate(name, 0, name, (8, 8), r, 1.0, float(np.linalg.norm(s)), list(s), spectrum.effective_rank(s))
 
 
-def report(ranks, r=64):
-    mods = [module(f"layer.{i}.query", k, r) for i, k in enumerate(ranks)]
+def report(spectra, r=64):
+    mods = [module(f"layer.{i}.query", values, r) for i, values in enumerate(spectra)]
     return AdapterReport("x", "minilm", r, 16, False, False, 0.9, mods, [], "")
 
 
-def test_rank_advice_and_its_rule():
-    advice = rank_advice(report([6] * 22 + [20, 30]))
-    assert advice.text == "r=64 used an effective rank of at most 6 in 22 of 24 modules: r=8 is likely enough"
-    assert advice.advised_r == 8 and advice.k == 6
-    assert "90%" in advice.rule and "power of two" in advice.rule
-    used = rank_advice(report([7, 8, 8, 8], r=8))
-    assert used.advised_r is None and "a larger r may help" in used.text
-    assert rank_advice(report([1, 1], r=8)).advised_r == 1
+def test_rank_advice_pools_the_modules_and_states_its_rule():
+    strong = [10.0] * 5 + [1.0] * 10      # five strong directions
+    weak = [0.01] * 30                    # a barely trained module: flat, but tiny
+    advice = rank_advice(report([strong] * 22 + [weak] * 2))
+    assert advice.k == 5 and advice.advised_r == 8 and advice.within == 22 and advice.modules == 24
+    assert advice.text.startswith("r=64 used an effective rank of at most 5 in 22 of 24 modules, and the top 5 "
+                                  "directions hold 9")
+    assert advice.text.endswith(": r=8 is likely enough")
+    assert "90%" in advice.rule and "power of two" in advice.rule and "total ‖ΔW‖²_F" in advice.rule
+    full = rank_advice(report([[1.0] * 8] * 3, r=8))
+    assert full.advised_r is None and full.k == 8 and "a larger r may help" in full.text
+    assert rank_advice(report([[1.0]], r=8)).advised_r == 1
     assert [next_power_of_two(k) for k in (0, 1, 2, 3, 5, 8, 9)] == [1, 1, 2, 4, 8, 8, 16]
 
 
