@@ -142,18 +142,22 @@ def layer_index(module: str) -> int | None:
 def short_names(paths: list[str]) -> dict[str, str]:
     """The part of each path after its layer index, cut to the shortest suffix no other such part shares:
     bert's `attention.self.query` -> `query`, but `attention.output.dense` and `output.dense` stay apart."""
-    rests = {p: p.split(".")[next((i + 1 for i, s in enumerate(p.split(".")) if s.isdigit()), 0):] for p in paths}
-    distinct = {tuple(r) for r in rests.values()}
-    out = {}
-    for path, rest in rests.items():
-        for k in range(1, len(rest) + 1):
-            tail = tuple(rest[-k:])
-            if sum(1 for other in distinct if other[-k:] == tail) == 1 or k == len(rest):
-                out[path] = ".".join(tail) or path
-                break
-        else:
-            out[path] = path
-    return out
+    rests = {p: _after_layer(p) for p in paths}
+    distinct = set(rests.values())
+
+    def shortest(rest: tuple[str, ...]) -> tuple[str, ...]:
+        for k in range(1, len(rest)):
+            if sum(other[-k:] == rest[-k:] for other in distinct) == 1:
+                return rest[-k:]
+        return rest
+
+    return {p: ".".join(shortest(rest)) or p for p, rest in rests.items()}
+
+
+def _after_layer(path: str) -> tuple[str, ...]:
+    parts = path.split(".")
+    first = next((i + 1 for i, part in enumerate(parts) if part.isdigit()), 0)
+    return tuple(parts[first:])
 
 
 # -- one adapter ------------------------------------------------------------------------------------------------
