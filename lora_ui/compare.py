@@ -1,5 +1,5 @@
 """The comparison tables: one row per finished run, with ratios relative to full fine-tuning (built from the
-registry's key results, plus each run's Playground choices); or one row per setting, runs that differ only in
+registry's key results, plus the Playground choices when given); or one row per setting, runs that differ only in
 seed summarized as mean ± std (the engine's numbers, as the `compare` CLI prints them); and the rows of a
 sweep's parallel-coordinates plot.
 """
@@ -43,7 +43,8 @@ def estimate_bytes(results: dict) -> float | None:
     return None
 
 
-def rows(records) -> list[dict]:
+def rows(records, votes: dict[str, dict] | None = None) -> list[dict]:
+    """One row per run; `votes` ({run id: service.votes(...)}) fills the "preferred" column."""
     out = []
     for rec, label in zip(records, labels_for(records)):
         res = rec.results or {}
@@ -64,7 +65,7 @@ def rows(records) -> list[dict]:
             "peak mem (GB)": res["peak_mem_bytes"] / 1e9 if res.get("peak_mem_bytes") else None,
             "est. peak (GB)": est / 1e9 if est else None,
             "adapter (MB)": adapter / 1e6 if adapter else None,
-            "preferred": preference_text(service.votes(rec.id)),
+            "preferred": preference_text((votes or {}).get(rec.id)),
             "eval rows": res.get("eval_rows"),
             "data fingerprint": res.get("dataset_fingerprint"),
             "id": rec.id,
@@ -73,9 +74,9 @@ def rows(records) -> list[dict]:
     return out
 
 
-def preference_text(votes: dict) -> str | None:
+def preference_text(votes: dict | None) -> str | None:
     """How often the Playground's "which answer is better" picked this run: "2 of 5" (None: never compared)."""
-    if not votes["comparisons"]:
+    if not votes or not votes["comparisons"]:
         return None
     ties = f", {votes['ties']} no difference" if votes["ties"] else ""
     return f"{votes['wins']} of {votes['comparisons']}{ties}"

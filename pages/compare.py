@@ -158,7 +158,7 @@ def main() -> None:
     groups = service.seed_groups(chosen)
     grouped = any(len(g.records) > 1 for g in groups) and st.toggle(
         "Group runs that differ only in seed (mean ± std)", value=True, key=S.key("group"))
-    table = cmp.grouped_rows(groups) if grouped else cmp.rows(chosen)
+    table = cmp.grouped_rows(groups) if grouped else cmp.rows(chosen, {r.id: service.votes(r.id) for r in chosen})
     score = "accuracy" if any(r.get("accuracy") is not None for r in table) else "eval loss"
     has_score = any(r.get(score) is not None for r in table)
     table_section(table, grouped)
