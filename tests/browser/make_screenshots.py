@@ -81,9 +81,10 @@ def inspect_shot(pg, runs: Path, big: str, small: str) -> Path:
 
     manager = Runs(runs)
     goto_page(pg, "Inspect")
-    choose(pg, "Adapter of run", run_label(manager.get(big, reconcile=False)))
-    choose(pg, "Compare with", run_label(manager.get(small, reconcile=False)))
-    pg.get_by_text("Subspace overlap").first.wait_for()
+    big_rec, small_rec = manager.get(big, reconcile=False), manager.get(small, reconcile=False)
+    choose(pg, "Adapter of run", run_label(big_rec))
+    # the other adapter of the same base is picked by default when it is the only one
+    pg.get_by_text(f"Subspace overlap φ({big_rec.lora_r}, {small_rec.lora_r})").first.wait_for()
     pg.wait_for_timeout(1500)
     full_shot(pg, SHOTS / "readme-inspect.png")
     return SHOTS / "readme-inspect.png"
