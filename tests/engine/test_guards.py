@@ -45,6 +45,24 @@ POISON = textwrap.dedent("""
     models.load_for_training = load_for_training
 """)
 
+SLOW_FIRST = textwrap.dedent("""
+    # Loaded by every worker (PYTHONPATH): the first worker to start sleeps after each training forward, so the
+    # test can kill it mid-run on any machine; a restarted worker (the mark exists) runs at full speed.
+    import os, time
+    from lora_core import models
+
+    _load = models.load_for_training
+
+    def load_for_training(cfg, *args, **kwargs):
+        model, tok = _load(cfg, *args, **kwargs)
+        if not os.path.exists(os.environ["SLOW_MARK"]):
+            open(os.environ["SLOW_MARK"], "w").close()
+            model.register_forward_hook(lambda module, inputs, output: time.sleep(0.3) if module.training else None)
+        return model, tok
+
+    models.load_for_training = load_for_training
+""")
+
 
 def test_nan_loss_ends_the_run_at_that_step(runs, tmp_path, monkeypatch):
     site = tmp_path / "site"
@@ -107,8 +125,13 @@ def test_early_stopping_ends_succeeded_and_says_why(runs):
     assert results["accuracy"] == pytest.approx(best)  # the best checkpoint is what was saved
 
 
-def test_a_killed_worker_restarts_from_its_checkpoint(runs):
-    cfg = tiny_causal("restart", max_steps=400, **{"train.save_steps": 20, "train.max_restarts": 1})
+def test_a_killed_worker_restarts_from_its_checkpoint(runs, tmp_path, monkeypatch):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SLOW_FIRST)
+    monkeypatch.setenv("PYTHONPATH", str(site))
+    monkeypatch.setenv("SLOW_MARK", str(tmp_path / "first-worker-started"))
+    cfg = tiny_causal("restart", max_steps=60, **{"train.save_steps": 10, "train.max_restarts": 1})
     run_id = runs.launch(cfg)
     wait_until(lambda: runs.checkpoints(run_id), timeout=240, what="a first checkpoint")
     record = runs.get(run_id, reconcile=False)
@@ -121,7 +144,7 @@ def test_a_killed_worker_restarts_from_its_checkpoint(runs):
     child = runs.wait(child.id, timeout=300)
     assert child.status == RunStatus.SUCCEEDED, (child.error, child.error_log)
     results = runs.results(child.id)
-    assert results["resumed_from_step"] >= 20 and results["steps"] == 400
+    assert results["resumed_from_step"] >= 10 and results["steps"] == 60
 
 
 def test_restarts_stop_at_the_limit(runs):
