@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from .config import ConfigError
+from .config import BUNDLED_MODELS, ConfigError
 
 
 def _emit(obj, as_json: bool, text: str | None = None) -> None:
@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true")
 
     sp = cmd("targets", cmd_targets, "List the adaptable layers of a model and the architecture presets.")
-    sp.add_argument("model", help="minilm, tiny-random-gpt2, tiny-random-llama, a hub id or a local directory")
+    sp.add_argument("model", help=f"a bundled model ({', '.join(BUNDLED_MODELS)}), a hub id or a local directory")
     sp.add_argument("--trust-remote-code", action="store_true")
     sp.add_argument("--json", action="store_true")
 

@@ -19,7 +19,7 @@ from .errors import ConfigError
 Task = Literal["seq-cls", "causal-lm"]
 Method = Literal["full", "lora", "qlora", "head-only"]
 
-BUNDLED_MODELS = ("minilm", "tiny-random-gpt2", "tiny-random-llama")
+BUNDLED_MODELS = ("minilm", "tiny-random-gpt2", "tiny-random-llama", "smollm2-135m-instruct")
 LORA_PRESETS = ("qv", "attention", "all-linear")
 SAMPLE_DATASETS = ("sample:sentiment-2", "sample:sentiment-3", "sample:instructions")
 
@@ -35,8 +35,10 @@ def _f(default: Any = dataclasses.MISSING, help: str = "", **kw):
 
 @dataclass
 class ModelConfig:
-    source: str = _f("minilm", "Model to fine-tune: 'minilm' (bundled MiniLM-L6, offline), 'tiny-random-gpt2' or "
-                     "'tiny-random-llama' (tiny random causal LMs, offline), a Hugging Face hub id, or a local directory.")
+    source: str = _f("minilm", "Model to fine-tune: 'minilm' (bundled MiniLM-L6 encoder), 'smollm2-135m-instruct' "
+                     "(bundled SmolLM2-135M-Instruct, a pretrained chat model), 'tiny-random-gpt2' or "
+                     "'tiny-random-llama' (tiny random causal LMs), a Hugging Face hub id, or a local directory. "
+                     "Bundled models work offline.")
     revision: Optional[str] = _f(None, "Hub revision (branch, tag or commit) when `source` is a hub id.")
     trust_remote_code: bool = _f(False, "Run model code shipped with a hub repo. Off unless you trust the repo.")
 
@@ -194,8 +196,7 @@ class ExperimentConfig:
         if self.method == "head-only" and self.task != "seq-cls":
             raise ConfigError("method", "head-only trains a classifier head on a frozen backbone, so it needs "
                                         "task: seq-cls (allowed for causal-lm: full, lora, qlora)")
-        if self.task == "seq-cls" and self.model.source in ("tiny-random-gpt2", "tiny-random-llama") \
-                and self.data.train == "sample:instructions":
+        if self.task == "seq-cls" and self.data.train == "sample:instructions":
             raise ConfigError("data.train", "sample:instructions is a causal-lm dataset; for seq-cls use "
                                             "sample:sentiment-2 or sample:sentiment-3")
         if self.task == "causal-lm" and self.data.train in ("sample:sentiment-2", "sample:sentiment-3"):

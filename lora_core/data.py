@@ -437,17 +437,52 @@ def _eos_id(tokenizer) -> int | None:
     return None
 
 
+def has_chat_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def prompt_text(tokenizer, prompt: str) -> str:
+    """What the model reads before its answer, in training and in generation alike: the chat template's user
+    turn and assistant header when the tokenizer has a template (its default system prompt included), else the
+    prompt and a newline."""
+    if has_chat_template(tokenizer):
+        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+    return prompt.rstrip() + "\n"
+
+
+def response_text(tokenizer, prompt: str, response: str) -> tuple[str, bool]:
+    """(the answer as the template closes it, whether that already ends the turn). With a chat template the
+    answer is cut from the rendered two-turn conversation, so it ends with the template's own end-of-turn
+    marker (SmolLM2: '<|im_end|>\\n'); without one, the caller appends EOS."""
+    if has_chat_template(tokenizer):
+        head = prompt_text(tokenizer, prompt)
+        full = tokenizer.apply_chat_template([{"role": "user", "content": prompt},
+                                              {"role": "assistant", "content": response}], tokenize=False)
+        if full.startswith(head):
+            return full[len(head):], True
+    return response, False
+
+
+def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
+    """Token ids of each prompt as `prompt_text` frames it. A chat template writes its own special tokens;
+    otherwise the tokenizer adds its usual ones (e.g. BOS)."""
+    texts = [prompt_text(tokenizer, p) for p in prompts]
+    return tokenizer(texts, add_special_tokens=not has_chat_template(tokenizer))["input_ids"]
+
+
 def encode_causal(tokenizer, prompts: list[str], responses: list[str], max_length: int,
                   mask_prompt: bool) -> dict[str, list]:
-    """prompt + "\\n" + response + EOS; labels copy the ids with the prompt part set to -100 when masked.
-    Too long: the response keeps at least half of max_length and the prompt loses its start (the end of a
-    prompt is what the response follows), so every example keeps some tokens in the loss."""
+    """prompt_text + response (+ the template's end of turn, or EOS); labels copy the ids with the prompt part
+    set to -100 when masked. Too long: the response keeps at least half of max_length and the prompt loses its
+    start (the end of a prompt is what the response follows), so every example keeps some tokens in the loss."""
     eos = _eos_id(tokenizer)
-    prompt_ids = tokenizer([p.rstrip() + "\n" for p in prompts], add_special_tokens=True)["input_ids"]
-    response_ids = tokenizer(list(responses), add_special_tokens=False)["input_ids"]
+    prompt_ids = encode_prompts(tokenizer, prompts)
+    answers = [response_text(tokenizer, p, r) for p, r in zip(prompts, responses)]
+    response_ids = tokenizer([text for text, _ in answers], add_special_tokens=False)["input_ids"]
     out: dict[str, list] = {"input_ids": [], "attention_mask": [], "labels": []}
-    for p, r in zip(prompt_ids, response_ids):
-        r = list(r) + ([eos] if eos is not None else [])
+    for p, r, (_, closed) in zip(prompt_ids, response_ids, answers):
+        r = list(r) + ([eos] if eos is not None and not closed else [])
         r = r[:max(max_length - min(len(p), max_length // 2), 1)]
         p = p[len(p) - (max_length - len(r)):] if len(p) + len(r) > max_length else p
         ids = list(p) + r

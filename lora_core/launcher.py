@@ -102,8 +102,8 @@ def prepare(cfg: ExperimentConfig | dict) -> ExperimentConfig:
         path = Path(source).expanduser()
         if not path.is_dir() or not (path / "config.json").is_file():
             raise ConfigError("model.source", f"{path.resolve()} is not a model directory (it needs a config.json); "
-                                              "use minilm, tiny-random-gpt2, tiny-random-llama, a hub id or a "
-                                              "saved model directory")
+                                              f"use a bundled model ({', '.join(BUNDLED_MODELS)}), a hub id "
+                                              "or a saved model directory")
         cfg.model.source = str(path.resolve())
     return cfg
 
