@@ -179,6 +179,19 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def cmd_recipe(args) -> int:
+    from . import recipes
+
+    if not args.key:
+        for r in recipes.RECIPES.values():
+            print(f"{r.key:<24} {r.title}\n{'':<24} {r.command()}")
+        return 0
+    sweep_id, run_ids = recipes.launch(args.key, runs_dir=_runs_dir(args))
+    _emit({"sweep_id": sweep_id, "run_ids": run_ids}, args.json, "\n".join([*([sweep_id] if sweep_id else []),
+                                                                              *run_ids]))
+    return 0
+
+
 def cmd_logs(args) -> int:
     from . import launcher, storage
 
@@ -278,6 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp = with_runs_dir(cmd("sweep", cmd_sweep, "Launch one run per combination of varied fields."))
     sp.add_argument("config")
     sp.add_argument("--vary", action="append", default=[], help="KEY=V1,V2 (repeatable), e.g. lora.r=4,8,16")
+    sp.add_argument("--json", action="store_true")
+
+    sp = with_runs_dir(cmd("recipe", cmd_recipe, "Launch one of the tutorial's challenges (a config and its sweep); "
+                                                 "without a name, list them."))
+    sp.add_argument("key", nargs="?", help="recipe name, e.g. full-vs-lora-vs-frozen")
     sp.add_argument("--json", action="store_true")
 
     sp = with_runs_dir(cmd("logs", cmd_logs, "Print a run's worker log."))

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 from .errors import ConfigError
+from .samples.make_samples import EVAL_PROMPTS
 
 Task = Literal["seq-cls", "causal-lm"]
 Method = Literal["full", "lora", "qlora", "head-only"]
@@ -22,6 +23,11 @@ Method = Literal["full", "lora", "qlora", "head-only"]
 BUNDLED_MODELS = ("minilm", "tiny-random-gpt2", "tiny-random-llama", "smollm2-135m-instruct")
 LORA_PRESETS = ("qv", "attention", "all-linear")
 SAMPLE_DATASETS = ("sample:sentiment-2", "sample:sentiment-3", "sample:instructions")
+# The learning rate each method trains with when train.learning_rate is empty. Chosen on a validation split
+# carved from the training rows of sample:sentiment-3 (never its eval split) with the default epochs:
+# bench/choose_lr.py reruns the choice. LoRA needs a far higher rate than full fine-tuning: B starts at zero and
+# only r·(d_in + d_out) numbers per layer move.
+DEFAULT_LEARNING_RATES = {"full": 5e-5, "lora": 1e-3, "qlora": 1e-3, "head-only": 1e-3}
 
 
 def _f(default: Any = dataclasses.MISSING, help: str = "", **kw):
@@ -95,8 +101,9 @@ class TrainConfig:
     batch_size: int = _f(32, "Examples per device step.", min=1, max=4096)
     eval_batch_size: Optional[int] = _f(None, "Examples per eval step (defaults to batch_size).", min=1)
     gradient_accumulation_steps: int = _f(1, "Steps whose gradients are summed before each optimizer step.", min=1)
-    learning_rate: Optional[float] = _f(None, "Peak learning rate. Empty: 5e-5 for full, 1e-3 for lora/qlora, "
-                                        "1e-3 for head-only.", min_excl=0.0, max=10.0)
+    learning_rate: Optional[float] = _f(None, "Peak learning rate. Empty: the method's default ("
+                                        + ", ".join(f"{m} {lr:g}" for m, lr in DEFAULT_LEARNING_RATES.items())
+                                        + ").", min_excl=0.0, max=10.0)
     optimizer: Literal["adamw", "adamw_8bit", "sgd"] = _f("adamw", "Optimizer (8-bit AdamW uses bitsandbytes).")
     weight_decay: float = _f(0.0, "AdamW weight decay.", min=0.0, max=1.0)
     scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = _f("linear", "LR schedule.")
@@ -115,9 +122,10 @@ class TrainConfig:
 
 @dataclass
 class GenerateConfig:
-    prompts: list[str] = _f(["The movie was", "Write a short greeting:"],
-                            "causal-lm: prompts generated from before and after training, stored with the results.")
-    max_new_tokens: int = _f(24, "Tokens to generate per prompt.", min=1, max=1024)
+    prompts: list[str] = _f(list(EVAL_PROMPTS), "causal-lm: prompts answered before and after training (greedy, "
+                            "with the chat template when the model has one), stored with the results. The defaults "
+                            "are held out of sample:instructions.")
+    max_new_tokens: int = _f(48, "Tokens to generate per prompt.", min=1, max=1024)
 
 
 @dataclass
@@ -228,7 +236,7 @@ class ExperimentConfig:
     def learning_rate(self) -> float:
         if self.train.learning_rate is not None:
             return self.train.learning_rate
-        return 5e-5 if self.method == "full" else 1e-3
+        return DEFAULT_LEARNING_RATES[self.method]
 
     @property
     def uses_lora(self) -> bool:

@@ -68,6 +68,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: Path, *, on_event: Callable[[
 
         trainer = build_trainer(cfg, model, tokenizer, train_ds, eval_ds, out_dir / "checkpoints",
                                 stream, stop_requested, memory)
+        baseline = None if resume_from else evaluate_before(cfg, trainer)
 
         # -- train -------------------------------------------------------------------------------------------
         stream.phase("training")
@@ -87,7 +88,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: Path, *, on_event: Callable[[
                                                       encoding="utf-8")
     return collect_results(cfg, splits=splits, model=trainer.model, memory=memory, stopped=stream.stopping,
                            resume_from=resume_from, trainer=trainer, train_time=train_time, final=final,
-                           artifact_dir=artifact_dir, stream=stream, generations=pairs)
+                           artifact_dir=artifact_dir, stream=stream, generations=pairs, baseline=baseline)
 
 
 # -- setup helpers ---------------------------------------------------------------------------------------------
@@ -197,6 +198,17 @@ def generations(cfg: ExperimentConfig, model, tokenizer) -> list[str] | None:
     return generate_texts(model, tokenizer, cfg.generate.prompts, cfg.generate.max_new_tokens)
 
 
+def evaluate_before(cfg: ExperimentConfig, trainer) -> dict | None:
+    """causal-lm: the eval loss and perplexity of the model before its first step, the "before" of the run's
+    before/after (logged as an eval event at step 0, so the eval curve starts there). Resumed runs skip it."""
+    if cfg.task != "causal-lm":
+        return None
+    from .metrics import perplexity
+
+    loss = trainer.evaluate().get("eval_loss")
+    return {"eval_loss_before": loss, "eval_perplexity_before": perplexity(loss) if loss is not None else None}
+
+
 # -- events ----------------------------------------------------------------------------------------------------
 
 class EventStream:
@@ -257,6 +269,7 @@ class EventStream:
 
     def begin(self, state) -> None:
         self.started = self.mark = time.perf_counter()
+        self.paused_s = self.eval_s = 0.0  # an evaluation before training is no part of training time
         self.first_step = state.global_step
         self.last = (state.global_step, self.started, state.num_input_tokens_seen)
 
@@ -477,7 +490,7 @@ def memory_estimate(cfg: ExperimentConfig) -> tuple[dict | None, str | None]:
 def collect_results(cfg: ExperimentConfig, *, splits, memory: MemoryMeter, stopped: bool, resume_from=None,
                     model=None, trainer=None, train_time: float = 0.0, final: dict | None = None,
                     artifact_dir: Path | None = None, stream: EventStream | None = None,
-                    generations: list | None = None) -> dict:
+                    generations: list | None = None, baseline: dict | None = None) -> dict:
     """The results dict: final eval metrics, time, params, artifact size, memory (measured + estimated),
     versions, device, data fingerprint, seed. Runs stopped before training carry what they have."""
     trainable = total = None
@@ -489,10 +502,12 @@ def collect_results(cfg: ExperimentConfig, *, splits, memory: MemoryMeter, stopp
         "task": cfg.task, "method": cfg.method, "model": cfg.model.source,
         "stopped": stopped,
         **(final or {}),
+        **(baseline or {}),
         "train_time_s": train_time,
         "eval_time_s": stream.eval_s if stream else 0.0,
         "checkpoint_time_s": stream.save_s if stream else 0.0,
         "event_errors": stream.errors if stream else 0,
+        "learning_rate": cfg.learning_rate,
         "steps": trainer.state.global_step if trainer else 0,
         "epochs": trainer.state.epoch if trainer else 0.0,
         "train_loss": _train_loss(trainer),
