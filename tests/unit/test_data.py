@@ -309,6 +309,27 @@ def test_causal_lm_masks_the_prompt_and_appends_eos(tokenizer):
     assert unmasked["labels"] == unmasked["input_ids"] == masked["input_ids"]
 
 
+# A template in the style of ChatML: each turn is "<|role|>content[SEP]", and the generation prompt opens the
+# assistant's turn.
+CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}[SEP]{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+def test_causal_lm_with_a_chat_template_masks_the_whole_prompt_turn(tokenizer):
+    import copy
+
+    chat = copy.deepcopy(tokenizer)
+    chat.chat_template = CHAT_TEMPLATE
+    prompts, responses = ["Say hello.", "Reverse abc."], ["hello there", "cba"]
+    out = data.encode_causal(chat, prompts, responses, max_length=64, mask_prompt=True)
+    heads = data.encode_prompts(chat, prompts)  # what generation feeds the model: the same framing
+    for ids, labels, prompt, response, head in zip(out["input_ids"], out["labels"], prompts, responses, heads):
+        assert chat.decode(head) == f"< | user | > {prompt.lower()} [SEP] < | assistant | >"
+        tail = chat(response + "[SEP]", add_special_tokens=False)["input_ids"]  # the template's end of turn
+        assert ids == head + tail  # no [CLS] in front, no second [SEP] after: the template writes both
+        assert labels == [-100] * len(head) + tail
+
+
 def test_causal_lm_truncation_keeps_response_tokens(tokenizer):
     long_prompt = " ".join(["word"] * 100)
     out = data.encode_causal(tokenizer, [long_prompt], ["the answer is here"], max_length=16, mask_prompt=True)
