@@ -3,6 +3,7 @@ scored on a validation split carved out of the TRAINING rows only. The eval spli
 never read here, so the defaults are not tuned on it.
 
     .venv/bin/python bench/choose_lr.py [--sample sentiment-3] [--epochs 4] [--methods full lora head-only]
+                                        [--lr lora=5e-3,1e-2]
 
 The bundled sample is split exactly as a run splits it (data.eval_fraction and the seed of the default config);
 the training part is split again (same fraction, seed + 1) into fit / validation rows, written to temporary CSVs
@@ -81,7 +82,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sample", default="sentiment-3", choices=["sentiment-2", "sentiment-3"])
     p.add_argument("--epochs", type=float, default=None, help="default: the config's default epochs")
     p.add_argument("--methods", nargs="*", default=list(GRID), choices=list(GRID))
+    p.add_argument("--lr", action="append", default=[], metavar="METHOD=LR1,LR2",
+                   help="replace a method's grid, e.g. --lr lora=5e-3,1e-2 (repeatable)")
     args = p.parse_args(argv)
+    grid = dict(GRID)
+    for item in args.lr:
+        method, _, values = item.partition("=")
+        if method not in GRID or not values:
+            p.error(f"--lr {item!r}: give METHOD=LR1,LR2 with METHOD one of {', '.join(GRID)}")
+        grid[method] = [float(v) for v in values.split(",")]
 
     from lora_core.config import ExperimentConfig
 
@@ -93,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
               f"the eval split is not used), {epochs:g} epochs", flush=True)
         best: dict[str, tuple[float, float]] = {}
         for method in args.methods:
-            for lr in GRID[method]:
+            for lr in grid[method]:
                 started = time.perf_counter()
                 res = run(method, lr, epochs, fit, val)
                 print(f"  {method:<10} lr {lr:<7g} validation accuracy {res['accuracy']:.3f}  "
