@@ -278,7 +278,7 @@ class EventStream:
         elapsed = now - (self.started or now)
         done = state.global_step - self.first_step
         remaining = max(state.max_steps - state.global_step, 0)
-        return {"kind": kind, "time": time.time(), "step": state.global_step, "epoch": state.epoch,
+        return {"kind": kind, "time": time.time(), "step": state.global_step, "epoch": state.epoch or 0.0,
                 "progress": state.global_step / state.max_steps if state.max_steps else None,
                 "elapsed_s": elapsed, "eta_s": elapsed / done * remaining if done else None,
                 "peak_mem_bytes": self.peak}
