@@ -75,7 +75,8 @@ RECIPES: dict[str, Recipe] = {r.key: r for r in (
                 "lora": {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": "preset:attention"},
                 "quant": {"compute_dtype": "float32"},
                 "data": {"train": "sample:instructions", "max_length": 128},
-                "train": {"epochs": 1, "batch_size": 8, "logging_steps": 2}},
+                # a pretrained chat model: a gentler rate than the classification defaults (not grid-searched)
+                "train": {"epochs": 1, "batch_size": 8, "learning_rate": 1e-3, "logging_steps": 2}},
         example="examples/level3-smollm2-qlora.yaml",
     ),
 )}
