@@ -27,7 +27,7 @@ SAMPLE_DATASETS = ("sample:sentiment-2", "sample:sentiment-3", "sample:instructi
 # chosen on a validation split carved from the training rows of sample:sentiment-3 (never its eval split) with
 # MiniLM and the default epochs: bench/choose_lr.py reruns the choice. QLoRA takes LoRA's rate. LoRA needs a far
 # higher rate than full fine-tuning: B starts at zero and only r·(d_in + d_out) numbers per layer move.
-DEFAULT_LEARNING_RATES = {"full": 1e-4, "lora": 5e-3, "qlora": 5e-3, "head-only": 1e-3}
+DEFAULT_LEARNING_RATES = {"full": 1e-4, "lora": 5e-3, "qlora": 5e-3, "head-only": 1e-2}
 
 
 def _f(default: Any = dataclasses.MISSING, help: str = "", **kw):
