@@ -61,3 +61,13 @@ def test_format_change_counts_answers_in_the_sample_format():
 ])
 def test_follows_format(text, ok):
     assert follows_format(text) is ok
+
+
+def test_cli_lists_the_recipes_with_their_commands(capsys):
+    from lora_core.cli import main
+
+    assert main(["recipe"]) == 0
+    out = capsys.readouterr().out
+    for recipe in recipes.RECIPES.values():
+        assert recipe.key in out and recipe.command() in out
+    assert main(["recipe", "nope"]) == 2 and "unknown recipe" in capsys.readouterr().err
