@@ -71,3 +71,17 @@ def test_cli_lists_the_recipes_with_their_commands(capsys):
     for recipe in recipes.RECIPES.values():
         assert recipe.key in out and recipe.command() in out
     assert main(["recipe", "nope"]) == 2 and "unknown recipe" in capsys.readouterr().err
+
+
+def test_launch_hands_the_recipe_to_the_launcher(monkeypatch, runs_dir):
+    from lora_core import launcher
+
+    calls = []
+    monkeypatch.setattr(launcher, "sweep", lambda cfg, vary, runs_dir=None: calls.append((cfg, vary, runs_dir))
+                        or ("sweep-1", ["a", "b", "c"]))
+    monkeypatch.setattr(launcher, "launch", lambda cfg, runs_dir=None: calls.append((cfg, None, runs_dir)) or "r")
+    assert recipes.launch("full-vs-lora-vs-frozen", runs_dir=runs_dir) == ("sweep-1", ["a", "b", "c"])
+    assert recipes.launch("qlora-instructions", runs_dir=runs_dir) == (None, ["r"])
+    (cfg2, vary2, dir2), (cfg3, vary3, _) = calls
+    assert cfg2 == recipes.RECIPES["full-vs-lora-vs-frozen"].experiment() and vary2 == {"method": ["full", "head-only"]}
+    assert dir2 == runs_dir and cfg3.method == "qlora" and vary3 is None
