@@ -1,13 +1,14 @@
 """Does the inspector's rank advice hold? Train LoRA at r=64, read the advice from the saved adapter, train the
 advised rank with the same seed and data, and compare (measured and printed; nothing is asserted).
 
-    .venv/bin/python bench/rank_advice.py [--only sample|sst2] [--big-r 64] [--train-rows 2000] [--sst2 DIR]
-                                          [--json out.json]
+    .venv/bin/python bench/rank_advice.py [--only sample|sst2] [--big-r 64] [--train-rows 2000] [--lr LR]
+                                          [--sst2 DIR] [--json out.json]
 
 Data: the bundled 3-class sample (sample:sentiment-3, 600 rows, 20% held out by the seed), and SST-2 from
 ../shared/datasets/sst2 (2,000 training rows drawn with the seed, the 872-row test.tsv as eval; skipped with a
-message when ../shared is absent). Model: MiniLM-L6, LoRA on query+value, alpha 16, dropout 0.1, lr 1e-3, batch 32,
-max length 64, 2 epochs, seed 0, fp32 on CPU. Only lora.r changes between the two runs of a dataset.
+message when ../shared is absent). Model: MiniLM-L6, LoRA on query+value, alpha 16, dropout 0.1, batch 32, max
+length 64, 2 epochs, seed 0, fp32 on CPU, learning rate the config's LoRA default (config.DEFAULT_LEARNING_RATES)
+unless --lr. Only lora.r changes between the two runs of a dataset.
 
 Goal to report against: the advised rank within 1 accuracy point of r=64 with at most a quarter of its trainable
 parameters.
@@ -35,7 +36,7 @@ def make_config(dataset: str, rank: int, args):
         "name": f"advice-{dataset}-r{rank}", "task": "seq-cls", "method": "lora", "model": {"source": "minilm"},
         "lora": {"r": rank, "alpha": 16, "dropout": 0.1, "target_modules": ["query", "value"]},
         "data": data,
-        "train": {"epochs": args.epochs, "batch_size": 32, "learning_rate": 1e-3, "seed": args.seed,
+        "train": {"epochs": args.epochs, "batch_size": 32, "learning_rate": args.lr, "seed": args.seed,
                   "logging_steps": 20},
     })
 
@@ -93,9 +94,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=float, default=2.0)
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the config's LoRA default)")
     p.add_argument("--sst2", type=Path, default=SST2, help=f"the SST-2 folder (default {SST2})")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
+    if args.lr is None:
+        from lora_core.config import DEFAULT_LEARNING_RATES
+
+        args.lr = DEFAULT_LEARNING_RATES["lora"]
 
     datasets = [args.only] if args.only else ["sample", "sst2"]
     if "sst2" in datasets and not (args.sst2 / "train.tsv").is_file():
@@ -103,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         datasets.remove("sst2")
     entries = []
     for dataset in datasets:
-        print(f"{dataset}: MiniLM-L6, LoRA r={args.big_r} then the advised rank, {args.epochs:g} epochs, seed "
-              f"{args.seed}", flush=True)
+        print(f"{dataset}: MiniLM-L6, LoRA r={args.big_r} then the advised rank, {args.epochs:g} epochs, "
+              f"lr {args.lr:g}, seed {args.seed}", flush=True)
         entries.append(bench_dataset(dataset, args))
     if not entries:
         return 0
