@@ -491,8 +491,6 @@ def _check_text(path: str, value: str, meta) -> None:
     most = meta.get("max_len", MAX_TEXT)
     if len(value) > most:
         raise ConfigError(path, f"at most {most:,} characters, got {len(value):,} ({excerpt(value, 40)})")
-    if "\x00" in value:
-        raise ConfigError(path, f"must not contain a NUL character ({excerpt(value, 40)})")
     if meta.get("path"):  # a file name the OS would refuse is refused here, naming the field
         if any(ord(c) < 32 for c in value):
             raise ConfigError(path, f"must not contain control characters such as newlines ({excerpt(value, 40)})")

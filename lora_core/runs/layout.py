@@ -1,7 +1,8 @@
 """Every run and artifact file and folder name, and the run-id rules. Nothing else in LoRA Lab spells them.
 
     <runs>/registry.sqlite                  the index of all runs (store.Registry), rebuilt from the run dirs
-    <runs>/registry.sqlite.broken-<time>    a registry found corrupt, moved aside (kept, never deleted)
+    <runs>/registry.sqlite.broken-<time>    a registry found corrupt, moved aside (kept, never deleted;
+                                            `.reindexed-<time>` when `reindex` replaced it on request)
     <runs>/registry.lock                    serializes moving a corrupt registry aside
     <runs>/.deleted-<run_id>/               a run being deleted (renamed first, so nothing can re-import it)
     <runs>/<run_id>/                        RunDir
@@ -41,7 +42,6 @@ from . import files
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REGISTRY_FILE = "registry.sqlite"
 REGISTRY_LOCK = "registry.lock"
-BROKEN_REGISTRY = REGISTRY_FILE + ".broken-"
 DELETED_PREFIX = ".deleted-"
 
 RUN_ID_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,95}")  # used with fullmatch: `$` would accept a trailing newline
@@ -79,14 +79,15 @@ def registry_lock(runs_dir: Path) -> Path:
     return runs_dir / REGISTRY_LOCK
 
 
-def broken_registry(runs_dir: Path) -> Path:
-    """Where a corrupt registry is moved aside: a new name per time, never overwriting an earlier one."""
-    return runs_dir / f"{BROKEN_REGISTRY}{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+def registry_aside(runs_dir: Path, why: str = "broken") -> Path:
+    """Where a registry is moved aside (`why`: broken, reindexed): a new name each time, never overwriting."""
+    return runs_dir / f"{REGISTRY_FILE}.{why}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
-def broken_registries(runs_dir: Path) -> list[Path]:
+def registries_aside(runs_dir: Path) -> list[Path]:
     """Registries moved aside so far, oldest first (their -wal/-shm companions are not listed)."""
-    return sorted(p for p in runs_dir.glob(f"{BROKEN_REGISTRY}*") if not p.name.endswith(("-wal", "-shm")))
+    return sorted((p for p in runs_dir.glob(f"{REGISTRY_FILE}.*-*") if not p.name.endswith(("-wal", "-shm"))),
+                  key=lambda p: p.stat().st_mtime)
 
 
 def sqlite_companions(path: Path) -> list[Path]:
