@@ -124,11 +124,14 @@ def free_bytes(path: Path) -> int | None:
 
 def append_event(path: Path, event: dict) -> None:
     """Append one event as one line with a single write() (O_APPEND), then fsync: a reader sees whole lines,
-    and a crash loses at most the line being written."""
+    a crash loses at most the line being written, and a full disk leaves no part of a line behind."""
     line = (json.dumps(event, default=jsonable, allow_nan=True) + "\n").encode("utf-8")
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, line)
+        start = os.fstat(fd).st_size
+        if os.write(fd, line) != len(line):  # a nearly full disk takes part of a line: take it back whole
+            os.ftruncate(fd, start)
+            raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (short write)", str(path))
         os.fsync(fd)
     finally:
         os.close(fd)

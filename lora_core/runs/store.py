@@ -29,7 +29,9 @@ import math
 import os
 import sqlite3
 import sys
+import threading
 import time
+import urllib.parse
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
@@ -167,6 +169,7 @@ def _row(record: RunRecord) -> list:
 
 _READY: set[str] = set()  # registries this process has already created or brought up to date
 _INSERT = f"INSERT INTO runs ({','.join(_COLUMNS)}) VALUES ({','.join('?' * len(_COLUMNS))})"
+_THREAD = threading.local()       # .immutable: this thread reads a registry it cannot write (see _reading)
 _CORRUPT_CODES = {11, 26}        # SQLITE_CORRUPT, SQLITE_NOTADB: the file is damaged; rebuild it
 _FULL_CODES = {13}               # SQLITE_FULL
 CREATE_GRACE_S = 60.0            # a run dir without status.json younger than this may still be being created
@@ -177,7 +180,7 @@ class _Damaged(sqlite3.DatabaseError):
 
 
 def _damaged(exc: sqlite3.Error) -> bool:
-    if isinstance(exc, _Damaged):
+    if isinstance(exc, _Damaged) or "no such table: runs" in str(exc):  # the file was replaced under us
         return True
     code = getattr(exc, "sqlite_errorcode", None)
     if code is not None:
@@ -204,6 +207,26 @@ def _guarded(method: Callable) -> Callable:
     return call
 
 
+def _reading(method: Callable) -> Callable:
+    """A guarded read that still answers when the registry cannot be written (a full disk: SQLite's WAL mode
+    needs to write its shared-memory file even to read): the file is then read as it is on disk, immutable."""
+    guarded = _guarded(method)
+
+    @functools.wraps(method)
+    def call(self: "Registry", *args, **kwargs):
+        try:
+            return guarded(self, *args, **kwargs)
+        except StorageError:
+            if getattr(_THREAD, "immutable", False) or not self.path.exists():
+                raise
+        _THREAD.immutable = True
+        try:
+            return guarded(self, *args, **kwargs)
+        finally:
+            _THREAD.immutable = False
+    return call
+
+
 # -- the registry ----------------------------------------------------------------------------------------------
 
 class Registry:
@@ -218,14 +241,18 @@ class Registry:
 
     # connections: one per call, closed right after (threads and processes never share one)
     def _open(self) -> sqlite3.Connection:
-        con = sqlite3.connect(str(self.path), timeout=60.0, isolation_level=None, check_same_thread=False)
+        target, uri = str(self.path), False
+        if getattr(_THREAD, "immutable", False):  # no locks, no WAL: the main file as it is on disk
+            target, uri = f"file:{urllib.parse.quote(str(self.path))}?immutable=1", True
+        con = sqlite3.connect(target, timeout=60.0, isolation_level=None, check_same_thread=False, uri=uri)
         con.row_factory = sqlite3.Row
         con.execute("PRAGMA busy_timeout = 60000")
         con.execute("PRAGMA synchronous = NORMAL")
         return con
 
     def _connect(self) -> sqlite3.Connection:
-        self._ensure_schema()
+        if not getattr(_THREAD, "immutable", False):
+            self._ensure_schema()
         return self._open()
 
     def _ensure_schema(self) -> None:
@@ -417,7 +444,7 @@ class Registry:
             con.close()
 
     # reads
-    @_guarded
+    @_reading
     def get(self, run_id: str, *, exact: bool = False) -> RunRecord:
         """A run by id, or (unless `exact`: destructive actions) by a unique prefix of its id, like git's."""
         layout.check_run_id(run_id)
@@ -432,7 +459,7 @@ class Registry:
             raise RunError(f"unknown run id {run_id!r} in {self.runs_dir}{hint}")
         return _record(row, self.runs_dir)
 
-    @_guarded
+    @_reading
     def list(self, status: RunStatus | list[RunStatus] | None = None, sweep_id: str | None = None,
              parent_id: str | None = None) -> list[RunRecord]:
         """Newest first; QUEUED-only listings come in queue order."""
@@ -453,7 +480,7 @@ class Registry:
             rows = con.execute(sql, args).fetchall()
         return [_record(r, self.runs_dir) for r in rows]
 
-    @_guarded
+    @_reading
     def count(self, status: RunStatus) -> int:
         with self._read() as con:
             return con.execute("SELECT COUNT(*) FROM runs WHERE status = ?", (status.value,)).fetchone()[0]

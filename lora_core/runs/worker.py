@@ -48,6 +48,20 @@ OOM_HINT = ("out of memory: lower train.batch_size or data.max_length, turn on t
             "or use method qlora; the memory estimator shows which term dominates")
 
 
+def say(text: str = "", *, trace: bool = False) -> None:
+    """Write to the worker log (stdout and stderr go there), or the current traceback; a log on a full disk
+    must not turn into a second error while the first is being recorded."""
+    try:
+        if trace:
+            traceback.print_exc()
+        if text:
+            print(text, file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
 class Heartbeat(threading.Thread):
     """Writes the heartbeat (with the latest progress) every HEARTBEAT_S seconds and turns a stop requested in
     the registry into the stop flag."""
@@ -63,7 +77,7 @@ class Heartbeat(threading.Thread):
                 if self.registry.heartbeat(self.run_id, self.latest.get("progress"), self.latest.get("step")):
                     self.stop_flag.set()
             except Exception as exc:  # a busy disk must not kill training; the next beat tries again
-                print(f"[worker] heartbeat failed: {exc}", file=sys.stderr, flush=True)
+                say(f"[worker] heartbeat failed: {exc}")
             self.done.wait(HEARTBEAT_S)
 
 
@@ -116,17 +130,16 @@ def record_end(registry: Registry, rd: RunDir, status: RunStatus, fields: dict) 
             registry.set_status(rd.id, status, **fields)
             return
         except StatusError as exc:  # e.g. the run was force-stopped meanwhile: that word stands
-            print(f"[worker] could not record {status}: {exc}", file=sys.stderr, flush=True)
+            say(f"[worker] could not record {status}: {exc}")
             return
         except (StorageError, OSError) as exc:
-            print(f"[worker] recording {status} failed ({exc}); attempt {attempt + 1} of {RECORD_TRIES}",
-                  file=sys.stderr, flush=True)
+            say(f"[worker] recording {status} failed ({exc}); attempt {attempt + 1} of {RECORD_TRIES}")
             time.sleep(0.5 * (attempt + 1))
     reason = fields.get("error") or f"the worker ended {status} but could not record it (disk full?)"
     try:
         files.write_json(rd.exit, {"status": status.value, "error": reason, "time": time.time()})
     except OSError as exc:
-        print(f"[worker] could not write {rd.exit.name} either: {exc}", file=sys.stderr, flush=True)
+        say(f"[worker] could not write {rd.exit.name} either: {exc}")
 
 
 def run(run_path: Path, stop_flag: threading.Event) -> int:
@@ -134,7 +147,7 @@ def run(run_path: Path, stop_flag: threading.Event) -> int:
     registry, run_id = runs.registry, run_path.name
     record = runs.get(run_id, reconcile=False)
     if record.status != RunStatus.RUNNING:
-        print(f"[worker] run {run_id} is {record.status}, not RUNNING; nothing to do", flush=True)
+        say(f"[worker] run {run_id} is {record.status}, not RUNNING; nothing to do")
         return 1
     registry.update(run_id, only_if_status=RunStatus.RUNNING, pid=os.getpid(), pgid=os.getpgrp(),
                     pid_created=psutil.Process().create_time(), host=launcher.this_host(), heartbeat=time.time())
@@ -144,8 +157,8 @@ def run(run_path: Path, stop_flag: threading.Event) -> int:
     rd = record.dir
     hold_space(rd)
     resume_from = record.resume_checkpoint
-    print(f"[worker] run {run_id} pid {os.getpid()} python {sys.executable}"
-          + (f" resuming from {resume_from}" if resume_from else ""), flush=True)
+    say(f"[worker] run {run_id} pid {os.getpid()} python {sys.executable}"
+        + (f" resuming from {resume_from}" if resume_from else ""))
 
     def on_event(event: dict) -> None:
         event = dict(event)
@@ -170,21 +183,19 @@ def run(run_path: Path, stop_flag: threading.Event) -> int:
         if status == RunStatus.STOPPED:
             fields["error"] = stop_note(results, rd)
     except BaseException as exc:  # noqa: BLE001 - whatever ends the run is recorded, then we exit
-        traceback.print_exc()
         fields = {"error": failure_reason(exc)}
         if files.is_no_space(exc):
             free_space(rd)
+        say(trace=True)
     finally:
         beat.done.set()
         rd.reserve.unlink(missing_ok=True)  # its space is what lets the end be recorded on a full disk
-        sys.stdout.flush()
-        sys.stderr.flush()
         record_end(registry, rd, status, fields)
-        print(f"[worker] run {run_id} ended {status}", flush=True)
+        say(f"[worker] run {run_id} ended {status}")
         try:
             runs.reconcile()  # start the next queued run
         except Exception:
-            traceback.print_exc()
+            say(trace=True)
     return 0 if status == RunStatus.SUCCEEDED else 1
 
 
