@@ -111,7 +111,7 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: float = _f(2.0, "Passes over the training data.", min_excl=0, max=10_000)
+    epochs: float = _f(2.0, "Passes over the training data.", min_excl=0, max=10_000.0)
     max_steps: Optional[int] = _f(None, "Stop after this many optimizer steps (overrides epochs).", min=1)
     batch_size: int = _f(32, "Examples per device step.", min=1, max=4096)
     eval_batch_size: Optional[int] = _f(None, "Examples per eval step (defaults to batch_size).", min=1, max=4096)
@@ -391,8 +391,10 @@ def _build(cls, data: Any, prefix: str):
     unknown = sorted((k for k in data if k not in fields), key=repr)  # keys may be numbers or None in YAML
     if unknown:
         where = prefix.rstrip(".") or "config"
-        key = unknown[0] if isinstance(unknown[0], str) and len(unknown[0]) <= 60 else excerpt(unknown[0], 40)
-        raise ConfigError(f"{prefix}{key}", f"unknown key in {where}; allowed keys: {', '.join(fields)}")
+        key = unknown[0]
+        shown = key if isinstance(key, str) and key.isprintable() and 0 < len(key) <= 60 else excerpt(key, 40)
+        raise ConfigError(f"{prefix}{shown}", f"unknown key {excerpt(key, 40)} in {where}; allowed keys: "
+                                              f"{', '.join(fields)}")
     kwargs = {}
     for name, value in data.items():
         path = f"{prefix}{name}"

@@ -366,6 +366,10 @@ def check_rows(cfg: ExperimentConfig) -> Rows:
     train_df, train_src = read_table(d.train, subset=d.subset, split=d.train_split)
     train = _canonical(train_df, train_src, cfg)
     class_names = (train_df.attrs.get("class_names") or {}).get(d.label_column)
+    classes = len(set(train["label"])) if cfg.task == "seq-cls" else 0
+    if classes > MAX_CLASSES:  # before splitting: a class per row would otherwise fail as "too few rows"
+        raise DataError(f"{train_src}: column {d.label_column!r} has {classes:,} classes; at most {MAX_CLASSES} are "
+                        f"supported (is {d.label_column!r} really the label column?)")
 
     eval_table = _load_eval_table(cfg)
     if eval_table is not None:
@@ -403,9 +407,6 @@ def _map_labels(train: dict, evals: dict, train_src: str, eval_src: str, column:
                 class_names: dict[int, str] | None) -> dict[str, int]:
     """Check the classes and replace labels by ids in place; returns name -> id."""
     seen = sorted(set(train["label"]), key=str)
-    if len(seen) > MAX_CLASSES:
-        raise DataError(f"{train_src}: column {column!r} has {len(seen):,} classes in the training rows; at most "
-                        f"{MAX_CLASSES} are supported (is {column!r} really the label column?)")
     if len(seen) < 2:
         raise DataError(f"{train_src}: column {column!r} has only one class ({seen[0]!r}) in the training rows; "
                         f"classification needs at least two")
@@ -457,19 +458,24 @@ def tokenize(splits: Splits, tokenizer, cfg: ExperimentConfig):
     import datasets
 
     datasets.disable_progress_bars()  # a worker's log is for events, not progress bars
+    drop = ["text", "label"] if cfg.task == "seq-cls" else ["prompt", "response"]
+    return tuple(ds.map(encoder(tokenizer, cfg), batched=True, remove_columns=drop, load_from_cache_file=False,
+                        desc=None) for ds in (splits.train, splits.eval))
+
+
+def encoder(tokenizer, cfg: ExperimentConfig):
+    """The batch function `tokenize` maps over a split: canonical columns -> input ids (and labels)."""
     max_length = cfg.data.max_length
     if cfg.task == "seq-cls":
         def encode(batch):
             enc = tokenizer(batch["text"], truncation=True, max_length=max_length)
             enc["labels"] = batch["label"]
             return enc
-        drop = ["text", "label"]
-    else:
-        def encode(batch):
-            return encode_causal(tokenizer, batch["prompt"], batch["response"], max_length, cfg.data.mask_prompt)
-        drop = ["prompt", "response"]
-    return tuple(ds.map(encode, batched=True, remove_columns=drop, load_from_cache_file=False,
-                        desc=None) for ds in (splits.train, splits.eval))
+        return encode
+
+    def encode_pairs(batch):
+        return encode_causal(tokenizer, batch["prompt"], batch["response"], max_length, cfg.data.mask_prompt)
+    return encode_pairs
 
 
 def _eos_id(tokenizer) -> int | None:
