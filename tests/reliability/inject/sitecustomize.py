@@ -20,6 +20,7 @@ name at import (peft and transformers bind safetensors' save_file) get the patch
 """
 import errno
 import importlib.abc
+import importlib.util
 import json
 import os
 import signal
@@ -141,7 +142,8 @@ def _patch_files(module):
     module.write_json, module.append_event = patched_write_json, patched_append_event
 
 
-def _patch_train(module):
+def _quick_train(module):
+    """Stands in for lora_core.train without importing it (or pandas, transformers): workers start fast."""
     def run_experiment(cfg, out_dir, *, on_event=None, should_stop=None, resume_from=None):
         if on_event:
             on_event({"kind": "phase", "phase": "training", "time": time.time()})
@@ -155,14 +157,23 @@ def _patch_train(module):
 
 _PATCHES = {"safetensors.torch": _patch_safetensors, "torch": _patch_torch,
             "transformers.trainer_callback": _patch_trainer_callback, "lora_core.runs.files": _patch_files}
-if _SPEC and _SPEC.get("do") == "quick":
-    _PATCHES = {"lora_core.train": _patch_train}
+_REPLACED = {"lora_core.train": _quick_train} if _SPEC and _SPEC.get("do") == "quick" else {}
+
+
+class _Replacement(importlib.abc.Loader):
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        _REPLACED[module.__name__](module)
 
 
 class _Finder(importlib.abc.MetaPathFinder):
     """Patches a target module right after it has been executed, before anyone binds its names."""
 
     def find_spec(self, name, path, target=None):
+        if name in _REPLACED:
+            return importlib.util.spec_from_loader(name, _Replacement())
         if name not in _PATCHES:
             return None
         for finder in sys.meta_path:
