@@ -102,8 +102,8 @@ def log_tail(run_id: str, n: int = 50) -> str:
 
 
 def can_resume(run_id: str) -> bool:
-    """True when the run has a complete checkpoint to continue from."""
-    return bool(_runs().checkpoints(run_id))
+    """True when the run has a complete checkpoint to continue from (its own, or the one it was resumed from)."""
+    return _runs().resume_point(run_id) is not None
 
 
 def artifact_files(run_id: str) -> tuple[Path, list[tuple[str, int]]]:

@@ -130,6 +130,18 @@ class Runs:
         """Complete Trainer checkpoints as (step, path), oldest first."""
         return self.dir(run_id).artifacts.complete_checkpoints()
 
+    def resume_point(self, run_id: str) -> tuple[int, Path] | None:
+        """Where a resume of this run would start: its newest complete checkpoint, else (a resumed run that
+        died before saving one of its own) the complete checkpoint it was itself resumed from; None if neither."""
+        own = self.checkpoints(run_id)
+        if own:
+            return own[-1]
+        start = self.registry.get(run_id).resume_checkpoint
+        if start is not None and layout.is_complete_checkpoint(start):
+            step = start.name[len(layout.CHECKPOINT_PREFIX):]
+            return (int(step), start) if step.isdigit() else None
+        return None
+
     def follow_log(self, run_id: str, poll: float = 0.2) -> Iterator[str]:
         """Yield the worker log's lines as they are written, until the run has ended and the log is drained."""
         record = self.get(run_id)
@@ -235,7 +247,8 @@ class Runs:
         return sweep_id, run_ids
 
     def resume(self, run_id: str, *, ignore_memory: bool = False) -> str:
-        """Resume a STOPPED or FAILED run from its latest complete checkpoint as a NEW run; returns its id.
+        """Resume a STOPPED or FAILED run from its newest complete checkpoint (see `resume_point`) as a NEW run;
+        returns its id.
 
         The old run keeps its final status (terminal states are final). The new run has the same config,
         `parent_id` = the old run, starts from the checkpoint, and its metrics stream begins with the old run's
@@ -243,11 +256,11 @@ class Runs:
         parent = self.get(run_id)
         if parent.status not in (RunStatus.STOPPED, RunStatus.FAILED):
             raise RunError(f"run {parent.id} is {parent.status}; only STOPPED or FAILED runs can be resumed")
-        found = self.checkpoints(parent.id)
-        if not found:
+        found = self.resume_point(parent.id)
+        if found is None:
             raise RunError(f"run {parent.id} has no checkpoint to resume from (checkpoints are saved every "
                            "train.save_steps steps, at each evaluation, and when a run is stopped)")
-        step, checkpoint = found[-1]
+        step, checkpoint = found
         (cfg,) = self._admit([self.config(parent.id)], ignore_memory=ignore_memory)  # the data may have changed
         inherited = [dict(e, inherited_from=parent.id) for e in self.metrics(parent.id)
                      if e.get("kind") != "phase" and isinstance(e.get("step"), (int, float)) and e["step"] <= step]

@@ -5,11 +5,14 @@ every fault the run is FAILED with the right reason, the metrics written before 
 consistent, and resuming from the newest complete checkpoint trains to the end."""
 from __future__ import annotations
 
+import json
 import os
 import random
 import sqlite3
 import subprocess
 import sys
+
+from pathlib import Path
 
 import pytest
 
@@ -20,30 +23,33 @@ from lora_core.runs import Runs, RunStatus, files, layout
 
 pytestmark = pytest.mark.reliability
 
-STEPS = 8
+STEPS = 16  # 4 per epoch (16 rows, batch 4): a checkpoint every 2 steps, an evaluation every 4
 
 
-def config(name: str):
-    return tiny_causal(name, max_steps=STEPS, **{"train.save_steps": 2})
+def config(name: str, steps: int = STEPS):
+    return tiny_causal(name, max_steps=steps, **{"train.save_steps": 2})
 
 
-def kill_points(seed: int) -> list[dict]:
-    """10 SIGKILLs: 3 at random training steps, and 7 during writes (a random checkpoint's adapter weights,
-    optimizer state, trainer state and completeness marker; the final adapter; results.json; an evaluation)."""
+def kill_chains(seed: int) -> list[list[dict]]:
+    """10 SIGKILLs in two chains of 5: each run of a chain is the resumed run of the one before, and is killed at
+    its own point (counted from its own start). Chain one: a random training step, then in random order the
+    middle of a checkpoint's adapter weights, optimizer state, trainer state and completeness marker (each the
+    second checkpoint the run writes, so every run adds a complete one first). Chain two: an evaluation, two
+    random training steps, the final adapter's weights, results.json."""
     rng = random.Random(seed)
-    steps = rng.sample(range(3, STEPS), 3)
-    return [*({"at": "step", "nth": s, "do": "kill"} for s in steps),
-            {"at": "safetensors", "nth": rng.randint(2, 4), "do": "kill"},
-            {"at": "torch.save", "name": "optimizer.pt", "nth": rng.randint(2, 4), "do": "kill"},
-            {"at": "trainer_state", "nth": rng.randint(2, 4), "do": "kill"},
-            {"at": "write_json", "name": layout.CHECKPOINT_DONE, "nth": rng.randint(2, 4), "do": "kill"},
-            {"at": "safetensors", "nth": STEPS // 2 + 1, "do": "kill"},  # the final adapter, after 4 checkpoints
-            {"at": "write_json", "name": "results.json", "nth": 1, "do": "kill"},
-            {"at": "eval", "nth": 1, "do": "kill"}]
+    writes = [{"at": "safetensors", "nth": 2}, {"at": "torch.save", "name": "optimizer.pt", "nth": 2},
+              {"at": "trainer_state", "nth": 2}, {"at": "write_json", "name": layout.CHECKPOINT_DONE, "nth": 2}]
+    rng.shuffle(writes)
+    one = [{"at": "step", "nth": rng.randint(3, 4)}, *writes]
+    two = [{"at": "eval", "nth": 1}, {"at": "step", "nth": rng.randint(1, 2)}, {"at": "step", "nth": rng.randint(1, 2)},
+           {"at": "safetensors", "within": ".adapter.saving-", "nth": 1},
+           {"at": "write_json", "name": "results.json", "nth": 1}]
+    return [[dict(spec, do="kill") for spec in chain] for chain in (one, two)]
 
 
 def check_metrics_kept(runs: Runs, run_id: str) -> list[dict]:
-    """Every line of the stream is whole and parses, and the train logs run 1, 2, ... without a gap."""
+    """Every line of the stream is whole and parses, and the train logs run 1, 2, ... without a gap (a resumed
+    run's stream starts with its parent's events up to the checkpoint)."""
     raw = runs.dir(run_id).metrics.read_bytes()
     events, used = files.parse_events(raw)
     assert used == len(raw) and len(events) == raw.count(b"\n"), "a metrics line was lost or cut"
@@ -63,43 +69,56 @@ def registry_consistent(runs_dir) -> None:
         assert mirror and mirror["status"] == record.status.value, (record.id, mirror)
 
 
+def check_killed(runs: Runs, run_id: str, spec: dict) -> tuple[int, Path]:
+    """A killed run: FAILED for the kill, metrics intact, only marked checkpoints listed as complete, and a
+    write cut off mid-way left behind as incomplete. Returns where its resume starts: its newest complete
+    checkpoint, or the one it was itself resumed from when it died before saving its own."""
+    record = runs.wait(run_id, timeout=600)
+    assert record.status is RunStatus.FAILED, (spec, record.status, record.error, record.error_log)
+    assert "SIGKILL" in record.error and "[fault] SIGKILL" in runs.log_tail(run_id, 400), (spec, record.error)
+    events = check_metrics_kept(runs, run_id)
+    artifacts = runs.dir(run_id).artifacts
+    complete = runs.checkpoints(run_id)
+    for folder in artifacts.checkpoints.glob(f"{layout.CHECKPOINT_PREFIX}*"):
+        assert (folder in [p for _, p in complete]) == layout.is_complete_checkpoint(folder)
+    if spec["at"] != "step" and spec["at"] != "eval" and spec.get("name") != "results.json":
+        assert artifacts.incomplete_checkpoints(), (spec, "the write it cut off is left as incomplete")
+    point = runs.resume_point(run_id)
+    assert point is not None, (spec, "every point comes after a complete checkpoint")
+    assert point == (complete[-1] if complete else (point[0], record.resume_checkpoint))
+    assert max(e["step"] for e in events if e.get("kind") == "log") >= point[0]
+    return point
+
+
 def test_sigkill_at_10_points_then_resume_from_the_newest_complete_checkpoint(runs, runs_dir, faults, monkeypatch):
     seed = int(os.environ.get("LORA_LAB_FAULT_SEED") or random.randrange(10**6))
     print(f"fault points seed: {seed} (set LORA_LAB_FAULT_SEED to repeat)")
-    monkeypatch.setenv("LORA_LAB_MAX_CONCURRENT", "2")
-    points = kill_points(seed)
-    ids = [create_faulty(runs, config(f"kill-{i}"), spec) for i, spec in enumerate(points)]
+    monkeypatch.setenv("LORA_LAB_MAX_CONCURRENT", "2")  # the two chains run side by side
+    monkeypatch.setenv("LORA_LAB_TEST_FAULT_WAIT", "1")  # a resumed run may start before its fault.json is written
+    chains = kill_chains(seed)
+    current = [create_faulty(runs, config(f"chain-{i}"), chain[0]) for i, chain in enumerate(chains)]
+    starts: list[int | None] = [None, None]  # the step each chain's current run resumes from
     runs.reconcile()
-    killed = {rid: runs.wait(rid, timeout=600) for rid in ids}
-
-    children = {}
-    for spec, rid in zip(points, ids):
-        record = killed[rid]
-        assert record.status is RunStatus.FAILED, (spec, record.status, record.error)
-        assert "SIGKILL" in record.error, (spec, record.error)
-        assert "[fault] SIGKILL" in runs.log_tail(rid, 400), spec  # it died where the spec said
-        events = check_metrics_kept(runs, rid)
-        artifacts = runs.dir(rid).artifacts
-        complete = runs.checkpoints(rid)
-        assert complete, (spec, "every point comes after the first checkpoint")
-        on_disk = sorted(artifacts.checkpoints.glob(f"{layout.CHECKPOINT_PREFIX}*"))
-        for folder in on_disk:  # a folder left out of the complete list has no valid marker
-            assert (folder in [p for _, p in complete]) == layout.is_complete_checkpoint(folder)
-        if spec["at"] in ("safetensors", "torch.save", "trainer_state", "write_json") \
-                and spec.get("name") != "results.json" \
-                and spec["nth"] <= STEPS // 2:
-            assert len(on_disk) > len(complete) or artifacts.incomplete_checkpoints(), (spec, on_disk)
-        assert max(e["step"] for e in events if e.get("kind") == "log") >= complete[-1][0]
-        children[rid] = (runs.resume(rid), complete[-1])
-
-    for rid, (child, (step, path)) in children.items():
-        record = runs.wait(child, timeout=600)
-        assert record.status is RunStatus.SUCCEEDED, (rid, record.error, record.error_log)
-        assert record.resume_checkpoint == path  # the newest complete checkpoint
-        results = runs.results(child)
-        assert results["resumed_from_step"] == step and results["steps"] == STEPS
-        resumed = [e for e in runs.metrics(child) if e.get("kind") == "log" and "loss" in e]
-        assert [e["step"] for e in resumed] == list(range(1, STEPS + 1))  # the curve continues without a gap
+    killed = 0
+    for link in range(len(chains[0]) + 1):
+        for i, chain in enumerate(chains):
+            rid = current[i]
+            if link == len(chain):  # the last resumed run: no fault, trains to the end
+                record = runs.wait(rid, timeout=600)
+                assert record.status is RunStatus.SUCCEEDED, (record.error, record.error_log)
+                results = runs.results(rid)
+                assert results["steps"] == STEPS and results["resumed_from_step"] == starts[i]
+                check_metrics_kept(runs, rid)  # steps 1..STEPS, inherited and new, without a gap
+                continue
+            starts[i], newest = check_killed(runs, rid, chain[link])
+            killed += 1
+            child = runs.resume(rid)
+            following = chain[link + 1] if link + 1 < len(chain) else {}  # {}: the last run has no fault
+            (runs.dir(child).path / "fault.json").write_text(json.dumps(following))
+            assert runs.get(child, reconcile=False).resume_checkpoint == newest  # the newest complete checkpoint
+            current[i] = child
+            runs.reconcile()
+    assert killed == 10
     registry_consistent(runs_dir)
 
 

@@ -1,14 +1,16 @@
 """Fault injection for tests/reliability, loaded by Python at start-up in processes whose PYTHONPATH holds this
 folder (the tests put it there; the launcher passes PYTHONPATH on to the workers it starts). It does nothing
 unless the process is a worker whose current directory (its run directory) holds `fault.json`, or
-LORA_LAB_TEST_FAULT holds a spec for every worker.
+LORA_LAB_TEST_FAULT holds a spec for every worker. With LORA_LAB_TEST_FAULT_WAIT set, a worker waits for its
+fault.json (`{}`: no fault) before it goes on.
 
-A spec: {"at": WHERE, "nth": N, "do": WHAT, "name": FILE NAME (optional: count only writes of that name)}
+A spec: {"at": WHERE, "nth": N, "do": WHAT} and optionally "name" (count only writes of a file of that name) or
+"within" (count only writes whose path contains this text). Counts start at 0 in each worker process.
   WHERE  safetensors     the Nth safetensors save_file (adapter weights of a checkpoint or of the final adapter)
          torch.save      the Nth torch.save (optimizer, scheduler, RNG state of a checkpoint)
          trainer_state   the Nth trainer_state.json the Trainer writes (the last file of a checkpoint)
          write_json      the Nth files.write_json of a file called `name` (results.json, checkpoint.done, ...)
-         step            the metrics event of a train log at step N (after it is written)
+         step            the Nth train log event this worker writes (after it is written)
          eval            the Nth eval event (after it is written)
   WHAT   kill            SIGKILL this process: at a write, after half the bytes are on disk (a cut-off write)
          enospc          raise OSError(ENOSPC) instead of writing (a full disk, simulated)
@@ -28,6 +30,12 @@ import sys
 import time
 
 _SPEC = None
+if os.environ.get("LORA_LAB_TEST_FAULT_WAIT") and os.path.isfile("config.yaml"):
+    # a worker in its run dir whose spec the test writes right after creating the run (a resumed run may be
+    # started by the resume itself): wait for it
+    _until = time.time() + 120
+    while not os.path.isfile("fault.json") and time.time() < _until:
+        time.sleep(0.05)
 try:
     if os.path.isfile("fault.json"):
         with open("fault.json", encoding="utf-8") as f:
@@ -43,6 +51,8 @@ def _due(where, path=None):
     if not _SPEC or _SPEC.get("at") != where:
         return False
     if _SPEC.get("name") and os.path.basename(str(path)) != _SPEC["name"]:
+        return False
+    if _SPEC.get("within") and _SPEC["within"] not in str(path):
         return False
     _COUNT[where] = _COUNT.get(where, 0) + 1
     return _COUNT[where] == _SPEC.get("nth", 1)
@@ -131,8 +141,7 @@ def _patch_files(module):
     def patched_append_event(path, event):
         append_event(path, event)
         kind = event.get("kind")
-        hit = (kind == "log" and "loss" in event and _SPEC and _SPEC.get("at") == "step"
-               and event.get("step") == _SPEC.get("nth")) or (kind == "eval" and _due("eval"))
+        hit = (kind == "log" and "loss" in event and _due("step")) or (kind == "eval" and _due("eval"))
         if hit and _SPEC.get("do") == "kill":
             _log(f"SIGKILL after the {kind} event at step {event.get('step')}")
             os.kill(os.getpid(), signal.SIGKILL)
