@@ -47,21 +47,13 @@ def _write_temp(path: Path, text: str) -> Path:
     return tmp
 
 
-def atomic_write(path: Path, text: str) -> None:
-    """Write a whole file so that readers see the old or the new content, never a mix."""
+def atomic_write(path: Path, text: str, *, once: bool = False) -> None:
+    """Write a whole file so that readers see the old or the new content, never a mix. `once`: create it, never
+    replacing one that exists (FileExistsError): the temporary file is hard-linked into place, which fails if
+    the name is taken, instead of renamed over it."""
     tmp = _write_temp(path, text)
     try:
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_once(path: Path, text: str) -> None:
-    """Create a file whole, never replacing one that exists (FileExistsError): written under a temporary
-    name, then hard-linked into place, which fails if the name is taken."""
-    tmp = _write_temp(path, text)
-    try:
-        os.link(tmp, path)
+        (os.link if once else os.replace)(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 

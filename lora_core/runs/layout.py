@@ -292,11 +292,6 @@ class RunDir:
         return Artifacts(self.path / "artifacts")
 
 
-def status_files(runs_dir: Path) -> list[Path]:
-    """Every run's status.json mirror (to rebuild a lost registry)."""
-    return sorted(rd.status for rd in run_dirs(runs_dir) if rd.status.is_file())
-
-
 def run_dirs(runs_dir: Path) -> list[RunDir]:
     """Every folder in the runs dir named like a run (a run being deleted is not)."""
     try:

@@ -187,7 +187,7 @@ class Runs:
             path.mkdir()
             rd = RunDir(path)
             rd.artifacts.path.mkdir()
-            files.write_once(rd.config, cfg.to_yaml())  # whole or absent, and never overwritten
+            files.atomic_write(rd.config, cfg.to_yaml(), once=True)  # whole or absent, and never overwritten
             rd.metrics.touch()
             rd.log.touch()
             for event in initial_metrics or []:

@@ -12,12 +12,10 @@ mode with a busy timeout; every call opens its own short-lived connection (Strea
 own thread) and every write is one short `BEGIN IMMEDIATE` transaction, so several dashboards and workers can use
 it at once without "database is locked". (WAL needs a local filesystem; do not put the runs dir on NFS.)
 
-The run directories are the truth; the registry is an index. Each run directory's status.json mirrors its row.
-A registry that is missing, cut to zero bytes, or corrupt (SQLite says "not a database" or "malformed", or its
-quick check fails on a process's first open) is moved aside under a new name, kept for inspection, and rebuilt
-from the run directories, with a one-line notice (`Registry.notices`, and on stderr); a run whose status.json is
-damaged too is rebuilt from its config and results. Runs missing from a healthy registry are imported on each
-process's first open. A full disk or an I/O error is a `StorageError` naming the file, never a raw sqlite3 error.
+The run directories are the truth; the registry is an index (each run dir's status.json mirrors its row). A
+registry missing, empty or corrupt (found by SQLite, or by a quick check on a process's first open) is moved
+aside, kept, and rebuilt from the run dirs with a one-line notice (`notices`, stderr); a run whose status.json
+is damaged too is rebuilt from its config and results. A full disk is a `StorageError`, never a sqlite3 error.
 """
 from __future__ import annotations
 
@@ -256,40 +254,40 @@ class Registry:
         return self._open()
 
     def _ensure_schema(self) -> None:
-        """On a process's first look (and whenever the file has gone): create or migrate the table, check the
-        file, and index run directories the registry lacks; a damaged file is moved aside and rebuilt. Under
+        """On a process's first look (and whenever the file has gone): check the file, create or migrate the
+        table, and index run directories the registry lacks; a damaged file is moved aside and rebuilt. Under
         the registry lock, so creating, checking and rebuilding never interleave across processes."""
-        key = str(self.path)
-        if key in _READY and self.path.exists():
+        if str(self.path) in _READY and self.path.exists():
             return
         with self._locked():
             missing = not self.path.exists()
             try:
-                if not missing and self.path.stat().st_size == 0:
-                    raise _Damaged("the file is empty (0 bytes)")  # SQLite would take it for a new database
+                if not missing:
+                    self._check_integrity()
                 self._init_schema()
-                _READY.add(key)
-                self._check_integrity()
+                _READY.add(str(self.path))
                 count = self._import_runs()
             except sqlite3.DatabaseError as exc:
-                _READY.discard(key)
+                _READY.discard(str(self.path))
                 if not _damaged(exc):
                     raise self._storage_error(exc) from None
-                aside, count = self._rebuild("broken")
-                self.notify(f"the run registry was unreadable ({str(exc).splitlines()[0][:120]}); moved it "
-                             f"aside to {aside.name} and rebuilt it from {count} run directories")
+                self._rebuild_damaged(str(exc))
                 return
         if missing and count:
             self.notify(f"the run registry was missing; rebuilt it from {count} run directories")
 
     def _check_integrity(self) -> None:
+        """_Damaged unless the file is a readable registry (an empty file would pass as a new database)."""
+        if self.path.stat().st_size == 0:
+            raise _Damaged("the file is empty (0 bytes)")
         con = self._open()
         try:
             row = con.execute("PRAGMA quick_check(1)").fetchone()
+            if not row or row[0] != "ok":
+                raise _Damaged(f"database disk image is malformed (quick_check: {row and row[0]})")
+            con.execute("SELECT COUNT(*) FROM runs").fetchone()  # "no such table": not our registry (any more)
         finally:
             con.close()
-        if not row or row[0] != "ok":
-            raise _Damaged(f"database disk image is malformed (quick_check: {row and row[0]})")
 
     def _storage_error(self, exc: sqlite3.Error) -> StorageError:
         code = getattr(exc, "sqlite_errorcode", 0) or 0
@@ -304,19 +302,24 @@ class Registry:
         notice, or None when another process had already repaired it. Serialized across processes by a lock
         file, and the damage is checked again under the lock, so two processes never rebuild twice."""
         with self._locked():
-            if self._healthy():
+            try:
+                self._check_integrity()
                 return None
-            aside, count = self._rebuild("broken")
+            except (OSError, sqlite3.Error):
+                return self._rebuild_damaged(reason)
+
+    def _rebuild_damaged(self, reason: str) -> str:
+        aside, count = self._rebuild("broken")
         return self.notify(f"the run registry was unreadable ({reason.splitlines()[0][:120]}); "
-                            + (f"moved it aside to {aside.name} and " if aside else "")
-                            + f"rebuilt it from {count} run directories")
+                           + (f"moved it aside to {aside.name} and " if aside else "")
+                           + f"rebuilt it from {count} run directories")
 
     def reindex(self) -> str:
         """Rebuild the registry from the run directories on demand; the old file is moved aside and kept."""
         with self._locked():
             aside, count = self._rebuild("reindexed")
         return self.notify(f"rebuilt the run registry from {count} run directories"
-                            + (f"; the old one is kept as {aside.name}" if aside else ""))
+                           + (f"; the old one is kept as {aside.name}" if aside else ""))
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -330,11 +333,10 @@ class Registry:
     def _rebuild(self, why: str) -> tuple[Path | None, int]:
         """Move the registry file (and its -wal/-shm) aside, then index every run directory into a new one."""
         aside = layout.registry_aside(self.runs_dir, why) if self.path.exists() else None
-        if aside is not None:
-            os.replace(self.path, aside)
-            for part, kept in zip(layout.sqlite_companions(self.path), layout.sqlite_companions(aside)):
-                if part.exists():
-                    os.replace(part, kept)
+        for part, kept in zip([self.path, *layout.sqlite_companions(self.path)],
+                              [aside, *layout.sqlite_companions(aside)] if aside else []):
+            if part.exists():
+                os.replace(part, kept)
         _READY.discard(str(self.path))
         self._init_schema()
         _READY.add(str(self.path))
@@ -342,25 +344,10 @@ class Registry:
 
     def notify(self, notice: str) -> str:
         """Keep a one-line notice for callers (the dashboard shows them) and print it on stderr, once."""
-        if notice in self.notices:
-            return notice
-        self.notices.append(notice)
-        print(f"lora-lab: {notice}", file=sys.stderr, flush=True)
+        if notice not in self.notices:
+            self.notices.append(notice)
+            print(f"lora-lab: {notice}", file=sys.stderr, flush=True)
         return notice
-
-    def _healthy(self) -> bool:
-        if not self.path.exists() or self.path.stat().st_size == 0:
-            return False
-        try:
-            con = self._open()
-            try:
-                ok = con.execute("PRAGMA quick_check(1)").fetchone()[0] == "ok"
-                con.execute("SELECT COUNT(*) FROM runs").fetchone()
-                return ok
-            finally:
-                con.close()
-        except sqlite3.Error:
-            return False
 
     def _import_runs(self) -> int:
         """Index every run directory the registry does not have (all of them after a rebuild), in one
@@ -661,9 +648,7 @@ def _record_from_files(rd: RunDir, created: float, runs_dir: str) -> RunRecord:
     except (OSError, ValueError, yaml.YAMLError):
         cfg = None
     cfg = cfg if isinstance(cfg, dict) else {}
-
-    def section(name: str) -> dict:
-        return cfg.get(name) if isinstance(cfg.get(name), dict) else {}
+    section = lambda name: cfg.get(name) if isinstance(cfg.get(name), dict) else {}  # noqa: E731
 
     results = files.read_json(rd.results)
     method = cfg.get("method") if isinstance(cfg.get("method"), str) else None
