@@ -4,6 +4,7 @@ refused here, with the engine's own error naming the field, the file, the column
 
     report = check(cfg)                  # LoraLabError, or what was checked: classes, position limit, memory
 
+  * the device: fp16 needs a CUDA GPU;
   * the data (`data.check_rows`, the worker's own first step): columns, empty cells, labels (integer ids below
     MAX_CLASSES, every eval label seen in training, at most MAX_CLASSES classes), rows enough for an eval split;
   * the model, read from its config.json without torch: `data.max_length` within its position limit, and for
@@ -59,6 +60,9 @@ class Preflight:
         self._configs: dict[tuple, dict] = {}
 
     def check(self, cfg: ExperimentConfig, *, ignore_memory: bool = False) -> Report:
+        if cfg.train.precision == "fp16" and detected_device() != "cuda":  # the recipe would refuse it at start
+            raise ConfigError("train.precision", "fp16 mixed precision needs a CUDA GPU and this machine trains on "
+                                                 "its CPU; use fp32 or bf16")
         rows = self.rows(cfg)
         report = Report(num_labels=rows.num_labels or None, train_rows=len(next(iter(rows.train.values()))),
                         eval_rows=len(next(iter(rows.eval.values()))))

@@ -11,6 +11,7 @@ from helpers import ROOT, cli, tiny_config
 from lora_core import memory, preflight
 from lora_core.config import ExperimentConfig
 from lora_core.errors import ConfigError, DataError, LoraLabError
+from lora_core.memory.settings import detected_device
 from lora_core.runs.manager import prepare
 
 pytestmark = pytest.mark.reliability
@@ -72,6 +73,13 @@ def test_a_linked_data_file_is_read_by_its_links_name(tmp_path):
     cfg = prepare(tiny_config(**{"data.train": str(link)}))
     assert cfg.data.train == str(link)  # not resolved to the suffix-less target
     assert preflight.check(cfg).train_rows == 8
+
+
+def test_fp16_without_a_gpu(runs):
+    if detected_device() == "cuda":
+        pytest.skip("this machine has a CUDA GPU: fp16 is allowed")
+    err = refused(runs, ExperimentConfig.from_dict({"train": {"precision": "fp16"}}), ConfigError)
+    assert err.field == "train.precision" and "needs a CUDA GPU" in str(err)
 
 
 def test_absurd_eval_batch_size_and_seed(runs):
