@@ -325,7 +325,7 @@ def prepare(cfg: ExperimentConfig | dict) -> ExperimentConfig:
         path = _absolute("model.source", source)
         if not _is(path, "dir") or not _is(path / MODEL_CONFIG, "file"):
             raise ConfigError("model.source", f"{excerpt(str(path), 300)} is not a model directory (it needs a "
-                                              f"{MODEL_CONFIG}); use minilm, tiny-random-gpt2, tiny-random-llama, "
+                                              f"{MODEL_CONFIG}); use a bundled model ({', '.join(BUNDLED_MODELS)}), "
                                               "a hub id or a saved model directory")
         changes["model.source"] = str(path)
     elif source not in BUNDLED_MODELS:

@@ -35,13 +35,14 @@ def kill_chains(seed: int) -> list[list[dict]]:
     its own point (counted from its own start). Chain one: a random training step, then in random order the
     middle of a checkpoint's adapter weights, optimizer state, trainer state and completeness marker (each the
     second checkpoint the run writes, so every run adds a complete one first). Chain two: an evaluation, two
-    random training steps, the final adapter's weights, results.json."""
+    random training steps, the final adapter's weights, results.json. (Chain two's first run is a new causal-lm
+    run, so its first eval is the one before training, at step 0: it is killed at its second, at step 4.)"""
     rng = random.Random(seed)
     writes = [{"at": "safetensors", "nth": 2}, {"at": "torch.save", "name": "optimizer.pt", "nth": 2},
               {"at": "trainer_state", "nth": 2}, {"at": "write_json", "name": layout.CHECKPOINT_DONE, "nth": 2}]
     rng.shuffle(writes)
     one = [{"at": "step", "nth": rng.randint(3, 4)}, *writes]
-    two = [{"at": "eval", "nth": 1}, {"at": "step", "nth": rng.randint(1, 2)}, {"at": "step", "nth": rng.randint(1, 2)},
+    two = [{"at": "eval", "nth": 2}, {"at": "step", "nth": rng.randint(1, 2)}, {"at": "step", "nth": rng.randint(1, 2)},
            {"at": "safetensors", "within": ".adapter.saving-", "nth": 1},
            {"at": "write_json", "name": "results.json", "nth": 1}]
     return [[dict(spec, do="kill") for spec in chain] for chain in (one, two)]

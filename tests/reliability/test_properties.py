@@ -18,7 +18,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lora_core import data, models, preflight
+from lora_core import data, models, preflight, tokens
 from lora_core.config import ExperimentConfig, field_choices
 from lora_core.errors import LoraLabError
 from lora_core.runs.manager import prepare
@@ -222,7 +222,7 @@ def test_generated_data_files_are_accepted_or_refused_by_name(tmp_path, tokenize
             return
         splits = data.load_splits(cfg)  # what the worker does first: must work for every accepted file
         for split in (splits.train, splits.eval):  # and the function its tokenizing maps over the rows
-            data.encoder(tokenizer, cfg)(split.to_dict())
+            tokens.encoder(tokenizer, cfg)(split.to_dict())
         seen["accepted"] += 1
 
     check()
