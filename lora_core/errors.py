@@ -44,3 +44,7 @@ class StatusError(RunError):
 
 class TrainingDiverged(RunError):
     """The loss or the gradient norm became NaN or infinite: the run ends at once, its weights are not saved."""
+
+
+class StorageError(RunError):
+    """The runs directory cannot be written or read: a full disk, an I/O error. The message names the file."""
