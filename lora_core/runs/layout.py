@@ -283,6 +283,8 @@ class RunDir:
     @property
     def votes(self) -> Path:
         return self.path / "votes.jsonl"
+
+    @property
     def exit(self) -> Path:
         return self.path / "exit.json"
 
