@@ -169,6 +169,25 @@ class ExperimentConfig:
         return cfg
 
     @classmethod
+    def problems(cls, data: dict | None) -> list[ConfigError]:
+        """Every problem with `data` at once, each naming its field (empty when `from_dict` would accept it):
+        the type, range and key of every field, then each cross-field rule whose fields all had a valid value."""
+        return cls.checked(data)[1]
+
+    @classmethod
+    def checked(cls, data: dict | None) -> tuple["ExperimentConfig | None", list[ConfigError]]:
+        """(the config with every bad field left at its default, or None when `data` is no mapping; the
+        problems as `problems` lists them): deeper checks can still look at the fields that were fine."""
+        found: list[ConfigError] = []
+        cfg = _build(cls, data if data is not None else {}, "", found)
+        if cfg is None:
+            return None, found
+        bad = {e.field for e in found}
+        cfg.normalize()
+        found += [e for reads, e in cfg.rule_errors() if not bad & set(reads)]
+        return cfg, found
+
+    @classmethod
     def from_file(cls, path: str | Path) -> "ExperimentConfig":
         path = Path(path)
         if not path.is_file():
@@ -212,44 +231,63 @@ class ExperimentConfig:
 
     # -- the cross-field rules (types and ranges are checked while building) --------------------------------
     def validate(self) -> None:
-        if not self.name.strip():
-            raise ConfigError("name", "must not be empty")
-        if len(self.name) > 200:
-            raise ConfigError("name", "must be at most 200 characters")
-        if not self.model.source.strip():
-            raise ConfigError("model.source", f"must not be empty; use one of {', '.join(BUNDLED_MODELS)}, "
-                                              "a hub id or a local directory")
-        if self.method == "head-only" and self.task != "seq-cls":
-            raise ConfigError("method", "head-only trains a classifier head on a frozen backbone, so it needs "
-                                        "task: seq-cls (allowed for causal-lm: full, lora, qlora)")
-        if self.task == "seq-cls" and self.data.train == "sample:instructions":
-            raise ConfigError("data.train", "sample:instructions is a causal-lm dataset; for seq-cls use "
-                                            "sample:sentiment-2 or sample:sentiment-3")
-        if self.task == "causal-lm" and self.data.train in ("sample:sentiment-2", "sample:sentiment-3"):
-            raise ConfigError("data.train", "a sentiment sample has no prompt/response columns; for causal-lm use "
-                                            "sample:instructions or a file with prompt and response columns")
-        if self.data.train.startswith("sample:") and self.data.train not in SAMPLE_DATASETS:
-            raise ConfigError("data.train", f"unknown bundled sample {self.data.train!r}; allowed: "
-                                            f"{', '.join(SAMPLE_DATASETS)}")
-        if self.data.eval and self.data.eval.startswith("sample:") and self.data.eval not in SAMPLE_DATASETS:
-            raise ConfigError("data.eval", f"unknown bundled sample {self.data.eval!r}; allowed: "
-                                           f"{', '.join(SAMPLE_DATASETS)}")
+        self.normalize()
+        for _, error in self.rule_errors():
+            raise error
+
+    def normalize(self) -> None:
+        """The spellings a form or the CLI may use, in the config's own form (target names as a list)."""
         targets = self.lora.target_modules
-        if isinstance(targets, list) and any(not t.strip() for t in targets):
-            raise ConfigError("lora.target_modules", "names must not be empty")
         if isinstance(targets, list) and len(targets) == 1 and _names_a_preset(targets[0]):
             self.lora.target_modules = targets = targets[0]  # [all-linear] means all-linear, as in PEFT
         if isinstance(targets, str) and not _names_a_preset(targets):
             # "query, value" from a form or the CLI means a list of names
-            self.lora.target_modules = targets = [t.strip() for t in targets.split(",") if t.strip()]
-        if isinstance(targets, str) and targets.startswith("preset:") and targets[7:] not in LORA_PRESETS:
-            raise ConfigError("lora.target_modules", f"unknown preset {targets!r}; allowed: "
-                                                     + ", ".join(f"preset:{p}" for p in LORA_PRESETS))
+            self.lora.target_modules = targets = [t.strip() for t in targets.split(",") if t.strip()] or None
         if isinstance(targets, list) and not targets:
-            self.lora.target_modules = targets = None
+            self.lora.target_modules = None
+
+    def rule_errors(self):
+        """(the fields a rule reads, its error) for every cross-field rule this config breaks, in field order."""
+        if not self.name.strip():
+            yield ("name",), ConfigError("name", "must not be empty")
+        if len(self.name) > 200:
+            yield ("name",), ConfigError("name", "must be at most 200 characters")
+        if not self.model.source.strip():
+            yield ("model.source",), ConfigError("model.source", f"must not be empty; use one of "
+                                                 f"{', '.join(BUNDLED_MODELS)}, a hub id or a local directory")
+        if self.method == "head-only" and self.task != "seq-cls":
+            yield ("method", "task"), ConfigError(
+                "method", "head-only trains a classifier head on a frozen backbone, so it needs task: seq-cls "
+                          "(allowed for causal-lm: full, lora, qlora)")
+        yield from self._data_rule_errors()
+        targets = self.lora.target_modules
+        if isinstance(targets, list) and any(not t.strip() for t in targets):
+            yield ("lora.target_modules",), ConfigError("lora.target_modules", "names must not be empty")
+        if isinstance(targets, str) and targets.startswith("preset:") and targets[7:] not in LORA_PRESETS:
+            yield ("lora.target_modules",), ConfigError(
+                "lora.target_modules", f"unknown preset {targets!r}; allowed: "
+                                       + ", ".join(f"preset:{p}" for p in LORA_PRESETS))
         if self.train.precision == "fp16" and self.method == "qlora" and self.quant.compute_dtype == "bfloat16":
-            raise ConfigError("quant.compute_dtype", "fp16 training needs compute_dtype float16 or float32, "
-                                                     "not bfloat16")
+            yield ("quant.compute_dtype", "train.precision", "method"), ConfigError(
+                "quant.compute_dtype", "fp16 training needs compute_dtype float16 or float32, not bfloat16")
+
+    def _data_rule_errors(self):
+        train, task = self.data.train, ("data.train", "task")
+        if not train.strip():
+            yield ("data.train",), ConfigError("data.train", "must not be empty; use a bundled sample ("
+                                               f"{', '.join(SAMPLE_DATASETS)}), a local file or a hub dataset id")
+        elif self.task == "seq-cls" and train == "sample:instructions":
+            yield task, ConfigError("data.train", "sample:instructions is a causal-lm dataset; for seq-cls use "
+                                                  "sample:sentiment-2 or sample:sentiment-3")
+        elif self.task == "causal-lm" and train in ("sample:sentiment-2", "sample:sentiment-3"):
+            yield task, ConfigError("data.train", "a sentiment sample has no prompt/response columns; for causal-lm "
+                                                  "use sample:instructions or a file with prompt and response columns")
+        elif train.startswith("sample:") and train not in SAMPLE_DATASETS:
+            yield ("data.train",), ConfigError("data.train", f"unknown bundled sample {train!r}; allowed: "
+                                                             f"{', '.join(SAMPLE_DATASETS)}")
+        if self.data.eval and self.data.eval.startswith("sample:") and self.data.eval not in SAMPLE_DATASETS:
+            yield ("data.eval",), ConfigError("data.eval", f"unknown bundled sample {self.data.eval!r}; allowed: "
+                                                           f"{', '.join(SAMPLE_DATASETS)}")
 
     # -- derived values ------------------------------------------------------------------------------------
     @property
@@ -338,23 +376,37 @@ def _literal_args(hint) -> list | None:
     return None
 
 
-def _build(cls, data: Any, prefix: str):
+def _build(cls, data: Any, prefix: str, found: list[ConfigError] | None = None):
+    """The dataclass `cls` from `data`. Without `found`, the first bad field raises its ConfigError; with it,
+    every bad field's error is appended there and the field keeps its default (None when `data` is no mapping)."""
+    def refuse(error: ConfigError) -> None:
+        if found is None:
+            raise error
+        found.append(error)
+
     if not isinstance(data, dict):
-        raise ConfigError(prefix.rstrip("."), f"must be a mapping, got {type(data).__name__}")
+        refuse(ConfigError(prefix.rstrip("."), f"must be a mapping, got {type(data).__name__}"))
+        return None
     hints = _HINTS(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        where = prefix.rstrip(".") or "config"
-        raise ConfigError(f"{prefix}{unknown[0]}", f"unknown key in {where}; allowed keys: {', '.join(fields)}")
+    where = prefix.rstrip(".") or "config"
+    for name in sorted(set(data) - set(fields)):
+        refuse(ConfigError(f"{prefix}{name}", f"unknown key in {where}; allowed keys: {', '.join(fields)}"))
     kwargs = {}
     for name, value in data.items():
+        if name not in fields:
+            continue
         path = f"{prefix}{name}"
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value if value is not None else {}, path + ".")
-        else:
+            section = _build(hint, value if value is not None else {}, path + ".", found)
+            if section is not None:
+                kwargs[name] = section
+            continue
+        try:
             kwargs[name] = _convert(path, value, hint, fields[name].metadata)
+        except ConfigError as exc:
+            refuse(exc)
     return cls(**kwargs)
 
 

@@ -40,3 +40,23 @@ class RunError(LoraLabError):
 
 class StatusError(RunError):
     """An illegal status change, e.g. from a terminal state."""
+
+
+class ConfigProblems(ConfigError):
+    """Every problem with one config, found at once (`lora_core.checks`). `problems` holds each (a LoraLabError
+    naming its field); the message is the one problem, or a count and every problem one a line, so a terminal
+    shows every bad field of a file in one go. `field` is the first problem's."""
+
+    def __init__(self, problems: list[LoraLabError], source: str = ""):
+        self.problems = list(problems)
+        first = self.problems[0] if self.problems else LoraLabError("no problems")
+        if len(self.problems) == 1:
+            text = str(first)
+        else:
+            where = f" in {source}" if source else ""
+            text = "\n".join([f"{len(self.problems)} problems{where}:", *(f"  - {p}" for p in self.problems)])
+        super().__init__(first.field, text)
+        self.args = (text,)
+
+    def __str__(self) -> str:
+        return self.args[0]

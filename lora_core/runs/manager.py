@@ -16,13 +16,13 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
-from ..config import BUNDLED_MODELS, ConfigError, ExperimentConfig, get_dotted, set_dotted
+from .. import checks
+from ..config import ExperimentConfig
 from ..errors import RunError
-from ..paths import DATA_SUFFIXES, is_local_path
 from . import files, launcher, layout
-from .layout import MODEL_CONFIG, RunDir
+from .layout import RunDir
 from .store import Registry, RunRecord, RunStatus
 from .sweep import sweep_configs
 
@@ -221,27 +221,4 @@ def prepare(cfg: ExperimentConfig | dict) -> ExperimentConfig:
     """A validated copy of the config with local paths checked and made absolute, so the worker (started from
     any directory, possibly by another process draining the queue) reads the same files."""
     data = cfg.to_dict() if isinstance(cfg, ExperimentConfig) else dict(cfg)
-    cfg = ExperimentConfig.from_dict(data)
-    changes: dict[str, Any] = {}
-    for field in ("data.train", "data.eval"):
-        value = get_dotted(cfg, field)
-        if value and not value.startswith("sample:") and is_local_path(value, DATA_SUFFIXES):
-            path = Path(value).expanduser()
-            if not path.is_file():
-                raise ConfigError(field, f"file not found: {path.resolve()} (give an existing csv/tsv/json/jsonl/"
-                                         "parquet file, a bundled sample:..., or a hub dataset id)")
-            changes[field] = str(path.resolve())
-    source = cfg.model.source
-    if source not in BUNDLED_MODELS and is_local_path(source):
-        path = Path(source).expanduser()
-        if not path.is_dir() or not (path / MODEL_CONFIG).is_file():
-            raise ConfigError("model.source", f"{path.resolve()} is not a model directory (it needs a "
-                                              f"{MODEL_CONFIG}); use a bundled model ({', '.join(BUNDLED_MODELS)}), "
-                                              "a hub id or a saved model directory")
-        changes["model.source"] = str(path.resolve())
-    if not changes:
-        return cfg
-    data = cfg.to_dict()
-    for field, value in changes.items():
-        set_dotted(data, field, value)
-    return ExperimentConfig.from_dict(data)
+    return checks.with_local_paths(ExperimentConfig.from_dict(data))
