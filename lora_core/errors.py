@@ -14,6 +14,10 @@ class LoraLabError(ValueError):
         self.message = message
         super().__init__(f"{field}: {message}" if field and not message.startswith(f"{field}:") else message)
 
+    def __reduce__(self):
+        # subclasses take other constructor arguments: rebuild from the state, so errors pickle (caches, queues)
+        return _rebuild, (type(self), self.args, self.__dict__)
+
 
 class ConfigError(LoraLabError):
     """A config value is wrong. `field` is the dotted path, e.g. `lora.r`."""
@@ -60,3 +64,10 @@ class ConfigProblems(ConfigError):
 
     def __str__(self) -> str:
         return self.args[0]
+
+
+def _rebuild(cls, args: tuple, state: dict) -> LoraLabError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error

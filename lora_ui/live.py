@@ -1,6 +1,7 @@
 """Reading a run's metrics stream into what the pages show: progress, ETA, throughput, curves."""
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import streamlit as st
@@ -8,6 +9,11 @@ import streamlit as st
 from lora_ui import charts
 from lora_ui.format import fmt_bytes, fmt_duration
 from lora_ui.service import RunStatus
+
+try:  # how often a live panel re-reads the registry while a run is live (the browser test uses 1 s)
+    REFRESH_S = max(0.5, float(os.environ.get("LORA_LAB_REFRESH_S", "2")))
+except ValueError:
+    REFRESH_S = 2.0
 
 
 def last(events: list[dict], key: str, kind: str | None = None) -> Any:

@@ -34,6 +34,8 @@ def test_merge_and_verify(seeded_copy):
     merged = Runs(seeded_copy).dir(record.id).artifacts.merged
     assert (merged / "config.json").is_file()
     assert any("merged model" in b.label for b in at.download_button)
+    merged_tile = next(m.value for m in at.metric if m.label == "Merged model")
+    assert merged_tile != "not merged yet"  # the status tile follows the merge (issue 9 item 9)
     # merging again replaces the folder instead of failing on it
     button(at, "merge_go").click().run()
     no_exception(at)
