@@ -174,7 +174,8 @@ def restore_config_from_url() -> str | None:
         try:
             cfg = config_from_params(st.query_params)
         except ConfigError as exc:
-            BUILDER["link_problem"] = f"The config in this link could not be used, so the default config is shown. {exc}"
+            BUILDER["link_problem"] = ("The config in this link could not be used, so the default config is "
+                                       f"shown. {exc}")
             cfg = None
         if cfg is not None:
             BUILDER["current"] = cfg.to_dict()

@@ -12,8 +12,8 @@ import json
 import pandas as pd
 import streamlit as st
 
-from lora_core.config import (BUNDLED_MODELS, DEFAULT_LEARNING_RATES, SAMPLE_DATASETS, ConfigError,
-                              ExperimentConfig, field_choices, field_help)
+from lora_core.config import (BUNDLED_MODELS, DEFAULT_LEARNING_RATES, SAMPLE_DATASETS, SAMPLE_FOR_TASK,
+                              ConfigError, ExperimentConfig, field_choices, field_help)
 from lora_ui import service
 from lora_ui.config_form import (OTHER_DATA, OTHER_MODEL, SPLIT_OFF, TARGET_MODES, apply_config, cli_command,
                                  config_dict_from_state, config_filename, field_meta, form_config, layer_groups,
@@ -73,8 +73,16 @@ def load_section() -> None:
 
 # -- the tabs --------------------------------------------------------------------------------------------------------
 
+def sample_for_task() -> None:
+    """The task changed: a bundled sample made for the other task follows it (a file or hub id is kept)."""
+    task, choice = S.get("task"), S.get("train_choice")
+    if choice in SAMPLE_DATASETS and choice != SAMPLE_FOR_TASK.get(task, choice):
+        S["train_choice"] = SAMPLE_FOR_TASK[task]
+
+
 def model_tab() -> None:
-    columns_of_fields([("text_input", "name", "Run name", {}), ("selectbox", "task", "Task", {}),
+    columns_of_fields([("text_input", "name", "Run name", {}),
+                       ("selectbox", "task", "Task", {"on_change": sample_for_task}),
                        ("selectbox", "method", "Method", {})])
     choice_or_other("Model", BUNDLED_MODELS, OTHER_MODEL, key=S.key("model_choice"),
                     custom_key=S.key("model_custom"), custom_label="Hub id or local directory",
@@ -199,9 +207,11 @@ def train_tab() -> None:
         columns_of_fields([
             ("number_input", "train.save_steps", "Checkpoint every N steps", {"step": 1, "placeholder": "each eval"}),
             ("number_input", "train.early_stopping_patience", "Early-stopping patience", {"step": 1,
-                                                                                         "placeholder": "off"}),
-            ("number_input", "generate.max_new_tokens", "Generated tokens (causal-lm)", {"step": 8})])
-        field("text_area", "generate.prompts", "Prompts generated before and after training (causal-lm, one a line)")
+                                                                                         "placeholder": "off"})])
+    if S.get("task") == "causal-lm":  # what the run answers before and after training: in sight, not tucked away
+        st.markdown("**Generations before / after training**")
+        field("number_input", "generate.max_new_tokens", "Generated tokens", step=8)
+        field("text_area", "generate.prompts", "Prompts (one a line; keep them out of the training data)")
 
 
 def export_tab(cfg: ExperimentConfig | None, presets: dict, labels: int) -> None:

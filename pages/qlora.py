@@ -122,7 +122,7 @@ def generate_section() -> None:
                    "sample:instructions) to compare its generations with the base model's here.")
     if rec is None:
         return
-    prompts = st.text_area("Prompts (one a line)", value="Write a short greeting:\nThe movie was",
+    prompts = st.text_area("Prompts (one a line)", value="\n".join(service.default_prompts()),
                            key=S.key("prompts"))
     tokens = st.number_input("New tokens", min_value=1, max_value=256, value=24, key=S.key("tokens"))
     if st.button("Generate side by side", key=S.key("generate")):
