@@ -92,8 +92,8 @@ def sweep_tab(cfg) -> None:
                   verb="Sweep", icon=":material/science:", disabled=not planned)
 
 
-def launch_recipe(key: str) -> service.ActionResult:
-    result = service.launch_recipe(key)
+def launch_recipe(key: str, max_steps: int | None) -> service.ActionResult:
+    result = service.launch_recipe(key, max_steps)
     if result.detail:
         focus_sweep(result.detail)  # Compare opens on this sweep
         S["open_compare"] = True    # switch there once the callback is done (a callback cannot switch pages)
@@ -102,6 +102,11 @@ def launch_recipe(key: str) -> service.ActionResult:
 
 def recipes_tab() -> None:
     st.markdown("The tutorial's challenges, one click each: the sweep launches here and Compare opens on it.")
+    quick = st.number_input("Quick look: at most this many steps per run (0 = the recipe's full length)",
+                            min_value=0, max_value=10_000, value=0, step=10, key=S.key("recipe_steps"),
+                            persist_state="session",
+                            help="The full recipes train 5 epochs per run (minutes each on a CPU). A few steps "
+                                 "show the workflow, not the lesson.")
     for recipe in service.recipe_list():
         if not recipe.vary:
             continue  # single-run recipes (Level 3) launch from the Config builder / CLI
@@ -109,7 +114,8 @@ def recipes_tab() -> None:
             c1, c2 = st.columns([4, 1], vertical_alignment="center")
             c1.markdown(f"**{recipe.title}**  \n{recipe.lesson}")
             c1.caption(f"{len(recipe.runs())} runs · terminal equivalent: `{recipe.command()}`")
-            action_button(S, "Launch", launch_recipe, recipe.key, key=S.key(f"recipe_{recipe.key}"), where=c2,
+            action_button(S, "Launch", launch_recipe, recipe.key, int(quick) or None,
+                          key=S.key(f"recipe_{recipe.key}"), where=c2,
                           verb=recipe.title, icon=":material/science:", type="primary")
 
 
