@@ -2,6 +2,7 @@
 import pytest
 
 from apptest_helpers import errors, no_exception, open_page, texts
+from lora_core.config import ExperimentConfig
 from lora_core.runs import Runs
 from lora_ui.format import fmt_bytes
 
@@ -79,7 +80,9 @@ def test_playground_generates(use_seeded):
     button(at, "play_go").click().run()
     no_exception(at)
     table = next(d.value for d in at.dataframe if "prompt" in d.value.columns and "tuned" in d.value.columns)
-    assert list(table["prompt"]) == ["Write a short greeting:", "The movie was"]
+    assert list(table["prompt"]) == list(ExperimentConfig().generate.prompts)  # the held-out default prompts
+    # the answers recorded at training time, base beside tuned, and what changed
+    assert "Before and after training" in texts(at) and "What changed:" in texts(at)
 
 
 # -- QLoRA loader -----------------------------------------------------------------------------------------------
@@ -87,7 +90,8 @@ def test_playground_generates(use_seeded):
 def test_qlora_load_attach_and_perplexity(runs_dir):
     at = open_page("qlora")
     no_exception(at)
-    assert at.selectbox(key="qlora_model").value == "tiny-random-llama"
+    assert at.selectbox(key="qlora_model").value == "smollm2-135m-instruct"  # the real offline default
+    at.selectbox(key="qlora_model").set_value("tiny-random-llama").run()  # a second to load, for the test
     assert not at.get("metric") or not any(m.label == "Quantization constants" for m in at.metric)
     button(at, "qlora_load").click().run()
     no_exception(at)
@@ -134,4 +138,4 @@ def test_qlora_generate_base_vs_adapter(use_seeded):
     no_exception(at)
     assert not errors(at), errors(at)
     table = next(d.value for d in at.dataframe if "prompt" in d.value.columns)
-    assert list(table.columns) == ["prompt", "base", "tuned"] and len(table) == 2
+    assert list(table.columns) == ["prompt", "base", "tuned"] and len(table) == len(ExperimentConfig().generate.prompts)
