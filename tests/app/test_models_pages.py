@@ -138,4 +138,5 @@ def test_qlora_generate_base_vs_adapter(use_seeded):
     no_exception(at)
     assert not errors(at), errors(at)
     table = next(d.value for d in at.dataframe if "prompt" in d.value.columns)
-    assert list(table.columns) == ["prompt", "base", "tuned"] and len(table) == len(ExperimentConfig().generate.prompts)
+    assert list(table.columns) == ["prompt", "base", "tuned"]
+    assert len(table) == len(ExperimentConfig().generate.prompts)
