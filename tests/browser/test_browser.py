@@ -129,7 +129,10 @@ def test_level2_recipe_reaches_compare_with_three_runs(page, server):
     for rec in launched:
         assert runs.wait(rec.id, timeout=360).status is RunStatus.SUCCEEDED, rec.id
     goto_page(pg, "Compare")
-    pg.get_by_text(f"{launched[0].sweep_id} (3 finished runs)").first.wait_for(timeout=30_000)
+    # the sweep picker (a combobox: its value may sit in an input) names the sweep with its 3 finished runs
+    pg.wait_for_function("""(want) => document.body.innerText.includes(want) ||
+        [...document.querySelectorAll('input')].some(i => (i.value || '').includes(want))""",
+                         arg=f"{launched[0].sweep_id} (3 finished runs)", timeout=60_000)
     pg.get_by_text("Efficiency frontier", exact=True).first.wait_for()
     no_exception_on_page(pg)
     shot(pg, "compare_level2")
