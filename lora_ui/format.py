@@ -89,7 +89,14 @@ def styled(frame, bytes_columns: tuple[str, ...] = ()):
     and "—" for every missing value (the data underneath stays numeric, so columns still sort by value)."""
     formats = {name: _printf(fmt) for name, fmt in NUMBER_FORMATS.items() if name in frame.columns}
     formats.update({name: fmt_bytes for name in bytes_columns if name in frame.columns})
-    return frame.style.format(formats, na_rep="—")
+    # every other cell: whole numbers without decimals (a rank column with gaps is float), the rest as written
+    return frame.style.format({name: formats.get(name, _plain) for name in frame.columns}, na_rep="—")
+
+
+def _plain(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.0f}" if value.is_integer() else f"{value:.4g}"
+    return str(value)
 
 
 # -- runs ------------------------------------------------------------------------------------------------------
