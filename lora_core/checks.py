@@ -15,14 +15,13 @@ skips it.
 from __future__ import annotations
 
 import copy
-import json
+import os
 import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from .config import BUNDLED_MODELS, ExperimentConfig, get_dotted, set_dotted
+from .config import (BUNDLED_MODELS, ExperimentConfig, excerpt, get_dotted, parse_bytes, parse_file, parse_text,
+                     set_dotted)
 from .errors import ConfigError, ConfigProblems, LoraLabError
 from .paths import DATA_SUFFIXES, is_local_path
 from .runs.layout import MODEL_CONFIG
@@ -32,16 +31,9 @@ MODEL_FIELDS = {"task", "method", "model.source", "model.revision", "model.trust
                 "lora.modules_to_save"}
 DATA_FIELDS = {"task", "data.train", "data.eval", "data.subset", "data.train_split", "data.eval_split",
                "data.text_column", "data.label_column", "data.prompt_column", "data.response_column"}
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}(/[A-Za-z0-9][A-Za-z0-9_.-]{0,95})?", re.ASCII)
 _FIELD_PREFIX = re.compile(r"^([a-z_]+(?:\.[a-z_]+)+): ")   # "lora.target_modules: ..." in a ModelError
 _FIELD_MENTION = re.compile(r"\((data\.[a-z_]+)\)")        # "no column 'x' (data.text_column)" in a DataError
-
-
-def parse_text(text: str, fmt: str = "yaml", source: str = "config") -> Any:
-    """The data in a YAML or JSON text; ConfigError with the parser's own lines (where and what) otherwise."""
-    try:
-        return json.loads(text) if fmt == "json" else yaml.safe_load(text)
-    except Exception as exc:  # yaml.YAMLError / json.JSONDecodeError: keep the parser's line breaks
-        raise ConfigError("", f"{source} is not valid {fmt.upper()}:\n{exc}") from None
 
 
 def check(cfg: ExperimentConfig | dict | None, *, deep: bool = True) -> list[LoraLabError]:
@@ -73,18 +65,17 @@ def validated(cfg: ExperimentConfig | dict | None, *, deep: bool = True, source:
 
 
 def load_text(text: str, fmt: str = "yaml", source: str = "config", *, deep: bool = True) -> ExperimentConfig:
-    data = parse_text(text, fmt, source)
-    if data is not None and not isinstance(data, dict):
-        raise ConfigError("", f"{source} must be a mapping of keys to values, got {type(data).__name__}")
-    return validated(data, deep=deep, source=source)
+    """A config's text read by the one strict parser (config.parse_text), then every problem at once."""
+    return validated(parse_text(text, fmt, source), deep=deep, source=source)
+
+
+def load_bytes(raw: bytes, fmt: str = "yaml", source: str = "config", *, deep: bool = True) -> ExperimentConfig:
+    """The same for a file's bytes (an upload): size and UTF-8 checked first."""
+    return validated(parse_bytes(raw, fmt, source), deep=deep, source=source)
 
 
 def load_file(path: str | Path, *, deep: bool = True) -> ExperimentConfig:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError("", f"config file not found: {path}")
-    fmt = "json" if path.suffix.lower() == ".json" else "yaml"
-    return load_text(path.read_text(encoding="utf-8"), fmt, str(path), deep=deep)
+    return validated(parse_file(path), deep=deep, source=str(path))
 
 
 def field_of(exc: BaseException, default: str = "") -> str:
@@ -100,30 +91,63 @@ def field_of(exc: BaseException, default: str = "") -> str:
 
 def local_paths(cfg: ExperimentConfig, skip: set[str] = frozenset()) -> tuple[dict[str, str], list[LoraLabError]]:
     """({field: absolute path} for the local data files and model folder the config names, [problems]), so a
-    worker started from any directory reads the same files. Fields in `skip` are not looked at."""
+    worker started from any directory reads the same files; hub ids must be well-formed. Links are kept as given
+    (not resolved): a link's name carries the file's suffix. Fields in `skip` are not looked at."""
     changes: dict[str, str] = {}
     found: list[LoraLabError] = []
     for field in ("data.train", "data.eval"):
         value = get_dotted(cfg, field) if field not in skip else None
-        if value and not value.startswith("sample:") and is_local_path(value, DATA_SUFFIXES):
-            path = Path(value).expanduser()
-            if path.is_file():
-                changes[field] = str(path.resolve())
+        if not value or value.startswith("sample:"):
+            continue
+        try:
+            if is_local_path(value, DATA_SUFFIXES):
+                path = _absolute(field, value)
+                if not _is(path, "file"):
+                    what = "a folder, not a data file" if _is(path, "dir") else "file not found"
+                    raise ConfigError(field, f"{what}: {excerpt(str(path), 300)} (give an existing csv/tsv/json/"
+                                             "jsonl/parquet file, a bundled sample:..., or a hub dataset id)")
+                changes[field] = str(path)
             else:
-                what = "a folder, not a data file" if path.is_dir() else "file not found"
-                found.append(ConfigError(field, f"{what}: {path.resolve()} (give an existing csv/tsv/json/jsonl/"
-                                                "parquet file, a bundled sample:..., or a hub dataset id)"))
+                _check_hub_id(field, value)
+        except ConfigError as exc:
+            found.append(exc)
     source = cfg.model.source
-    if "model.source" not in skip and source not in BUNDLED_MODELS and is_local_path(source):
-        path = Path(source).expanduser()
-        if path.is_dir() and (path / MODEL_CONFIG).is_file():
-            changes["model.source"] = str(path.resolve())
+    if "model.source" in skip or source in BUNDLED_MODELS:
+        return changes, found
+    try:
+        if is_local_path(source):
+            path = _absolute("model.source", source)
+            if not _is(path, "dir") or not _is(path / MODEL_CONFIG, "file"):
+                raise ConfigError("model.source", f"{excerpt(str(path), 300)} is not a model directory (it needs "
+                                                  f"a {MODEL_CONFIG}); use a bundled model "
+                                                  f"({', '.join(BUNDLED_MODELS)}), a hub id or a saved model "
+                                                  "directory")
+            changes["model.source"] = str(path)
         else:
-            found.append(ConfigError("model.source", f"{path.resolve()} is not a model directory (it needs a "
-                                                     f"{MODEL_CONFIG}); use a bundled model "
-                                                     f"({', '.join(BUNDLED_MODELS)}), a hub id or a saved model "
-                                                     "directory"))
+            _check_hub_id("model.source", source)
+    except ConfigError as exc:
+        found.append(exc)
     return changes, found
+
+
+def _absolute(field: str, value: str) -> Path:
+    path = Path(os.path.abspath(Path(value).expanduser()))
+    if len(str(path).encode("utf-8", "replace")) > 4000:
+        raise ConfigError(field, f"the path is too long once made absolute ({excerpt(str(path), 60)})")
+    return path
+
+
+def _is(path: Path, kind: str) -> bool:
+    try:
+        return path.is_file() if kind == "file" else path.is_dir()
+    except (OSError, ValueError):  # a name the filesystem refuses is no file
+        return False
+
+
+def _check_hub_id(field: str, value: str) -> None:
+    if not HUB_ID.fullmatch(value) or "--" in value or ".." in value:
+        raise ConfigError(field, f"{excerpt(value, 60)} is neither an existing local path nor a hub id ('name' or "
+                                 "'org/name': letters, digits, '-', '_', '.', at most 96 characters each)")
 
 
 def with_local_paths(cfg: ExperimentConfig) -> ExperimentConfig:

@@ -71,3 +71,7 @@ def _rebuild(cls, args: tuple, state: dict) -> LoraLabError:
     Exception.__init__(error, *args)
     error.__dict__.update(state)
     return error
+
+
+class StorageError(RunError):
+    """The runs directory cannot be written or read: a full disk, an I/O error. The message names the file."""

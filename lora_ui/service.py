@@ -73,6 +73,11 @@ def has_live_runs() -> bool:
     return bool(running or queued)
 
 
+def registry_notices() -> list[str]:
+    """One line for each repair or failure of the run registry seen by this dashboard (a rebuild, a full disk)."""
+    return _runs().notices()
+
+
 def get_run(run_id: str):
     """A run's record (RunError for an unknown id)."""
     return _runs().get(run_id, reconcile=False)
@@ -103,8 +108,9 @@ def log_tail(run_id: str, n: int = 50) -> str:
 
 
 def resume_blocker(run_id: str) -> str | None:
-    """Why Resume cannot work for this run (None when it has a complete checkpoint to continue from)."""
-    if _runs().checkpoints(run_id):
+    """Why Resume cannot work for this run (None when it has a complete checkpoint to continue from: its own, or
+    the one it was resumed from)."""
+    if _runs().resume_point(run_id) is not None:
         return None
     return ("Nothing to resume from: this run ended before its first complete checkpoint (one is saved every "
             "train.save_steps steps, or at each evaluation). Launch its config again instead.")
@@ -247,10 +253,10 @@ def check_config(cfg: ExperimentConfig | dict) -> list[LoraLabError]:
     return list(_check(json.dumps(cfg.to_dict() if isinstance(cfg, ExperimentConfig) else cfg, sort_keys=True)))
 
 
-def load_config_text(text: str, fmt: str, source: str) -> ExperimentConfig:
-    """A config file's text checked like `python -m lora_core train FILE`: the config, or ConfigProblems listing
+def load_config_file(raw: bytes, fmt: str, source: str) -> ExperimentConfig:
+    """A config file's bytes checked like `python -m lora_core train FILE`: the config, or ConfigProblems listing
     every problem (a parse error keeps the parser's lines)."""
-    return checks.load_text(text, fmt, source)
+    return checks.load_bytes(raw, fmt, source)
 
 
 def field_of(exc: BaseException, default: str = "") -> str:
@@ -337,17 +343,10 @@ def _who_acts(action: str, run_id: str | None = None) -> str:
     return acting_user()
 
 
-def _preflight(cfg: ExperimentConfig) -> None:
-    """What a worker would fail on, checked here so every problem lands on the page at once, exactly as the CLI
-    reports it (lora_core.checks: fields, paths, target names, data columns; ConfigProblems lists them)."""
-    problems = check_config(cfg)
-    if problems:
-        raise ConfigProblems(problems)
-
-
 def launch(cfg: ExperimentConfig) -> ActionResult:
+    """Launch through the engine, whose one pre-launch check (data, model, memory; shared with the CLI) refuses
+    what a worker would fail on with an error naming the field, file, column and row."""
     actor = _who_acts("launch")
-    _preflight(cfg)
     run_id = _runs().launch(cfg)
     return ActionResult("launch", actor, f"Launched **{run_id}** — it trains in its own process; closing the tab "
                                          "does not stop it.", run_id, (run_id,))
@@ -355,7 +354,6 @@ def launch(cfg: ExperimentConfig) -> ActionResult:
 
 def sweep(cfg: ExperimentConfig, vary: dict[str, list]) -> ActionResult:
     actor = _who_acts("sweep")
-    _preflight(cfg)
     sweep_id, run_ids = _runs().sweep(cfg, vary)
     return ActionResult("sweep", actor, f"Sweep **{sweep_id}**: {len(run_ids)} runs queued. They start by "
                                         "themselves as slots free up; see them below and on Compare.",

@@ -59,10 +59,10 @@ def load_section() -> None:
             S["loaded_file"] = upload.file_id
             try:  # checked exactly as `python -m lora_core train FILE` checks it: every problem at once
                 fmt = "json" if upload.name.lower().endswith(".json") else "yaml"
-                loaded = service.load_config_text(upload.getvalue().decode("utf-8"), fmt, upload.name)
+                loaded = service.load_config_file(upload.getvalue(), fmt, upload.name)
                 apply_config(loaded)  # the widgets are drawn below, so their state may still change
                 S.post("success", f"Loaded {upload.name}: {loaded.name}")
-            except (ConfigError, UnicodeDecodeError) as exc:  # the form keeps what it showed: nothing is lost
+            except ConfigError as exc:  # the form keeps what it showed: nothing is lost
                 S.post("error", f"{upload.name} was not loaded (the form is unchanged): {error_text(exc)}")
         if upload is None and S.pop("loaded_file") is not None:  # the file was removed: forget its message
             S.dismiss()
