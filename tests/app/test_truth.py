@@ -30,6 +30,7 @@ def stopped_run(runs_dir: Path, checkpoint: bool) -> str:
         folder = runs.dir(record.id).artifacts.checkpoint(2)
         folder.mkdir(parents=True)
         (folder / layout.CHECKPOINT_STATE).write_text('{"global_step": 2, "log_history": []}')
+        layout.mark_checkpoint_complete(folder)  # what the engine writes once a save has returned
     return record.id
 
 
