@@ -20,10 +20,10 @@ from typing import Callable
 
 import yaml
 
-from .config import BUNDLED_MODELS, ConfigError, ExperimentConfig, field_choices
+from .config import BUNDLED_MODELS, ConfigError, field_choices
 from .errors import LoraLabError
 from .memory import settings as memory_settings
-from . import recipes
+from . import checks, recipes
 from .runs import Runs, RunStatus
 
 MODEL_COMMANDS = "lora_core.cli_models"
@@ -54,7 +54,8 @@ def model_command(name: str, module: str = MODEL_COMMANDS) -> Callable:
 
 def cmd_train(args) -> int:
     runs: Runs = args.runs
-    run_id = runs.launch(ExperimentConfig.from_file(args.config), ignore_memory=args.ignore_memory_estimate)
+    # every problem of the file at once, as the dashboard reports them
+    run_id = runs.launch(checks.load_file(args.config), ignore_memory=args.ignore_memory_estimate)
     if not args.wait:
         emit({"run_id": run_id}, args.json, run_id)
         return 0
@@ -117,7 +118,7 @@ def cmd_resume(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    cfg = ExperimentConfig.from_file(args.config)
+    cfg = checks.load_file(args.config)
     vary: dict[str, list] = {}
     for item in args.vary:
         key, sep, values = item.partition("=")

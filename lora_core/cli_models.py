@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from . import checks
 from .cli import emit
-from .config import ExperimentConfig
 from .data import label_counts
 from .memory import estimate
 from .merge import merge_adapter
@@ -15,7 +15,7 @@ from .runs import Runs
 
 
 def cmd_params(args) -> int:
-    cfg = ExperimentConfig.from_file(args.config)
+    cfg = checks.load_file(args.config, deep=False)  # the data may be unreadable: counts still help
     num_labels = 2
     if cfg.task == "seq-cls":  # the head's size depends on the class count: read it off the data when we can
         try:

@@ -56,7 +56,7 @@ def eval_metrics_figure(events: list[dict], x: str = "step") -> go.Figure | None
             fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=name))
     if not fig.data:
         return None
-    fig.update_layout(title="Eval metrics", xaxis_title=X_AXES.get(x, x), **_LAYOUT)
+    fig.update_layout(title="Eval metrics", xaxis_title=X_AXES.get(x, x), showlegend=True, **_LAYOUT)
     return fig
 
 

@@ -15,7 +15,7 @@ from lora_ui.format import method_text, primary_metric
 from lora_ui.service import RunStatus
 
 COLUMNS = ["label", "status", "method", "rank", "trainable", "trainable %", "accuracy", "macro-F1", "eval loss",
-           "train time (s)", "peak mem (GB)", "est. peak (GB)", "adapter (MB)", "vs full: accuracy",
+           "train time (s)", "CPU busy", "peak mem (GB)", "est. peak (GB)", "adapter (MB)", "vs full: accuracy",
            "vs full: time", "vs full: trainable", "vs full: memory", "preferred", "eval rows", "data fingerprint",
            "id"]
 STD = " ±"  # the column beside a metric holding its std across seeds
@@ -43,6 +43,20 @@ def estimate_bytes(results: dict) -> float | None:
     return None
 
 
+def busy_text(results: dict) -> str | None:
+    """"busy: …" when other work shared the machine while the run trained, "quiet" when not, None if unknown."""
+    if results.get("machine_busy") is None:
+        return None
+    if not results["machine_busy"]:
+        return "quiet"
+    parts = []
+    if results.get("machine_other_cpu_cores"):
+        parts.append(f"{results['machine_other_cpu_cores']:.1f} other cores")
+    if results.get("machine_other_runs"):
+        parts.append(f"{results['machine_other_runs']} other runs")
+    return "busy: " + ", ".join(parts) if parts else "busy"
+
+
 def rows(records, votes: dict[str, dict] | None = None) -> list[dict]:
     """One row per run; `votes` ({run id: service.votes(...)}) fills the "preferred" column."""
     out = []
@@ -62,6 +76,8 @@ def rows(records, votes: dict[str, dict] | None = None) -> list[dict]:
             "macro-F1": res.get("macro_f1"),
             "eval loss": res.get("eval_loss"),
             "train time (s)": res.get("train_time_s"),
+            # how busy the machine was while it trained (lora_core.runs.machine): "busy" times are not clean
+            "CPU busy": busy_text(res),
             "peak mem (GB)": res["peak_mem_bytes"] / 1e9 if res.get("peak_mem_bytes") else None,
             "est. peak (GB)": est / 1e9 if est else None,
             "adapter (MB)": adapter / 1e6 if adapter else None,
@@ -89,14 +105,30 @@ def grouped_rows(groups) -> list[dict]:
     present = [c for c in ("accuracy", "macro-F1", "eval loss", "perplexity", "train time (s)")
                if any(r[c] is not None for r in table)]
     out = []
-    for row in table:
+    for group, row in zip(groups, table):
         shown = {"label": row["setting"], "method": row["method"], "rank": row["rank"], "runs": row["runs"],
                  "seeds": row["seeds"]}
         for column in present:
             shown[column], shown[column + STD] = row[column], row[column + STD]
-        shown.update({"trainable": row["trainable"], "peak mem (GB)": None, "ids": row["ids"]})
+        shown.update({"trainable": row["trainable"], "CPU busy": group_busy_text(group.records),
+                      "peak mem (GB)": None, "ids": row["ids"]})
         out.append(shown)
     return out
+
+
+def group_busy_text(records) -> str | None:
+    """A setting's "CPU busy" cell: "busy: 2 of 3 runs" when some of its seeds trained on a busy machine."""
+    known = [busy_text(r.results or {}) for r in records]
+    busy = sum(1 for b in known if b and b.startswith("busy"))
+    if busy:
+        return f"busy: {busy} of {len(records)} runs"
+    return "quiet" if all(known) else None
+
+
+def busy_labels(records) -> list[str]:
+    """The labels of the runs whose training times were measured while other work shared the CPU."""
+    return [label for rec, label in zip(records, labels_for(records))
+            if (busy_text(rec.results or {}) or "").startswith("busy")]
 
 
 def parallel_rows(records, fields: list[str]) -> list[dict]:

@@ -6,9 +6,9 @@ lora_core.errors). Three kinds of call:
 - cached reads of things that only change with their inputs (a model's layers, parameter counts, estimates,
   data previews): `st.cache_data`, keyed by plain arguments; an engine error is raised, never cached;
 - live reads of the run registry (statuses, metrics, results, logs), never cached;
-- run actions (launch, sweep, stop, cancel, move, resume, delete, merge, vote): each first passes `_who_acts`,
-  the one place that knows who is acting (and where role checks go), then returns an `ActionResult` or raises
-  the engine's `LoraLabError`.
+- run actions (launch, sweep, recipe, stop, cancel, move, resume, delete, merge, vote): each first passes
+  `_who_acts`, the one place that knows who is acting (and where role checks go), then returns an `ActionResult`
+  or raises the engine's `LoraLabError`.
 
 The engine's run manager (`lora_core.runs.Runs`) is held here once per runs directory (`_runs()`).
 """
@@ -24,15 +24,15 @@ from typing import Any
 
 import streamlit as st
 
-from lora_core import adapters, data, inference, memory, merge, models, qlora
+from lora_core import adapters, checks, data, diagnose, inference, memory, merge, models, qlora, recipes
 from lora_core.config import ExperimentConfig
-from lora_core.errors import LoraLabError, RunError
+from lora_core.errors import ConfigProblems, LoraLabError, RunError
 from lora_core.paths import dir_bytes
 from lora_core.runs import Runs, RunStatus, default_runs_dir
 from lora_core.runs import compare as run_compare
 from lora_core.runs.layout import adapter_weights
 
-__all__ = ["LoraLabError", "RunError", "RunStatus"]  # what pages may name besides the functions below
+__all__ = ["LoraLabError", "MAX_ADAPTERS", "RunError", "RunStatus"]  # what pages may name besides the functions below
 
 
 # -- the engine's run manager --------------------------------------------------------------------------------------
@@ -67,6 +67,12 @@ def live_runs() -> tuple[list, list]:
     """(RUNNING runs, QUEUED runs in the order they start), after one reconcile."""
     manager = _runs()
     return manager.list(status=RunStatus.RUNNING), manager.queue()
+
+
+def has_live_runs() -> bool:
+    """True while any run is queued or running (after reconciling dead workers): pages refresh only then."""
+    running, queued = live_runs()
+    return bool(running or queued)
 
 
 def registry_notices() -> list[str]:
@@ -135,9 +141,13 @@ def votes(run_id: str) -> dict:
     return _runs().votes(run_id)
 
 
-def can_resume(run_id: str) -> bool:
-    """True when the run has a complete checkpoint to continue from (its own, or the one it was resumed from)."""
-    return _runs().resume_point(run_id) is not None
+def resume_blocker(run_id: str) -> str | None:
+    """Why Resume cannot work for this run (None when it has a complete checkpoint to continue from: its own, or
+    the one it was resumed from)."""
+    if _runs().resume_point(run_id) is not None:
+        return None
+    return ("Nothing to resume from: this run ended before its first complete checkpoint (one is saved every "
+            "train.save_steps steps, or at each evaluation). Launch its config again instead.")
 
 
 def artifact_files(run_id: str) -> tuple[Path, list[tuple[str, int]]]:
@@ -267,6 +277,27 @@ def data_preview(cfg: ExperimentConfig, n: int = 5):
     return _preview(_key(cfg), int(n))
 
 
+@st.cache_data(show_spinner="Checking the config…", max_entries=64, ttl=60)
+def _check(cfg_key: str) -> list[LoraLabError]:
+    return checks.check(json.loads(cfg_key))
+
+
+def check_config(cfg: ExperimentConfig | dict) -> list[LoraLabError]:
+    """Every problem with the config, as the CLI finds them ([] when it can launch); each names its field."""
+    return list(_check(json.dumps(cfg.to_dict() if isinstance(cfg, ExperimentConfig) else cfg, sort_keys=True)))
+
+
+def load_config_file(raw: bytes, fmt: str, source: str) -> ExperimentConfig:
+    """A config file's bytes checked like `python -m lora_core train FILE`: the config, or ConfigProblems listing
+    every problem (a parse error keeps the parser's lines)."""
+    return checks.load_bytes(raw, fmt, source)
+
+
+def field_of(exc: BaseException, default: str = "") -> str:
+    """The config field an engine error is about (for placing it under its widget)."""
+    return checks.field_of(exc, default)
+
+
 def num_labels(cfg: ExperimentConfig) -> int:
     """The class count a seq-cls run of this config trains (from its data; at least 2)."""
     counts = data_preview(cfg)[1] if cfg.task == "seq-cls" else None
@@ -329,13 +360,40 @@ def compare_perplexity(source: str, texts: list[str], quant_type: str, double_qu
                                     compute_dtype=compute_dtype)
 
 
+def default_prompts() -> list[str]:
+    """The prompts a causal-LM run answers before and after training by default (held out of the sample)."""
+    return list(ExperimentConfig().generate.prompts)
+
+
+def generation_change(generations: list[dict]) -> dict:
+    """What changed between a run's before / after answers: {prompts, before, after, summary}."""
+    return recipes.format_change(generations)
+
+
+def diagnosis(records) -> diagnose.Diagnosis:
+    """Why a comparison does (not) show "LoRA close to full, frozen backbone clearly worse", in sentences."""
+    return diagnose.diagnose([diagnose.RunSummary.from_results(r.name, r.results or {}, r.lora_r) for r in records])
+
+
+def recipe_list() -> list[recipes.Recipe]:
+    """The tutorial's challenges as one-click recipes (title, lesson, what they launch)."""
+    return list(recipes.RECIPES.values())
+
+
 def load_run_models(run_id: str) -> inference.RunModels:
     """A finished run's tuned model beside its base, loaded once (keep it in session state)."""
     return inference.load_run(run_config(run_id), _runs().dir(run_id).artifacts)
 
 
-def load_adapter_set(run_ids: list[str]) -> inference.AdapterSet:
-    """2-4 finished LoRA/QLoRA runs of one base, the base loaded once (keep it in session state)."""
+MAX_ADAPTERS = inference.MAX_ADAPTERS
+
+
+def load_playground(run_ids: list[str]) -> inference.RunModels | inference.AdapterSet:
+    """The Playground's models, loaded once (keep them in session state): one finished run of any method beside
+    its base (answers under "base" and "tuned"), or 2-4 LoRA/QLoRA runs of one base, the base loaded once
+    (answers under "base" and each run id)."""
+    if len(run_ids) == 1:
+        return load_run_models(run_ids[0])
     manager = _runs()
     return inference.load_adapter_set([(i, run_config(i), manager.dir(i).artifacts.path) for i in run_ids])
 
@@ -345,7 +403,7 @@ def load_adapter_set(run_ids: list[str]) -> inference.AdapterSet:
 @dataclass(frozen=True)
 class ActionResult:
     """What a run action did, in one line for the user, and who did it."""
-    action: str                    # launch, sweep, stop, cancel, move, resume, delete, merge
+    action: str                    # launch, sweep, recipe, stop, cancel, move, resume, delete, merge
     actor: str                     # who acted (see acting_user)
     message: str
     run_id: str | None = None      # the run acted on
@@ -381,6 +439,18 @@ def sweep(cfg: ExperimentConfig, vary: dict[str, list], seeds: int = 1) -> Actio
     sweep_id, run_ids = _runs().sweep(cfg, vary, seeds)
     return ActionResult("sweep", actor, f"Sweep **{sweep_id}**: {len(run_ids)} runs queued. They start by "
                                         "themselves as slots free up; see them below and on Compare.",
+                        None, tuple(run_ids), sweep_id)
+
+
+def launch_recipe(key: str, max_steps: int | None = None) -> ActionResult:
+    """Launch one of the tutorial's recipes (a sweep, or one run); `max_steps` caps every run for a quick look."""
+    actor = _who_acts("recipe")
+    recipe = recipes.get(key)
+    overrides = {"train.max_steps": int(max_steps)} if max_steps else None
+    sweep_id, run_ids = recipes.launch(key, _runs(), overrides)
+    quick = f", at most {max_steps} steps each" if max_steps else ""
+    return ActionResult("recipe", actor, f"{recipe.title}: {len(run_ids)} run{'s' if len(run_ids) > 1 else ''} "
+                                         f"launched{quick}" + (f" as sweep **{sweep_id}**." if sweep_id else "."),
                         None, tuple(run_ids), sweep_id)
 
 

@@ -1,6 +1,7 @@
-"""Playground: classify text or generate with any finished run, the base model beside the tuned one; or up to
-four LoRA / QLoRA runs of one base side by side (the base loaded once, adapters switched), with a record of
-which answer was better, which Compare shows.
+"""Playground: classify text or generate with finished runs on your own inputs, the base model beside the tuned
+ones. One run of any method answers beside its base; two to four LoRA / QLoRA runs of one base answer side by
+side (the base loaded once, adapters switched), with a record of which answer was better, which Compare shows.
+One run is simply the smallest set: the same picker, load button, table and "What changed".
 
 The models load when "Load" is pressed and stay in this browser session, so trying more inputs does not reload
 them. Inference only; nothing trains here.
@@ -8,55 +9,78 @@ them. Inference only; nothing trains here.
 import pandas as pd
 import streamlit as st
 
-from lora_core.config import LORA_METHODS
 from lora_ui import service
-from lora_ui.format import error_text, run_label
+from lora_ui.format import run_label
 from lora_ui.service import RunStatus
 from lora_ui.state import PLAYGROUND
-from lora_ui.widgets import attempt, pick_run, show_message
+from lora_ui.widgets import action_button, attempt, show_message
 
 S = PLAYGROUND
 EXAMPLES = {"seq-cls": "A wonderful, moving film with a brilliant cast.\nThe worst thing I have ever seen.\n"
                        "It was fine, nothing special.",
-            "causal-lm": "Write a short greeting:\nThe movie was"}
+            "causal-lm": "\n".join(service.default_prompts())}
 
 
-def load_section(rec) -> bool:
-    """The Load button; True when this run's models are loaded."""
+def pick_runs(runs: list) -> list:
+    """1 to MAX_ADAPTERS runs: one of any method, or several LoRA / QLoRA runs of one base (checked on Load)."""
+    if not runs:
+        st.info("No finished runs with saved weights yet. Train one on the Train page.")
+        return []
+    by_id = {r.id: r for r in runs}
+    picked = st.multiselect(f"Runs (one of any method, or up to {service.MAX_ADAPTERS} LoRA / QLoRA runs of one "
+                            "base model side by side)", list(by_id), default=[runs[0].id],
+                            max_selections=service.MAX_ADAPTERS, key=S.key("runs"),
+                            format_func=lambda i: run_label(by_id[i], True))
+    return [by_id[i] for i in picked]
+
+
+def columns_for(picked: list) -> dict[str, str]:
+    """{row key the engine answers under: column title}. One run answers as "tuned"; several under their ids."""
+    if len(picked) == 1:
+        return {"tuned": "tuned"}
+    return {r.id: f"{r.name} · {r.id[-6:]}" for r in picked}
+
+
+def load_section(picked: list) -> bool:
+    """The Load button; True when exactly these runs' models are loaded."""
+    ids = tuple(r.id for r in picked)
     loaded = S.get("loaded")
-    ready = loaded is not None and loaded[0] == rec.id
+    ready = loaded is not None and loaded[0] == ids
+    what = f"the {picked[0].method} weights" if len(ids) == 1 else f"{len(ids)} adapters"
     c1, c2 = st.columns([1, 3])
     if c1.button("Reload models" if ready else "Load models", type="secondary" if ready else "primary",
                  key=S.key("load")):
         S.pop("loaded")
         S.pop("output")
-        models = attempt(S, "Load", service.load_run_models, rec.id,
-                         spinner=f"Loading {rec.model} and the {rec.method} weights…")
+        models = attempt(S, "Load", service.load_playground, list(ids),
+                         spinner=f"Loading {picked[0].model} once and {what}…")
         if models is not None:
-            S["loaded"] = (rec.id, models)
+            S["loaded"] = (ids, models)
             S.dismiss()
         st.rerun()
-    c2.caption("Loaded: " + (f"`{rec.id}`" if ready else "nothing yet — loading takes a few seconds for small models."))
+    c2.caption("Loaded: " + (", ".join(f"`{i}`" for i in ids) if ready
+                             else "nothing yet — loading takes a few seconds for small models."))
     return ready
 
 
-def classification_table(rows: list[dict]) -> None:
+def classification_table(rows: list[dict], columns: dict[str, str]) -> None:
+    """Each side's label and confidence; ✱ where a tuned model's label differs from the base's."""
+    sides = {"base": "base", **columns}
     table = pd.DataFrame([{
         "text": r["text"],
-        "base": r["base"]["label"], "base confidence": max(r["base"]["probs"].values()),
-        "tuned": r["tuned"]["label"], "tuned confidence": max(r["tuned"]["probs"].values()),
-        "changed": "✱" if r["base"]["label"] != r["tuned"]["label"] else "",
+        **{k: v for key, title in sides.items()
+           for k, v in ((title, r[key]["label"]), (f"{title} confidence", max(r[key]["probs"].values())))},
+        "changed": "✱" if any(r[key]["label"] != r["base"]["label"] for key in columns) else "",
     } for r in rows])
     st.dataframe(table, hide_index=True, width="stretch", column_config={
-        "base confidence": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0, format="%.2f"),
-        "tuned confidence": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0, format="%.2f"),
-    })
+        f"{title} confidence": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0, format="%.2f")
+        for title in sides.values()})
     with st.expander("All probabilities"):
         st.json(rows)
 
 
-def try_section(rec, ready: bool) -> None:
-    task = rec.task
+def try_section(picked: list, ready: bool) -> None:
+    task, ids = picked[0].task, tuple(r.id for r in picked)
     text = st.text_area("Texts to classify (one a line)" if task == "seq-cls" else "Prompts (one a line)",
                         value=EXAMPLES.get(task, ""), key=S.key(f"text_{task}"), height=120)
     tokens = None
@@ -66,128 +90,78 @@ def try_section(rec, ready: bool) -> None:
     if st.button("Classify" if task == "seq-cls" else "Generate", key=S.key("go"), disabled=not ready or not lines):
         models = S["loaded"][1]
         run = models.classify if task == "seq-cls" else lambda xs: models.generate(xs, max_new_tokens=int(tokens))
-        rows = attempt(S, "Run", run, lines, spinner="Running both models…")
+        sides = "both models" if len(ids) == 1 else f"the base and {len(ids)} adapters"
+        rows = attempt(S, "Run", run, lines, spinner=f"Running {sides}…")
         if rows is not None:
-            S["output"] = (rec.id, rows)
+            S["output"] = (ids, rows)
         st.rerun()
     output = S.get("output")
-    if output and output[0] == rec.id:
-        if task == "seq-cls":
-            classification_table(output[1])
-        else:
-            st.dataframe(pd.DataFrame(output[1]), hide_index=True, width="stretch",
-                         column_config={"base": "base model", "tuned": "tuned model"})
-
-
-def one_run(runs: list) -> None:
-    rec = pick_run(runs, S.key("run"), "No finished runs with saved weights yet. Train one on the Train page.",
-                   show_task=True)
-    if rec is None:
+    if not (output and output[0] == ids):
         return
-    try_section(rec, load_section(rec))
-    generations = (service.results(rec.id) or {}).get("generations")
-    if generations:
-        with st.expander("Generations recorded at training time (before / after)"):
-            st.dataframe(pd.DataFrame(generations), hide_index=True, width="stretch")
+    columns = columns_for(picked)
+    if task == "seq-cls":
+        classification_table(output[1], columns)
+    else:
+        st.dataframe(pd.DataFrame(output[1]).rename(columns=columns), hide_index=True, width="stretch",
+                     column_config={"base": "base model", "tuned": "tuned model"})
+    if len(ids) > 1:
+        votes(picked, output[1], columns, "text" if task == "seq-cls" else "prompt")
 
 
-# -- several adapters side by side ---------------------------------------------------------------------------------
-
-def pick_adapters(runs: list) -> list:
-    adapters = [r for r in runs if r.method in LORA_METHODS]
-    if len(adapters) < 2:
-        st.info("Side by side needs at least two finished LoRA or QLoRA runs of one base model (a sweep over ranks "
-                "makes them).")
-        return []
-    by_id = {r.id: r for r in adapters}
-    picked = st.multiselect("Runs (2 to 4 of one base model, task and method)", list(by_id), max_selections=4,
-                            key=S.key("multi_runs"), format_func=lambda i: run_label(by_id[i], True))
-    return [by_id[i] for i in picked]
+NO_CHOICE, NO_DIFFERENCE = "—", "no difference"
 
 
-def load_adapters(picked: list) -> bool:
-    """The Load button for the chosen runs; True when exactly these are loaded."""
-    ids = tuple(r.id for r in picked)
-    loaded = S.get("multi_loaded")
-    ready = loaded is not None and loaded[0] == ids
-    if st.button("Reload" if ready else "Load the base once and every adapter", key=S.key("multi_load"),
-                 type="secondary" if ready else "primary", disabled=len(ids) < 2):
-        S.pop("multi_loaded")
-        S.pop("multi_output")
-        models = attempt(S, "Load", service.load_adapter_set, list(ids),
-                         spinner=f"Loading {picked[0].model} and {len(ids)} adapters…")
-        if models is not None:
-            S["multi_loaded"] = (ids, models)
-            S.dismiss()
-        st.rerun()
-    return ready
-
-
-def answer_text(answer) -> str:
-    if isinstance(answer, dict):  # classification: the label and how sure the model is
-        return f"{answer['label']} ({max(answer['probs'].values()):.2f})"
-    return answer
-
-
-def several_runs(runs: list) -> None:
-    picked = pick_adapters(runs)
-    if not picked:
-        return
-    ready = load_adapters(picked)
-    task = picked[0].task
-    text = st.text_area("Texts to classify (one a line)" if task == "seq-cls" else "Prompts (one a line)",
-                        value=EXAMPLES.get(task, ""), key=S.key(f"multi_text_{task}"), height=120)
-    lines = [t for t in text.splitlines() if t.strip()]
-    if st.button("Classify with all" if task == "seq-cls" else "Generate with all", key=S.key("multi_go"),
-                 disabled=not ready or not lines):
-        models = S["multi_loaded"][1]
-        run = models.classify if task == "seq-cls" else models.generate
-        rows = attempt(S, "Run", run, lines, spinner=f"Running the base and {len(picked)} adapters…")
-        if rows is not None:
-            S["multi_output"] = (tuple(r.id for r in picked), rows)
-        st.rerun()
-    output = S.get("multi_output")
-    if output and output[0] == tuple(r.id for r in picked):
-        answers_and_votes(picked, output[1], "text" if task == "seq-cls" else "prompt")
-
-
-def answers_and_votes(picked: list, rows: list[dict], key: str) -> None:
-    names = {r.id: f"{r.name} · {r.id[-6:]}" for r in picked}
-    st.dataframe(pd.DataFrame([{key: row[key], "base": answer_text(row["base"]),
-                                **{names[i]: answer_text(row[i]) for i in names}} for row in rows]),
-                 hide_index=True, width="stretch")
-    none, same = "—", "no difference"
+def votes(picked: list, rows: list[dict], columns: dict[str, str], key: str) -> None:
+    """"Which answer is better?" per input, recorded with each run (service.vote) and counted on Compare."""
     with st.form(S.key("votes")):
         st.markdown("**Which answer is better?** Your choices are recorded with each run and counted on Compare.")
-        choices = [st.radio(row[key][:80], [none, *names, same], horizontal=True, key=S.key(f"vote_{i}"),
-                            format_func=lambda v: names.get(v, v)) for i, row in enumerate(rows)]
-        if st.form_submit_button("Record choices"):
-            ids = list(names)
-            try:
-                done = [service.vote(None if c == same else c, ids, row[key])
-                        for c, row in zip(choices, rows) if c != none]
-                S.post("success", f"Recorded {len(done)} choice{'s' if len(done) != 1 else ''}.")
-            except Exception as exc:  # noqa: BLE001 - a run deleted meanwhile: say so
-                S.post("error", f"Record: {error_text(exc)}")
-            st.rerun()
+        for i, row in enumerate(rows):
+            st.radio(row[key][:80], [NO_CHOICE, *columns, NO_DIFFERENCE], horizontal=True, key=S.key(f"vote_{i}"),
+                     format_func=lambda v: columns.get(v, v))
+        action_button(S, "Record choices", record_votes, [r.id for r in picked], [row[key] for row in rows],
+                      key=S.key("vote_go"), verb="Record", submit=True)
 
 
-MODES = {"one": "One run: base vs tuned", "several": "Several adapters side by side"}
+def record_votes(run_ids: list[str], prompts: list[str]) -> str:
+    """The form's choices, one vote per answered input (the radios are read from session state)."""
+    choices = [S.get(f"vote_{i}", NO_CHOICE) for i in range(len(prompts))]
+    done = [service.vote(None if c == NO_DIFFERENCE else c, run_ids, prompt)
+            for c, prompt in zip(choices, prompts) if c != NO_CHOICE]
+    return f"Recorded {len(done)} choice{'s' if len(done) != 1 else ''}."
+
+
+def before_after(rec, generations: list[dict], several: bool) -> None:
+    """The held-out prompts answered by the base model before training and by the tuned model after it, side
+    by side, and what changed (the engine counts answers in the training data's format)."""
+    st.subheader("Before and after training" + (f" — {rec.name} · {rec.id[-6:]}" if several else ""))
+    change = service.generation_change(generations)
+    st.markdown(f"**What changed:** {change['summary']}.")
+    for pair in generations:
+        with st.container(border=True):
+            st.markdown(f"**Prompt:** {pair['prompt']}")
+            c1, c2 = st.columns(2)
+            c1.caption("Base model (before training)")
+            c1.code(pair["before"] or "(empty)", language="text", wrap_lines=True)
+            c2.caption("Tuned model (after training)")
+            c2.code(pair["after"] or "(empty)", language="text", wrap_lines=True)
 
 
 def main() -> None:
     st.title("Playground")
-    st.caption("Try finished runs on your own inputs: one run beside its base model (for LoRA runs the same "
-               "weights with the adapter switched off), or up to four adapters of one base side by side.")
+    st.caption("Try finished runs on your own inputs: the base model (what training started from) beside the tuned "
+               "model — for LoRA runs the same weights with the adapter switched off — or up to "
+               f"{service.MAX_ADAPTERS} adapters of one base side by side, the base loaded once.")
     show_message(S)
     runs = [r for r in service.list_runs([RunStatus.SUCCEEDED, RunStatus.STOPPED])
             if (r.results or {}).get("artifact_dir")]
-    mode = st.radio("Mode", list(MODES), horizontal=True, key=S.key("mode"), format_func=MODES.get,
-                    label_visibility="collapsed")
-    if mode == "one":
-        one_run(runs)
-    else:
-        several_runs(runs)
+    picked = pick_runs(runs)
+    if not picked:
+        return
+    try_section(picked, load_section(picked))
+    for rec in picked:
+        generations = (service.results(rec.id) or {}).get("generations")
+        if generations:
+            before_after(rec, generations, several=len(picked) > 1)
 
 
 main()

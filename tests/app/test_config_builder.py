@@ -102,8 +102,12 @@ def test_cross_field_rule_shows_config_error(runs_dir):
     at = open_page("config_builder")
     at.selectbox(key="cfg_task").set_value("causal-lm").run()
     no_exception(at)
-    # a sentiment sample has no prompt/response columns: the engine's message, on the data field
-    assert any("data.train" in e and "sample:instructions" in e for e in errors(at))
+    # the task brings its own sample (a sentiment sample has no prompt/response columns)
+    assert at.selectbox(key="cfg_train_choice").value == "sample:instructions"
+    assert not errors(at), errors(at)
+    at.selectbox(key="cfg_method").set_value("head-only").run()
+    no_exception(at)
+    assert any("head-only" in e for e in errors(at)), errors(at)
 
 
 def test_unknown_model_and_missing_file_are_errors(runs_dir, tmp_path):

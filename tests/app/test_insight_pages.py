@@ -126,18 +126,21 @@ def test_playground_side_by_side_and_votes_on_compare(seeded_copy):
     loras = [r for r in runs.list(reconcile=False) if r.method == "lora" and r.task == "seq-cls"]
     gen = next(r for r in runs.list(reconcile=False) if r.task == "causal-lm")
     at = open_page("playground")
-    at.radio(key="play_mode").set_value("several").run()
-    at.multiselect(key="play_multi_runs").set_value([loras[0].id, gen.id]).run()
-    next(b for b in at.button if b.key == "play_multi_load").click().run()
+    at.multiselect(key="play_runs").set_value([loras[0].id, gen.id]).run()
+    next(b for b in at.button if b.key == "play_load").click().run()
     assert any("cannot share a base" in e for e in errors(at)), errors(at)
-    at.multiselect(key="play_multi_runs").set_value([r.id for r in loras]).run()
-    next(b for b in at.button if b.key == "play_multi_load").click().run()
+    at.multiselect(key="play_runs").set_value([r.id for r in loras]).run()
+    next(b for b in at.button if b.key == "play_load").click().run()
     no_exception(at)
     assert not errors(at)
-    next(b for b in at.button if b.key == "play_multi_go").click().run()
+    next(b for b in at.button if b.key == "play_go").click().run()
     no_exception(at)
     answers = at.dataframe[0].value
-    assert list(answers.columns[:2]) == ["text", "base"] and len(answers.columns) == 4 and len(answers) == 3
+    names = [f"{r.name} · {r.id[-6:]}" for r in loras]
+    # one code path with the single-run case: each side's label and confidence, ✱ where a tuned label changed
+    assert list(answers.columns) == ["text", "base", "base confidence", names[0], f"{names[0]} confidence",
+                                     names[1], f"{names[1]} confidence", "changed"]
+    assert len(answers) == 3
     at.radio(key="play_vote_0").set_value(loras[1].id)
     at.radio(key="play_vote_1").set_value("no difference")
     next(b for b in at.button if b.label == "Record choices").click().run()
