@@ -40,3 +40,11 @@ class RunError(LoraLabError):
 
 class StatusError(RunError):
     """An illegal status change, e.g. from a terminal state."""
+
+
+class TrackingError(LoraLabError):
+    """An experiment tracker (MLflow, TensorBoard) could not be opened."""
+
+
+class HubError(LoraLabError):
+    """Pushing to the Hugging Face Hub failed (offline, no token, no such repo)."""

@@ -26,16 +26,33 @@ from .events import Event, EventStream, MemoryMeter, event_callback
 from .memory import StepPeakMeter, estimate_for_experiment
 from .paths import dir_bytes
 from .runs.layout import CHECKPOINT_STATE, Artifacts, checkpoint_state, is_complete_checkpoint
+from .tracking import Tracker
 
 
 def run_experiment(cfg: ExperimentConfig, out_dir: Path, *, on_event: Callable[[Event], None] | None = None,
-                   should_stop: Callable[[], bool] | None = None, resume_from: Path | None = None) -> dict:
+                   should_stop: Callable[[], bool] | None = None, resume_from: Path | None = None,
+                   run_info: dict | None = None) -> dict:
     """Train `cfg` and write its artifacts to `out_dir`; returns the results dict.
 
     on_event(event) gets every phase / log / eval event. should_stop() is polled between phases and after every
     optimizer step; once true, the run checkpoints, saves what it trained and returns with stopped=True.
     resume_from: a `checkpoint-N` folder of an earlier run of the same config; step counting continues there.
+    run_info: who the run is (run_id, sweep_id, parent_id, runs_dir), for the trackers `cfg.tracking` switches on;
+    they get every event and, at the end, the results and the saved weights (tracking.py).
     """
+    tracker = Tracker.open(cfg, Path(out_dir), run_info)
+    try:
+        results = _train(cfg, out_dir, on_event=tracker.wrap(on_event), should_stop=should_stop,
+                         resume_from=resume_from)
+    except BaseException:
+        tracker.finish(None, failed=True)
+        raise
+    weights = Path(out_dir) / results["artifact_dir"] if results.get("artifact_dir") else None
+    return tracker.finish(results, weights)
+
+
+def _train(cfg: ExperimentConfig, out_dir: Path, *, on_event, should_stop, resume_from) -> dict:
+    """setup -> train -> save (see run_experiment)."""
     from transformers import set_seed
 
     out = Artifacts(out_dir)

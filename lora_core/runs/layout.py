@@ -1,6 +1,7 @@
 """Every run and artifact file and folder name, and the run-id rules. Nothing else in LoRA Lab spells them.
 
     <runs>/registry.sqlite                  the index of all runs (store.Registry)
+    <runs>/mlflow.sqlite  mlflow-artifacts/ the local MLflow store (tracking.mlflow: true, no $MLFLOW_TRACKING_URI)
     <runs>/<run_id>/                        RunDir
         config.yaml                         the experiment config, written once
         status.json                         a mirror of the run's registry row
@@ -14,6 +15,7 @@
             label_map.json  generations.json
             checkpoints/checkpoint-N/       Trainer checkpoints for resume
             merged/                         where the dashboard merges an adapter into its base
+            tensorboard/                    TensorBoard event files (tracking.tensorboard: true)
 
 Like torchtune's checkpointer, this module owns the on-disk keys: the recipe, merge, inference, the worker, the
 CLI and the pages get every path from here.
@@ -32,6 +34,9 @@ from ..errors import RunError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REGISTRY_FILE = "registry.sqlite"
+MLFLOW_DB = "mlflow.sqlite"
+MLFLOW_ARTIFACTS = "mlflow-artifacts"
+RESULTS_FILE = "results.json"  # also the name of the results artifact in a tracker
 
 RUN_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,95}$")
 SLUG_MAX = 40
@@ -61,6 +66,11 @@ def runs_root(runs_dir: str | Path | None) -> Path:
 
 def registry_path(runs_dir: Path) -> Path:
     return runs_dir / REGISTRY_FILE
+
+
+def mlflow_store(runs_dir: Path) -> tuple[str, str]:
+    """(tracking URI, artifact location) of the local MLflow store inside the runs dir."""
+    return f"sqlite:///{Path(runs_dir) / MLFLOW_DB}", (Path(runs_dir) / MLFLOW_ARTIFACTS).as_uri()
 
 
 def slugify(name: str) -> str:
@@ -134,6 +144,10 @@ class Artifacts:
     @property
     def checkpoints(self) -> Path:
         return self.path / "checkpoints"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / "tensorboard"
 
     @property
     def merged(self) -> Path:
@@ -211,7 +225,7 @@ class RunDir:
 
     @property
     def results(self) -> Path:
-        return self.path / "results.json"
+        return self.path / RESULTS_FILE
 
     @property
     def artifacts(self) -> Artifacts:
