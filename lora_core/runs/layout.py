@@ -37,6 +37,7 @@ REGISTRY_FILE = "registry.sqlite"
 MLFLOW_DB = "mlflow.sqlite"
 MLFLOW_ARTIFACTS = "mlflow-artifacts"
 RESULTS_FILE = "results.json"  # also the name of the results artifact in a tracker
+MODEL_CARD = "README.md"       # the model card at the root of a pushed Hub repository
 
 RUN_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,95}$")
 SLUG_MAX = 40
