@@ -26,7 +26,7 @@ def _gb(value) -> str:
     return f"{value / GB:.2f} GB" if isinstance(value, (int, float)) and value else "—"
 
 
-def model_card(cfg: ExperimentConfig, results: dict, run_id: str, what: str = "adapter") -> str:
+def model_card(cfg: ExperimentConfig, results: dict, run_id: str, what: str = "LoRA adapter") -> str:
     """The README.md of the pushed repository: YAML metadata, then what the run was and what it measured."""
     base = cfg.model.source
     lora = (f"rank r={cfg.lora.r}, alpha {cfg.lora.alpha:g}, dropout {cfg.lora.dropout:g}, targets "
@@ -36,7 +36,8 @@ def model_card(cfg: ExperimentConfig, results: dict, run_id: str, what: str = "a
     metrics = "\n".join(f"| {k} | {results[k]:.4g} |" for k in METRIC_KEYS if isinstance(results.get(k), (int, float)))
     estimate = results.get("memory_estimate") or {}
     tags = ["lora-lab", cfg.method, cfg.task] + (["peft", "lora"] if cfg.uses_lora else [])
-    front = ["---", f"library_name: {'peft' if cfg.uses_lora and what == 'adapter' else 'transformers'}",
+    library = "peft" if cfg.uses_lora and what == "LoRA adapter" else "transformers"
+    front = ["---", f"library_name: {library}",
              "tags:"] + [f"- {t}" for t in tags]
     if "/" in base and not Path(base).exists():  # a hub id; bundled and local models have no Hub page
         front.append(f"base_model: {base}")
@@ -71,7 +72,7 @@ def upload_folder(run_id: str, runs: Runs, merged: bool) -> tuple[Path, str]:
     folder = artifacts.weights(cfg.method)
     if not artifacts.weights_marker(cfg.method).is_file():
         raise HubError(f"run {run_id} has no saved weights in {folder} to push")
-    return folder, "adapter" if cfg.uses_lora else "model"
+    return folder, "LoRA adapter" if cfg.uses_lora else "model"
 
 
 def push(runs: Runs, run_id: str, repo_id: str, *, private: bool = False, merged: bool = False,

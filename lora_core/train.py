@@ -352,7 +352,7 @@ def collect_results(cfg: ExperimentConfig, *, splits, memory: MemoryMeter, stopp
 
 def speed_choices(cfg: ExperimentConfig, data_info: dict | None) -> dict:
     """The run's speed choices as the config set them, with what they did (cache hit, padding, packed rows)."""
-    return {"precision": cfg.train.precision, "checkpoints": cfg.train.checkpoints,
+    return {"precision": cfg.train.precision, "save_checkpoints": cfg.train.checkpoints,
             "cache_tokenized": cfg.data.cache_tokenized, "group_by_length": cfg.data.group_by_length,
             "packing": cfg.data.packing, **(data_info or {})}
 

@@ -357,7 +357,7 @@ def merge_run(run_id: str) -> ActionResult:
 
 def model_card(run_id: str, merged: bool = False) -> str:
     """The model card a push of this run would upload."""
-    what = "merged model" if merged else ("adapter" if run_config(run_id).uses_lora else "model")
+    what = "merged model" if merged else ("LoRA adapter" if run_config(run_id).uses_lora else "model")
     return hub.model_card(run_config(run_id), results(run_id) or {}, run_id, what)
 
 

@@ -76,7 +76,7 @@ def push_section(rec, merged: bool) -> None:
     c1, c2, c3 = st.columns([3, 1, 1])
     repo = c1.text_input("Repository id", placeholder="your-name/my-adapter", key=S.key("repo"))
     private = c2.checkbox("Private", value=True, key=S.key("private"))
-    which = c3.radio("Upload", ["adapter", "merged model"] if merged else ["saved weights"], key=S.key("which"))
+    which = c3.radio("Upload", ["LoRA adapter", "merged model"] if merged else ["saved weights"], key=S.key("which"))
     with st.expander("Model card (README.md of the repository)"):
         st.markdown(service.model_card(rec.id, which == "merged model"))
     if st.button("⬆️ Push", disabled=not repo.strip(), key=S.key("push"),

@@ -34,7 +34,7 @@ def test_defaults_are_on_recorded_and_cached(tmp_path, private_cache):
     second = run_experiment(cfg, tmp_path / "b")
     for res in (first, second):
         speed = json.loads(json.dumps(res))["speed"]  # as results.json holds it
-        assert speed["group_by_length"] is True and speed["precision"] == "auto" and speed["checkpoints"] is True
+        assert speed["group_by_length"] is True and speed["precision"] == "auto" and speed["save_checkpoints"] is True
         assert speed["padding_ratio"] <= speed["padding_ratio_random"]
         assert res["precision"] in ("bf16", "fp32") and res["precision_reason"].startswith("auto:")
     assert (first["speed"]["tokenize_cache"], second["speed"]["tokenize_cache"]) == ("miss", "hit")
@@ -46,7 +46,7 @@ def test_defaults_are_on_recorded_and_cached(tmp_path, private_cache):
 def test_every_speed_default_switches_off(tmp_path, private_cache):
     res = run_experiment(tiny_config(**SPEED_OFF), tmp_path)
     speed = res["speed"]
-    assert speed["group_by_length"] is False and speed["cache_tokenized"] is False and speed["checkpoints"] is False
+    assert speed["group_by_length"] is False and speed["cache_tokenized"] is False and speed["save_checkpoints"] is False
     assert speed["tokenize_cache"] == "off" and speed["padding_ratio"] == speed["padding_ratio_random"]
     assert res["precision"] == "fp32" and "set in the config" in res["precision_reason"]
     assert not private_cache.exists()
