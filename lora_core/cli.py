@@ -185,6 +185,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
     sp.add_argument("--json", action="store_true")
 
+    sp = cmd("lr-find", model_command("cmd_lr_find"),
+             "Learning-rate range test on the config's training rows (never its eval split): the loss per rate "
+             "and a suggested rate.")
+    sp.add_argument("config")
+    sp.add_argument("--steps", type=int, default=60, help="optimizer steps, the rate growing each step")
+    sp.add_argument("--start", type=float, default=1e-6)
+    sp.add_argument("--end", type=float, default=1.0)
+    sp.add_argument("--json", action="store_true")
+
     sp = cmd("estimate", model_command("cmd_estimate"),
              "Estimate training memory, term by term, and which GPUs it fits.")
     sp.add_argument("--model", required=True, help="a preset (e.g. llama-2-7b, gpt2, minilm), a config.json or "
