@@ -29,10 +29,10 @@ LORA_PRESETS = ("qv", "attention", "all-linear")
 SAMPLE_DATASETS = ("sample:sentiment-2", "sample:sentiment-3", "sample:instructions")
 SAMPLE_FOR_TASK = {"seq-cls": "sample:sentiment-2", "causal-lm": "sample:instructions"}  # the offline default
 
-# The learning rate each method trains with when train.learning_rate is empty: what the learning-rate range test
-# (`python -m lora_core lr-find`, lora_core/lr_find.py) suggests for each method with the default config, on the
-# training rows of sample:sentiment-3 (never its eval split); bench/choose_lr.py reruns it and checks each
-# suggestion on a validation split. QLoRA takes LoRA's rate. LoRA needs a far higher rate than full fine-tuning:
+# The learning rate each method trains with when train.learning_rate is empty, chosen by bench/choose_lr.py on a
+# validation split carved from the training rows of sample:sentiment-3 (never its eval split). For a config of
+# your own, `python -m lora_core lr-find CONFIG` (lora_core/lr_find.py) suggests a rate from the training rows.
+# QLoRA takes LoRA's rate. LoRA needs a far higher rate than full fine-tuning:
 # B starts at zero and only r·(d_in + d_out) numbers per layer move.
 DEFAULT_LEARNING_RATES = {"full": 1e-4, "lora": 5e-3, "qlora": 5e-3, "head-only": 1e-2}
 

@@ -366,3 +366,16 @@ def push_run(run_id: str, repo_id: str, private: bool = False, merged: bool = Fa
     actor = _who_acts("push", run_id)
     url = hub.push(_runs(), run_id, repo_id.strip(), private=private, merged=merged)
     return ActionResult("push", actor, f"Pushed {run_id} to {url}.", run_id, (), url)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _lr_find(cfg_key: str, steps: int) -> dict:
+    from lora_core.lr_find import lr_find as find
+
+    return find(ExperimentConfig.from_dict(json.loads(cfg_key)), steps=steps)
+
+
+def lr_find(cfg: ExperimentConfig, steps: int = 60) -> dict:
+    """The learning-rate range test of this config on its training rows (lora_core.lr_find): loss per rate and
+    the suggested rate. Trains for `steps` optimizer steps, so the page runs it on a click."""
+    return _lr_find(_key(cfg), int(steps))
