@@ -70,7 +70,7 @@ def cmd_estimate(args) -> int:
 def cmd_lr_find(args) -> int:
     from .lr_find import lr_find
 
-    cfg = ExperimentConfig.from_file(args.config)
+    cfg = checks.load_file(args.config)
     res = lr_find(cfg, steps=args.steps, start=args.start, end=args.end)
     rows = "\n".join(f"  lr {lr:10.3g}  loss {loss:8.4f}" for lr, loss in zip(res["lrs"], res["losses"]))
     emit(res, args.json, f"{rows}\nsuggested learning rate: {res['suggestion']:.3g} ({res['why']})\n"
