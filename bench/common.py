@@ -17,7 +17,8 @@ for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ.setdefault(var, "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SST2 = ROOT.parent / "shared" / "datasets" / "sst2"  # next to the repository; a fresh clone has none
+# ../shared beside the repository (a fresh clone has none); $LORA_LAB_SST2 points elsewhere (a worktree)
+SST2 = Path(os.environ.get("LORA_LAB_SST2") or ROOT.parent / "shared" / "datasets" / "sst2")
 
 
 def run_quietly(cfg, after: Callable[[Path], Any] | None = None) -> tuple[dict, Any]:

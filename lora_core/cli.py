@@ -151,6 +151,14 @@ def cmd_logs(args) -> int:
     return 0
 
 
+def cmd_push(args) -> int:
+    from .hub import push
+
+    url = push(args.runs, args.run_id, args.repo, private=args.private, merged=args.merged)
+    emit({"run_id": args.run_id, "repo": args.repo, "url": url}, args.json, f"pushed {args.run_id} to {url}")
+    return 0
+
+
 def cmd_delete(args) -> int:
     args.runs.delete(args.run_id)
     print(f"deleted {args.run_id}")
@@ -199,6 +207,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("run_id")
     sp.add_argument("--out", help="output directory for the merged model (default: the run's merged/ folder)")
     sp.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    sp.add_argument("--json", action="store_true")
+
+    sp = cmd("lr-find", model_command("cmd_lr_find"),
+             "Learning-rate range test on the config's training rows (never its eval split): the loss per rate "
+             "and a suggested rate.")
+    sp.add_argument("config")
+    sp.add_argument("--steps", type=int, default=60, help="optimizer steps, the rate growing each step")
+    sp.add_argument("--start", type=float, default=1e-6)
+    sp.add_argument("--end", type=float, default=1.0)
     sp.add_argument("--json", action="store_true")
 
     sp = cmd("estimate", model_command("cmd_estimate"),
@@ -287,6 +304,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("run_id")
     sp.add_argument("--follow", action="store_true", help="keep printing until the run ends")
     sp.add_argument("-n", "--lines", type=int, default=200)
+
+    sp = with_runs_dir(cmd("push", cmd_push, "Upload a finished run's adapter (or merged model) to the Hugging Face "
+                                             "Hub with a model card generated from the run."))
+    sp.add_argument("run_id")
+    sp.add_argument("--repo", required=True, help="Hub repository id, e.g. your-name/minilm-sst2-lora")
+    sp.add_argument("--private", action="store_true", help="create the repository private")
+    sp.add_argument("--merged", action="store_true", help="push the merged model (merge the run first)")
+    sp.add_argument("--json", action="store_true")
 
     sp = with_runs_dir(cmd("delete", cmd_delete, "Delete a finished or queued run and its files (whole run id)."))
     sp.add_argument("run_id")

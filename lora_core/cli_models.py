@@ -65,3 +65,14 @@ def cmd_estimate(args) -> int:
     est = estimate(model=args.model, method=args.method, batch_size=args.batch_size, seq_len=args.seq_len, **knobs)
     emit(est.to_dict(), args.json, est.summary())
     return 0
+
+
+def cmd_lr_find(args) -> int:
+    from .lr_find import lr_find
+
+    cfg = checks.load_file(args.config)
+    res = lr_find(cfg, steps=args.steps, start=args.start, end=args.end)
+    rows = "\n".join(f"  lr {lr:10.3g}  loss {loss:8.4f}" for lr, loss in zip(res["lrs"], res["losses"]))
+    emit(res, args.json, f"{rows}\nsuggested learning rate: {res['suggestion']:.3g} ({res['why']})\n"
+                         f"set it with train.learning_rate: {res['suggestion']:.3g}")
+    return 0

@@ -44,11 +44,17 @@ MAX_PATH_PART = 255          # bytes in one file or folder name (NAME_MAX)
 MAX_LIST = 256               # items in a list field
 MAX_CLASSES = 1000           # classes a seq-cls run may have; integer labels are class ids below this
 
-# The learning rate each method trains with when train.learning_rate is empty. Full, LoRA and head-only were
-# chosen on a validation split carved from the training rows of sample:sentiment-3 (never its eval split) with
-# MiniLM and the default epochs: bench/choose_lr.py reruns the choice. QLoRA takes LoRA's rate. LoRA needs a far
-# higher rate than full fine-tuning: B starts at zero and only r·(d_in + d_out) numbers per layer move.
+# The learning rate each method trains with when train.learning_rate is empty, chosen by bench/choose_lr.py on a
+# validation split carved from the training rows of sample:sentiment-3 (never its eval split). For a config of
+# your own, `python -m lora_core lr-find CONFIG` (lora_core/lr_find.py) suggests a rate from the training rows.
+# QLoRA takes LoRA's rate. LoRA needs a far higher rate than full fine-tuning:
+# B starts at zero and only r·(d_in + d_out) numbers per layer move.
 DEFAULT_LEARNING_RATES = {"full": 1e-4, "lora": 5e-3, "qlora": 5e-3, "head-only": 1e-2}
+
+
+def env_flag(name: str) -> bool:
+    """An on/off environment variable: 1, true, yes or on (any case) means on."""
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _f(default: Any = dataclasses.MISSING, help: str = "", **kw):
@@ -117,6 +123,14 @@ class DataConfig:
     max_eval_samples: Optional[int] = _f(None, "Use at most this many evaluation rows.", min=1)
     seed: Optional[int] = _f(None, "Seed for the held-out eval split and the row samples. Empty: train.seed. A "
                              "sweep over seeds pins it, so its runs share their data.", min=0)
+    group_by_length: bool = _f(True, "Batch training rows of similar token length together (much less padding, "
+                               "the same rows every epoch); the batch order stays shuffled and seeded. Evaluation "
+                               "reads its rows longest first. Off: random batches.")
+    packing: bool = _f(False, "causal-lm: pack several examples into each row of up to max_length tokens. Position "
+                       "ids restart per example, so examples never attend to each other; prompt masking is kept. "
+                       "Evaluation stays unpacked.")
+    cache_tokenized: bool = _f(True, "Keep the tokenized data in the model cache, keyed by the data's fingerprint "
+                               "and the tokenizer, so the runs of a sweep tokenize once.")
 
 
 @dataclass
@@ -136,18 +150,23 @@ class TrainConfig:
     max_grad_norm: float = _f(1.0, "Gradient clipping norm (0 turns clipping off).", min=0.0)
     gradient_checkpointing: bool = _f(False, "Recompute activations in backward to save memory (~30% slower).")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = _f(
-        "auto", "Training precision. auto: bf16 mixed precision on GPUs that support it, else fp32.")
+        "auto", "Training precision. auto: bf16 mixed precision where the hardware computes bf16 natively (CUDA "
+                "GPUs with bf16; CPUs with AVX512-BF16 or AMX), else fp32. The run records what it resolved to "
+                "and why.")
     seed: int = _f(0, "Seed for data shuffling, the eval split and weight init.", min=0, max=2**32 - 1)  # numpy's range
     logging_steps: int = _f(5, "Log train loss every N optimizer steps.", min=1)
     eval_steps: Optional[int] = _f(None, "Evaluate every N steps. Empty: at the end of each epoch.", min=1)
     save_steps: Optional[int] = _f(None, "Checkpoint every N steps (for resume). Empty: at each evaluation.", min=1)
+    checkpoints: bool = _f(True, "Save Trainer checkpoints (at each evaluation, or every save_steps) so a failed "
+                           "run can resume. Off: none while training; a stop still checkpoints.")
     early_stopping_patience: Optional[int] = _f(None, "Stop when the eval metric has not improved for N "
                                                 "evaluations; the best checkpoint is kept and saved.", min=1)
     early_stopping_metric: Optional[Literal["accuracy", "macro_f1", "eval_loss"]] = _f(
         None, "The eval metric early stopping watches and the best checkpoint is chosen by. Empty: accuracy for "
               "seq-cls, eval_loss for causal-lm.")
     max_restarts: int = _f(0, "Restart a run whose worker crashed (killed, out of memory, machine restart) from "
-                           "its last complete checkpoint, as a new linked run, at most this many times.",
+                           "its last complete checkpoint (from the start when it has none, e.g. with "
+                           "train.checkpoints off), as a new linked run, at most this many times.",
                            min=0, max=10)
 
 
@@ -175,6 +194,16 @@ class GenerateConfig:
 
 
 @dataclass
+class TrackingConfig:
+    mlflow: bool = field(default_factory=lambda: env_flag("LORA_LAB_MLFLOW"), metadata={"help": (
+        "Log the config as params, every train and eval metric with its step, the results and the saved weights "
+        "to MLflow: $MLFLOW_TRACKING_URI, else a local store in the runs directory. Default: $LORA_LAB_MLFLOW.")})
+    tensorboard: bool = field(default_factory=lambda: env_flag("LORA_LAB_TENSORBOARD"), metadata={"help": (
+        "Write TensorBoard event files into the run's folder (`tensorboard --logdir runs`). Default: "
+        "$LORA_LAB_TENSORBOARD.")})
+
+
+@dataclass
 class ExperimentConfig:
     name: str = _f("experiment", "A label for the run (any text; the run id is derived safely from it).", max_len=200)
     task: Task = _f("seq-cls", "seq-cls: sequence classification; causal-lm: language modelling / instruction tuning.")
@@ -186,6 +215,7 @@ class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Where the data comes from."})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "Optimization settings."})
     generate: GenerateConfig = field(default_factory=GenerateConfig, metadata={"help": "Before/after generations."})
+    tracking: TrackingConfig = field(default_factory=TrackingConfig, metadata={"help": "Experiment trackers."})
 
     # -- construction -------------------------------------------------------------------------------------
     @classmethod
@@ -289,6 +319,10 @@ class ExperimentConfig:
         targets = self.lora.target_modules
         if isinstance(targets, list) and any(not t.strip() for t in targets):
             yield ("lora.target_modules",), ConfigError("lora.target_modules", "names must not be empty")
+        if self.data.packing and self.task != "causal-lm":
+            yield ("data.packing", "task"), ConfigError(
+                "data.packing", "packing joins causal-lm examples into longer rows; seq-cls rows each carry one "
+                                "label, so use packing: false (or task: causal-lm)")
         if isinstance(targets, str) and targets.startswith("preset:") and targets[7:] not in LORA_PRESETS:
             yield ("lora.target_modules",), ConfigError(
                 "lora.target_modules", f"unknown preset {excerpt(targets)}; allowed: "

@@ -79,3 +79,11 @@ def _rebuild(cls, args: tuple, state: dict) -> LoraLabError:
 
 class StorageError(RunError):
     """The runs directory cannot be written or read: a full disk, an I/O error. The message names the file."""
+
+
+class TrackingError(LoraLabError):
+    """An experiment tracker (MLflow, TensorBoard) could not be opened."""
+
+
+class HubError(LoraLabError):
+    """Pushing to the Hugging Face Hub failed (offline, no token, no such repo)."""

@@ -285,3 +285,12 @@ def similarity_figure(phi: list[list[float]], first: str, second: str, title: st
     fig.update_xaxes(title=f"j (top directions of {second})")
     fig.update_layout(title=title, **{**_LAYOUT, "height": 380})
     return fig
+
+
+def lr_find_figure(result: dict) -> go.Figure:
+    """The range test's smoothed loss against the learning rate (log axis), the suggested rate marked."""
+    fig = go.Figure(go.Scatter(x=result["lrs"], y=result["losses"], mode="lines", name="smoothed loss"))
+    fig.add_vline(x=result["suggestion"], line_dash="dash", annotation_text=f"suggested {result['suggestion']:.2g}")
+    fig.update_layout(xaxis_type="log", xaxis_title="learning rate", yaxis_title="training loss (smoothed)",
+                      height=300, margin=dict(l=10, r=10, t=30, b=10))
+    return fig

@@ -6,7 +6,7 @@ lora_core.errors). Three kinds of call:
 - cached reads of things that only change with their inputs (a model's layers, parameter counts, estimates,
   data previews): `st.cache_data`, keyed by plain arguments; an engine error is raised, never cached;
 - live reads of the run registry (statuses, metrics, results, logs), never cached;
-- run actions (launch, sweep, recipe, stop, cancel, move, resume, delete, merge, vote): each first passes
+- run actions (launch, sweep, recipe, stop, cancel, move, resume, delete, merge, vote, push): each first passes
   `_who_acts`, the one place that knows who is acting (and where role checks go), then returns an `ActionResult`
   or raises the engine's `LoraLabError`.
 
@@ -24,7 +24,7 @@ from typing import Any
 
 import streamlit as st
 
-from lora_core import adapters, checks, data, diagnose, inference, memory, merge, models, qlora, recipes
+from lora_core import adapters, checks, data, diagnose, hub, inference, memory, merge, models, qlora, recipes
 from lora_core.config import ExperimentConfig
 from lora_core.errors import ConfigProblems, LoraLabError, RunError
 from lora_core.paths import dir_bytes
@@ -403,7 +403,7 @@ def load_playground(run_ids: list[str]) -> inference.RunModels | inference.Adapt
 @dataclass(frozen=True)
 class ActionResult:
     """What a run action did, in one line for the user, and who did it."""
-    action: str                    # launch, sweep, recipe, stop, cancel, move, resume, delete, merge
+    action: str                    # launch, sweep, recipe, stop, cancel, move, resume, delete, merge, vote, push
     actor: str                     # who acted (see acting_user)
     message: str
     run_id: str | None = None      # the run acted on
@@ -502,3 +502,29 @@ def vote(winner: str | None, run_ids: list[str], prompt: str) -> ActionResult:
     _runs().record_vote(winner, run_ids, prompt, actor=actor)
     return ActionResult("vote", actor, f"Recorded: {'no difference' if winner is None else winner} for "
                                        f"“{prompt[:60]}”.", winner)
+
+
+def model_card(run_id: str, merged: bool = False) -> str:
+    """The model card a push of this run would upload."""
+    what = "merged model" if merged else ("LoRA adapter" if run_config(run_id).uses_lora else "model")
+    return hub.model_card(run_config(run_id), results(run_id) or {}, run_id, what)
+
+
+def push_run(run_id: str, repo_id: str, private: bool = False, merged: bool = False) -> ActionResult:
+    """Upload the run's adapter (or merged model) with its model card to the Hugging Face Hub."""
+    actor = _who_acts("push", run_id)
+    url = hub.push(_runs(), run_id, repo_id.strip(), private=private, merged=merged)
+    return ActionResult("push", actor, f"Pushed {run_id} to {url}.", run_id, (), url)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _lr_find(cfg_key: str, steps: int) -> dict:
+    from lora_core.lr_find import lr_find as find
+
+    return find(ExperimentConfig.from_dict(json.loads(cfg_key)), steps=steps)
+
+
+def lr_find(cfg: ExperimentConfig, steps: int = 60) -> dict:
+    """The learning-rate range test of this config on its training rows (lora_core.lr_find): loss per rate and
+    the suggested rate. Trains for `steps` optimizer steps, so the page runs it on a click."""
+    return _lr_find(_key(cfg), int(steps))

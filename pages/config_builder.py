@@ -14,13 +14,13 @@ import streamlit as st
 
 from lora_core.config import (BUNDLED_MODELS, DEFAULT_LEARNING_RATES, SAMPLE_DATASETS, SAMPLE_FOR_TASK,
                               ConfigError, ExperimentConfig, field_choices, field_help)
-from lora_ui import service
+from lora_ui import charts, service
 from lora_ui.config_form import (OTHER_DATA, OTHER_MODEL, SPLIT_OFF, TARGET_MODES, apply_config, cli_command,
                                  config_dict_from_state, config_filename, field_meta, form_config, layer_groups,
                                  peft_snippet, resolve_targets, state_from_config)
 from lora_ui.format import error_text, fmt_bytes, fmt_count
 from lora_ui.state import BUILDER, current_config, default_config, set_current_config
-from lora_ui.widgets import FieldSlots, choice_or_other, show_message
+from lora_ui.widgets import FieldSlots, attempt, choice_or_other, show_message
 
 S = BUILDER
 slots = FieldSlots()
@@ -182,7 +182,31 @@ def data_tab(task: str) -> None:
             field("checkbox", "data.mask_prompt", "Loss on response tokens only")
 
 
-def train_tab() -> None:
+LR_FIND_STEPS = 30  # enough points for a curve; a click should not train for long
+
+
+def apply_lr(value: float) -> None:
+    st.session_state[S.key("train.learning_rate")] = f"{value:.3g}"
+
+
+def lr_find_section(cfg: ExperimentConfig | None) -> None:
+    """The learning-rate range test on this config's training rows; its suggestion goes into the field on click."""
+    with st.expander("Find a learning rate (range test on the training rows)"):
+        st.caption(f"Trains {LR_FIND_STEPS} steps while the rate grows from 1e-6 to 1 and suggests the rate where "
+                   "the loss falls fastest. Only training rows are read, never the eval split.")
+        if st.button("📉 Run the range test", disabled=cfg is None, key=S.key("lr_find")):
+            S["lr_result"] = attempt(S, "Range test failed", service.lr_find, cfg, LR_FIND_STEPS,
+                                     spinner="Running the range test…")
+            st.rerun()
+        result = S.get("lr_result")
+        if result:
+            st.plotly_chart(charts.lr_find_figure(result), key=S.key("lr_find_chart"))
+            st.caption(result["why"])
+            st.button(f"Use {result['suggestion']:.3g} as the learning rate", key=S.key("lr_apply"),
+                      on_click=apply_lr, args=(result["suggestion"],))
+
+
+def train_tab(cfg: ExperimentConfig | None = None) -> None:
     columns_of_fields([("number_input", "train.epochs", "Epochs", {"step": 0.5}),
                        ("number_input", "train.max_steps", "Max steps", {"step": 1, "placeholder": "from epochs"}),
                        ("number_input", "train.batch_size", "Batch size", {"step": 1}),
@@ -217,6 +241,7 @@ def train_tab() -> None:
         st.markdown("**Generations before / after training**")
         field("number_input", "generate.max_new_tokens", "Generated tokens", step=8)
         field("text_area", "generate.prompts", "Prompts (one a line; keep them out of the training data)")
+    lr_find_section(cfg)
 
 
 def export_tab(cfg: ExperimentConfig | None, presets: dict, labels: int) -> None:
@@ -335,7 +360,7 @@ def main() -> None:
         data_tab(cfg.task if cfg is not None else S.get("task", "seq-cls"))
         preview_slot = st.container()
     with tabs[3]:
-        train_tab()
+        train_tab(cfg)
     labels = 2
     if model_error is not None:
         slots.show(model_error, field="model.source")

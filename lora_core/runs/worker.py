@@ -189,7 +189,9 @@ def run(run_path: Path, stop_flag: threading.Event) -> int:
     status, fields = RunStatus.FAILED, {}
     try:
         results = run_experiment(runs.config(run_id), rd.artifacts, on_event=on_event,
-                                 should_stop=stop_flag.is_set, resume_from=resume_from)
+                                 should_stop=stop_flag.is_set, resume_from=resume_from,
+                                 run_info={"run_id": run_id, "sweep_id": record.sweep_id,
+                                           "parent_id": record.parent_id, "runs_dir": str(rd.path.parent)})
         machine.finish()
         results.update(machine.summary())
         try:

@@ -43,6 +43,18 @@ def test_merge_and_verify(seeded_copy):
     assert not errors(at)
 
 
+def test_push_offline_shows_why(use_seeded):
+    record = next(r for r in Runs(use_seeded).list() if r.method == "lora" and r.task == "seq-cls")
+    at = open_page("merge")
+    at.selectbox(key="merge_run").set_value(record.id).run()
+    assert button(at, "merge_push").disabled  # no repository id yet
+    assert "Data fingerprint" in texts(at)  # the model card preview
+    at.text_input(key="merge_repo").set_value("someone/tiny").run()
+    button(at, "merge_push").click().run()
+    no_exception(at)
+    assert any("offline mode is on" in e for e in errors(at)), errors(at)
+
+
 def test_full_run_has_nothing_to_merge(use_seeded):
     record = next(r for r in Runs(use_seeded).list() if r.method == "full")
     at = open_page("merge")
