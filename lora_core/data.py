@@ -76,6 +76,8 @@ def resolve_path(spec: str) -> Path:
                         f"allowed: {', '.join(DATA_SUFFIXES)}")
     if not path.exists():
         raise DataError(f"{path}: file not found")
+    if not path.is_file():  # a FIFO or a device (/dev/zero) named like a data file would hang the reader
+        raise DataError(f"{path}: not a regular file")
     return path
 
 
@@ -125,16 +127,18 @@ def _read_json(path: Path, text: str) -> pd.DataFrame:
     raise DataError(f"{path}: expected a list of objects or an object of column lists")
 
 
-def read_file(path: Path) -> pd.DataFrame:
-    """Read a local data file into a DataFrame (strings stay strings: CSV cells are read as text)."""
+def read_file(path: Path, label: str | None = None) -> pd.DataFrame:
+    """Read a local data file into a DataFrame (strings stay strings: CSV cells are read as text). Messages name
+    the file as `label` (e.g. an upload's own name) when given."""
     suffix = path.suffix.lower()
+    real, path = path, label or path  # `path` below only names the file in messages
     if suffix == ".parquet":
         try:
-            df = pd.read_parquet(path)
+            df = pd.read_parquet(real)
         except Exception as exc:  # pyarrow raises several types for a corrupt file
             raise DataError(f"{path}: cannot read as Parquet: {exc}") from None
     else:
-        raw = path.read_bytes()
+        raw = real.read_bytes()
         if not raw.strip():
             raise DataError(f"{path}: the file is empty")
         text = _decode(path, raw, header_lines=1 if suffix in (".csv", ".tsv") else 0)
@@ -301,6 +305,15 @@ def _canonical(df: pd.DataFrame, source: str, cfg: ExperimentConfig) -> dict[str
                 "label": check_labels(df, source, cols["label_column"])}
     return {"prompt": check_text(df, source, cols["prompt_column"]),
             "response": check_text(df, source, cols["response_column"])}
+
+
+def check_table(df: pd.DataFrame, source: str, cfg: ExperimentConfig) -> None:
+    """DataError unless the rows have the config's columns with usable cells (and, for seq-cls, two classes): the
+    checks a training run makes, for a file before it is kept (an upload)."""
+    table = _canonical(df, source, cfg)
+    if cfg.task == "seq-cls" and len(set(table["label"])) < 2:
+        raise DataError(f"{source}: column {cfg.data.label_column!r} has only one class; classification needs at "
+                        "least two")
 
 
 def _rows(table: dict[str, list], idx: np.ndarray) -> dict[str, list]:

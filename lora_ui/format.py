@@ -1,10 +1,15 @@
-"""How the dashboard writes numbers, times, statuses, run names and errors: one spelling for every page.
+"""How the dashboard writes numbers, times, statuses, run names, user text and errors: one spelling for every page.
+
+User text (run names, model ids, paths, user names, error messages that quote them) never reaches Markdown raw:
+`md` escapes it and `code` puts it in a code span it cannot leave, so a name like `![x](http://…)` shows as those
+characters, not as an image that makes every viewer's browser fetch a URL.
 
 Pure functions and tables (plus `number_columns`, which builds Streamlit column configs); no engine calls.
 """
 from __future__ import annotations
 
 import math
+import re
 import time
 
 import streamlit as st
@@ -105,6 +110,27 @@ def primary_metric(results: dict | None) -> tuple[str, float | None]:
     if metrics.get("eval_loss") is not None:
         return "eval loss", float(metrics["eval_loss"])
     return "accuracy", None
+
+
+# -- user text -------------------------------------------------------------------------------------------------
+
+# Characters that start inline Markdown or Streamlit syntax anywhere in a line: code, emphasis, links and images
+# ([...](...), ![...](...)), HTML, tables, strikethrough, $math$. A Streamlit directive (:red[...]) needs "[".
+_INLINE = re.compile(r"([\\`*_\[\]<>!|~$])")
+_BLOCK_START = re.compile(r"^([#+\->=]|\d+[.)])")  # headings, lists, quotes: only at the start of a line
+
+
+def md(text) -> str:
+    """User text, escaped to show as itself inside st.markdown / st.caption / st.error / labels (one line).
+    CommonMark shows a backslash-escaped punctuation mark as the mark; bare links (http://, www.) are broken."""
+    line = _INLINE.sub(r"\\\1", " ".join(str(text).split()))
+    line = line.replace("://", "\\://").replace("www.", "www\\.")
+    return _BLOCK_START.sub(lambda m: m.group(1)[:-1] + "\\" + m.group(1)[-1], line)
+
+
+def code(text) -> str:
+    """User text as an inline code span (where Markdown reads nothing): backticks in it become quotes."""
+    return "`" + " ".join(str(text).replace("`", "'").split()) + "`"
 
 
 # -- errors ----------------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 import streamlit as st
 
-from lora_ui.format import error_text, run_label
+from lora_ui.format import error_text, md, run_label
 from lora_ui.service import ActionResult
 from lora_ui.state import PageState, track_runs
 
@@ -14,8 +14,8 @@ from lora_ui.state import PageState, track_runs
 # -- errors ------------------------------------------------------------------------------------------------------
 
 def show_error(exc: BaseException, where=None) -> None:
-    """An error as one st.error line (in `where` if given), never a traceback."""
-    (where or st).error(error_text(exc), icon="🚫")
+    """An error as one st.error line (in `where` if given), never a traceback; what it quotes shows as text."""
+    (where or st).error(md(error_text(exc)), icon="🚫")
 
 
 class FieldSlots:
@@ -36,7 +36,7 @@ class FieldSlots:
             key = key.rpartition(".")[0]
         return None
 
-    def show(self, exc: BaseException, fallback=None, field: str = "") -> None:
+    def show(self, exc: BaseException, fallback=None, field: str = "", level: str = "error") -> None:
         """Show `exc` under the field it names, or under `field` (named in front) for an error that names none."""
         text = error_text(exc)
         if getattr(exc, "field", ""):
@@ -44,7 +44,11 @@ class FieldSlots:
         elif field and not text.startswith(field):
             text = f"{field}: {text}"
         slot = self._best(field) if field else None
-        (slot or fallback or st).error(text, icon="🚫")
+        getattr(slot or fallback or st, level)(md(text), icon="🚫" if level == "error" else "ℹ️")
+
+    def info(self, exc: BaseException, field: str = "") -> None:
+        """A notice (not a fault) under the field it concerns."""
+        self.show(exc, field=field, level="info")
 
 
 # -- pickers -----------------------------------------------------------------------------------------------------
@@ -89,7 +93,7 @@ def _perform(page: PageState, verb: str, action: Callable[..., ActionResult | st
         result = action(*args)
     except Exception as exc:  # noqa: BLE001 - every failure becomes the page's message, never a traceback
         subject = f" {args[0]}" if args and isinstance(args[0], str) else ""
-        page.post("error", f"{verb}{subject}: {error_text(exc)}")
+        page.post("error", md(f"{verb}{subject}: {error_text(exc)}"))
         return
     if isinstance(result, ActionResult):
         track_runs(result.new_runs)
@@ -106,7 +110,7 @@ def attempt(page: PageState, verb: str, action: Callable[..., Any], *args: Any, 
         with st.spinner(spinner):
             return action(*args, **kwargs)
     except Exception as exc:  # noqa: BLE001 - every failure becomes the page's message, never a traceback
-        page.post("error", f"{verb}: {error_text(exc)}")
+        page.post("error", md(f"{verb}: {error_text(exc)}"))
         return None
 
 

@@ -1,6 +1,9 @@
 """Every run and artifact file and folder name, and the run-id rules. Nothing else in LoRA Lab spells them.
 
-    <runs>/registry.sqlite                  the index of all runs (store.Registry)
+    <runs>/registry.sqlite                  the index of all runs (store.Registry), the audit log, sessions,
+                                            server settings
+    <runs>/uploads/<sha256>.<suffix>        datasets uploaded from the dashboard, named by their content
+        <sha256>.info                       who uploaded it, when, its original name (lora_core.uploads)
     <runs>/<run_id>/                        RunDir
         config.yaml                         the experiment config, written once
         status.json                         a mirror of the run's registry row
@@ -32,6 +35,8 @@ from ..errors import RunError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REGISTRY_FILE = "registry.sqlite"
+UPLOADS_DIR = "uploads"
+UPLOAD_INFO_SUFFIX = ".info"
 
 RUN_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,95}$")
 SLUG_MAX = 40
@@ -61,6 +66,19 @@ def runs_root(runs_dir: str | Path | None) -> Path:
 
 def registry_path(runs_dir: Path) -> Path:
     return runs_dir / REGISTRY_FILE
+
+
+def uploads_dir(runs_dir: Path) -> Path:
+    """Where dashboard uploads are kept (content-addressed; see lora_core.uploads)."""
+    return Path(runs_dir) / UPLOADS_DIR
+
+
+def upload_path(runs_dir: Path, digest: str, suffix: str) -> Path:
+    return uploads_dir(runs_dir) / f"{digest}{suffix}"
+
+
+def upload_info(upload: Path) -> Path:
+    return Path(upload).with_suffix(UPLOAD_INFO_SUFFIX)
 
 
 def slugify(name: str) -> str:

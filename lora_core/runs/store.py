@@ -6,12 +6,17 @@ Run status is a state machine, enforced in exactly one place (`Registry._transit
     QUEUED -> RUNNING -> SUCCEEDED | FAILED | STOPPED        (QUEUED -> STOPPED is a cancel)
 
 Terminal states are final. A FAILED run always carries a reason (`error`) and the tail of its log (`error_log`).
+Every run records its `owner`: who launched it (the OS user for the CLI, the signed-in user in the dashboard).
 
 The registry `<runs>/registry.sqlite` indexes the runs so that listing them reads no run files. It runs in WAL
 mode with a busy timeout; every call opens its own short-lived connection (Streamlit serves each session from its
 own thread) and every write is one short `BEGIN IMMEDIATE` transaction, so several dashboards and workers can use
 it at once without "database is locked". (WAL needs a local filesystem; do not put the runs dir on NFS.) Each run
 directory's status.json mirrors its row, so a lost registry is rebuilt from the run directories.
+
+Beside the runs, the registry keeps what a shared server needs (see lora_core.team): the audit log (who did what
+to which run, and every sign-in; append-only, enforced by triggers), sign-in sessions of local accounts, and the
+server settings an admin changes from the dashboard.
 """
 from __future__ import annotations
 
@@ -88,6 +93,7 @@ class RunRecord:
     step: int | None = None
     error: str | None = None          # FAILED/STOPPED: the reason, one line
     error_log: str | None = None      # FAILED: the tail of worker.log when it failed
+    owner: str | None = None          # who launched it (the OS user for the CLI, the signed-in user in the dashboard)
     runs_dir: str = ""
 
     def __post_init__(self):
@@ -116,7 +122,28 @@ class RunRecord:
         return dataclasses.asdict(self)
 
 
+@dataclasses.dataclass
+class AuditEntry:
+    """One line of the audit log: who (actor, role, via), when (at, Unix seconds), what (action, run_id, detail),
+    how it ended (outcome: ok, denied or failed), and from where (client address, sign-in session)."""
+    actor: str
+    action: str
+    run_id: str | None = None
+    outcome: str = "ok"
+    detail: dict = dataclasses.field(default_factory=dict)
+    role: str | None = None
+    via: str | None = None
+    client: str | None = None
+    session: str | None = None
+    at: float = dataclasses.field(default_factory=time.time)
+    id: int | None = None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
 _COLUMNS = [f.name for f in dataclasses.fields(RunRecord) if f.name != "runs_dir"]
+_AUDIT_COLUMNS = [f.name for f in dataclasses.fields(AuditEntry) if f.name != "id"]
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, status TEXT NOT NULL,
@@ -125,13 +152,30 @@ CREATE TABLE IF NOT EXISTS runs (
     sweep_id TEXT, parent_id TEXT, resume_from TEXT,
     pid INTEGER, pgid INTEGER, pid_created REAL, host TEXT, slot INTEGER, queue_pos INTEGER,
     heartbeat REAL, stop_requested REAL, stop_deadline REAL, progress REAL, step INTEGER,
-    error TEXT, error_log TEXT
+    error TEXT, error_log TEXT, owner TEXT
 )"""
 _INDEXES = [
     "CREATE INDEX IF NOT EXISTS runs_by_status ON runs(status, queue_pos)",
     "CREATE INDEX IF NOT EXISTS runs_by_created ON runs(created)",
     "CREATE INDEX IF NOT EXISTS runs_by_sweep ON runs(sweep_id)",
     "CREATE INDEX IF NOT EXISTS runs_by_parent ON runs(parent_id)",
+    "CREATE INDEX IF NOT EXISTS runs_by_owner ON runs(owner, status)",
+]
+# The shared server's records (see the module docstring). The audit log refuses UPDATE and DELETE.
+_TEAM_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, actor TEXT NOT NULL, role TEXT, via TEXT,
+        action TEXT NOT NULL, run_id TEXT, outcome TEXT NOT NULL, detail TEXT, client TEXT, session TEXT)""",
+    "CREATE INDEX IF NOT EXISTS audit_by_action ON audit(action, at)",
+    "CREATE INDEX IF NOT EXISTS audit_by_session ON audit(session, action)",
+    "CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit "
+    "BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END",
+    "CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit "
+    "BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END",
+    """CREATE TABLE IF NOT EXISTS sessions (
+        id TEXT PRIMARY KEY, user TEXT NOT NULL, created REAL NOT NULL, expires REAL NOT NULL, ended REAL,
+        client TEXT)""",
+    "CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL, updated REAL, by TEXT)",
 ]
 _RENAMED = {"rank": "lora_r"}  # old column -> new column (registries written before the rename)
 # Fields a caller may set besides status (status only changes through _transition).
@@ -226,7 +270,7 @@ class Registry:
             for column in _COLUMNS:  # all nullable
                 if column not in have:
                     con.execute(f"ALTER TABLE runs ADD COLUMN {column}")
-            for index in _INDEXES:
+            for index in _INDEXES + _TEAM_SCHEMA:
                 con.execute(index)
             con.execute("COMMIT")
         finally:
@@ -264,9 +308,12 @@ class Registry:
         return _record(row, self.runs_dir)
 
     def list(self, status: RunStatus | list[RunStatus] | None = None, sweep_id: str | None = None,
-             parent_id: str | None = None) -> list[RunRecord]:
+             parent_id: str | None = None, owner: str | None = None) -> list[RunRecord]:
         """Newest first; QUEUED-only listings come in queue order."""
         where, args = [], []
+        if owner:
+            where.append("owner = ?")
+            args.append(owner)
         statuses = [RunStatus.parse(s) for s in ([status] if isinstance(status, str) else status or [])]
         if statuses:
             where.append(f"status IN ({','.join('?' * len(statuses))})")
@@ -283,9 +330,14 @@ class Registry:
             rows = con.execute(sql, args).fetchall()
         return [_record(r, self.runs_dir) for r in rows]
 
-    def count(self, status: RunStatus) -> int:
+    def count(self, status: RunStatus | list[RunStatus], owner: str | None = None) -> int:
+        statuses = [RunStatus.parse(s).value for s in ([status] if isinstance(status, str) else status)]
+        sql = f"SELECT COUNT(*) FROM runs WHERE status IN ({','.join('?' * len(statuses))})"
+        if owner is not None:
+            sql += " AND owner = ?"
+            statuses.append(owner)
         with self._read() as con:
-            return con.execute("SELECT COUNT(*) FROM runs WHERE status = ?", (status.value,)).fetchone()[0]
+            return con.execute(sql, statuses).fetchone()[0]
 
     # writes
     def insert(self, record: RunRecord) -> RunRecord:
@@ -415,6 +467,77 @@ class Registry:
                 raise RunError(f"run {run_id} has a resumed run {child[0]} that still needs its checkpoint; "
                                "stop or delete that run first")
             con.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+
+    # -- the shared server's records: audit log, sign-in sessions, settings ------------------------------------
+    def audit(self, entry: AuditEntry, *, once: bool = False) -> bool:
+        """Append to the audit log. With `once`, only if no entry of this action has this session yet (a sign-in
+        is recorded once however many tabs open). Returns whether a line was written."""
+        values = [json.dumps(entry.detail, default=str) if c == "detail" else getattr(entry, c)
+                  for c in _AUDIT_COLUMNS]
+        sql = f"INSERT INTO audit ({','.join(_AUDIT_COLUMNS)}) SELECT {','.join('?' * len(_AUDIT_COLUMNS))}"
+        if once:
+            sql += " WHERE NOT EXISTS (SELECT 1 FROM audit WHERE action = ? AND session = ?)"
+            values += [entry.action, entry.session]
+        with self._write() as con:
+            return con.execute(sql, values).rowcount == 1
+
+    def audit_log(self, limit: int | None = 500, *, actor: str | None = None, action: str | None = None,
+                  run_id: str | None = None, since: float | None = None) -> list[AuditEntry]:
+        """Audit entries, newest first, optionally filtered."""
+        where, args = [], []
+        for column, value in (("actor", actor), ("action", action), ("run_id", run_id)):
+            if value:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if since is not None:
+            where.append("at >= ?")
+            args.append(since)
+        sql = "SELECT * FROM audit" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id DESC"
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+        with self._read() as con:
+            rows = con.execute(sql, args).fetchall()
+        return [AuditEntry(**{**dict(r), "detail": json.loads(r["detail"] or "{}")}) for r in rows]
+
+    def count_audit(self, action: str, since: float, *, actor: str | None = None, client: str | None = None) -> int:
+        """Entries of `action` since `since` by `actor` or from `client` (e.g. failed sign-ins, for throttling)."""
+        who = [(c, v) for c, v in (("actor", actor), ("client", client)) if v]
+        sql = "SELECT COUNT(*) FROM audit WHERE action = ? AND at >= ?"
+        if who:
+            sql += " AND (" + " OR ".join(f"{c} = ?" for c, _ in who) + ")"
+        with self._read() as con:
+            return con.execute(sql, [action, since, *(v for _, v in who)]).fetchone()[0]
+
+    def open_session(self, session_id: str, user: str, expires: float, client: str | None) -> None:
+        with self._write() as con:
+            con.execute("INSERT INTO sessions (id, user, created, expires, client) VALUES (?, ?, ?, ?, ?)",
+                        (session_id, user, time.time(), expires, client))
+
+    def session(self, session_id: str) -> dict | None:
+        """A sign-in session that has not ended or expired: {id, user, created, expires, client}, else None."""
+        with self._read() as con:
+            row = con.execute("SELECT * FROM sessions WHERE id = ? AND ended IS NULL AND expires > ?",
+                              (session_id, time.time())).fetchone()
+        return dict(row) if row else None
+
+    def end_sessions(self, *, session_id: str | None = None, user: str | None = None) -> int:
+        """End one session, or every session of a user (removed account, changed password or role)."""
+        column, value = ("id", session_id) if session_id else ("user", user)
+        with self._write() as con:
+            return con.execute(f"UPDATE sessions SET ended = ? WHERE {column} = ? AND ended IS NULL",
+                               (time.time(), value)).rowcount
+
+    def settings(self) -> dict[str, Any]:
+        """Server settings saved from the dashboard or the CLI: key -> value."""
+        with self._read() as con:
+            return {r[0]: json.loads(r[1]) for r in con.execute("SELECT key, value FROM settings")}
+
+    def save_settings(self, changes: dict[str, Any], by: str) -> None:
+        with self._write() as con:
+            for key, value in changes.items():
+                con.execute("INSERT INTO settings (key, value, updated, by) VALUES (?, ?, ?, ?) ON CONFLICT(key) "
+                            "DO UPDATE SET value = excluded.value, updated = excluded.updated, by = excluded.by",
+                            (key, json.dumps(value), time.time(), by))
 
     def _mirror(self, run_id: str) -> RunRecord:
         """Rewrite status.json from the row (atomically), so a run dir describes itself without the registry."""
