@@ -45,10 +45,11 @@ def confine(value: str, field: str, runs_root: Path) -> None:
     """ConfigError naming `field` unless `value` resolves inside the roots (and is not a protected file)."""
     if inside(value, roots(runs_root)) and not any(inside(value, [p]) for p in _protected(runs_root)):
         return
-    shared = [str(p) for p in settings.data_roots()]
-    where = (f"the data folders ({', '.join(shared)}), " if shared else "") + "the uploads folder and the runs"
-    raise ConfigError(field, f"this server reads and writes files only inside {where}; upload the file on the "
-                             "Config builder's Data tab, or ask an admin to add its folder to LORA_LAB_DATA_ROOTS")
+    shared = ", ".join(str(p) for p in settings.data_roots())
+    raise ConfigError(field, "this server reads and writes files only inside its data folders"
+                             + (f" ({shared})" if shared else "") + " and its uploads, runs and model-cache folders; "
+                             "upload the file on the Config builder's Data tab, or ask an admin to add its folder "
+                             "to LORA_LAB_DATA_ROOTS")
 
 
 def _is_data_path(value: str) -> bool:
