@@ -116,7 +116,7 @@ def primary_metric(results: dict | None) -> tuple[str, float | None]:
 
 # Characters that start inline Markdown or Streamlit syntax anywhere in a line: code, emphasis, links and images
 # ([...](...), ![...](...)), HTML, tables, strikethrough, $math$. A Streamlit directive (:red[...]) needs "[".
-_INLINE = re.compile(r"([\\`*_\[\]<>!|~$])")
+_INLINE = re.compile(r"([\\`*\[\]<>!|~$]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9]))")  # an intraword _ is plain
 _BLOCK_START = re.compile(r"^([#+\->=]|\d+[.)])")  # headings, lists, quotes: only at the start of a line
 
 

@@ -1,5 +1,5 @@
 """Helpers shared by the test folders: tiny configs, waiting for a condition, the CLI in a subprocess, a few
-optimizer steps by hand, and stopping whatever runs a test left going."""
+optimizer steps by hand, a RUNNING run that trains nothing, and stopping whatever runs a test left going."""
 from __future__ import annotations
 
 import os
@@ -8,9 +8,12 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
+
 from lora_core import models
 from lora_core.config import ExperimentConfig
 from lora_core.runs import Runs, RunStatus
+from lora_core.runs.launcher import this_host
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,6 +70,17 @@ def cli(*args: str, check: bool = True, timeout: float = 120) -> subprocess.Comp
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
+
+
+def fake_running(runs: Runs, cfg: ExperimentConfig, owner: str):
+    """A RUNNING run owned by `owner` whose worker is a `sleep` in its own process group: pages show it live and
+    its Stop really stops something, yet nothing trains. stop_leftovers ends it."""
+    record = runs.create(cfg, owner=owner)
+    sleeper = subprocess.Popen(["sleep", "600"], start_new_session=True)
+    runs.registry.set_status(record.id, RunStatus.RUNNING, expect=RunStatus.QUEUED)
+    runs.registry.update(record.id, pid=sleeper.pid, pgid=sleeper.pid, host=this_host(), heartbeat=time.time(),
+                         pid_created=psutil.Process(sleeper.pid).create_time())
+    return runs.get(record.id, reconcile=False)
 
 
 def stop_leftovers(runs: Runs, timeout: float = 20.0) -> None:
