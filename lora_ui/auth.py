@@ -12,6 +12,8 @@ from lora_ui.service import LOCAL, OPEN, Role
 # Pages a viewer does not see (they load models into the dashboard process, or administer the server).
 PAGE_ROLES = {"pages/qlora.py": Role.OPERATOR, "pages/merge.py": Role.OPERATOR,
               "pages/playground.py": Role.OPERATOR, "pages/team.py": Role.ADMIN}
+LINK_STYLE = ("display:inline-block;padding:0.4rem 0.9rem;border-radius:0.5rem;border:1px solid #6C4BF4;"
+              "color:#6C4BF4;text-decoration:none;font-weight:500")
 OPEN_WARNING = ("**This LoRA Lab is open to anyone who can reach it** (served with --insecure-no-auth): every "
                 "visitor can launch, stop and delete runs. Configure sign-in (README, 'Serve it to your team') "
                 "and restart it without that flag.")
@@ -50,8 +52,7 @@ def sign_in_page() -> None:
         if st.button(label, key=f"auth_login_{provider or 'default'}", type="primary"):
             st.login(provider) if provider else st.login()
     if accounts:
-        st.link_button("Sign in with a LoRA Lab account", service.SIGN_IN_PATH,
-                       type="secondary" if providers else "primary")
+        same_tab_link("Sign in with a LoRA Lab account", service.SIGN_IN_PATH)
     if not providers and not accounts:
         st.error("No way to sign in is configured: add a local account (`python -m lora_core users add NAME "
                  "--role admin`) and a cookie secret, or an identity provider, in .streamlit/secrets.toml.")
@@ -78,4 +79,10 @@ def sidebar_user(actor) -> None:
             service.sign_out_provider_user()
             st.logout()
     else:
-        st.link_button("Sign out", service.SIGN_OUT_PATH, icon=":material/logout:")
+        same_tab_link("Sign out", service.SIGN_OUT_PATH)
+
+
+def same_tab_link(label: str, href: str) -> None:
+    """A button-like link that opens in this tab (st.link_button opens a new one), for the sign-in form's own
+    page. Only constant labels and addresses go in here: the HTML is not escaped."""
+    st.markdown(f'<a href="{href}" target="_self" style="{LINK_STYLE}">{label}</a>', unsafe_allow_html=True)

@@ -122,9 +122,10 @@ _BLOCK_START = re.compile(r"^([#+\->=]|\d+[.)])")  # headings, lists, quotes: on
 
 def md(text) -> str:
     """User text, escaped to show as itself inside st.markdown / st.caption / st.error / labels (one line).
-    CommonMark shows a backslash-escaped punctuation mark as the mark; bare links (http://, www.) are broken."""
+    CommonMark shows a backslash-escaped punctuation mark as the mark; bare links (http://, www., e-mail
+    addresses) are broken."""
     line = _INLINE.sub(r"\\\1", " ".join(str(text).split()))
-    line = line.replace("://", "\\://").replace("www.", "www\\.")
+    line = line.replace("://", "\\://").replace("www.", "www\\.").replace("@", "\\@")  # no autolinks
     return _BLOCK_START.sub(lambda m: m.group(1)[:-1] + "\\" + m.group(1)[-1], line)
 
 
