@@ -35,7 +35,7 @@ import streamlit as st
 from lora_core import data, inference, memory, models, qlora, uploads
 from lora_core.config import BUNDLED_MODELS, ExperimentConfig
 from lora_core.errors import LoraLabError, RunError
-from lora_core.paths import dir_bytes
+from lora_core.paths import dir_bytes, is_local_path
 from lora_core.runs import Runs, RunStatus, default_runs_dir
 from lora_core.team import access, identity, policy, serving, settings
 from lora_core.team.access import AccessError, Actor, Role
@@ -114,8 +114,10 @@ def identify(fresh: bool = False) -> identity.Identity:
         return cached[1]
     user = st.user.to_dict()
     seen = f"auth_seen_{identity.provider_tag(user)}"  # a provider sign-in is audited once per session
+    team = mode() == TEAM
     found = identity.identify(mode(), registry=_runs().registry, user=user, client=_client(),
-                              cookie=st.context.cookies.get(SESSION_COOKIE), secret=serving.cookie_secret(secrets()),
+                              cookie=st.context.cookies.get(SESSION_COOKIE) if team else None,
+                              secret=serving.cookie_secret(secrets()) if team else "",
                               trusted_code=st.session_state.get(_TRUSTED_CODE, ()), record=seen not in st.session_state)
     st.session_state[seen] = True
     st.session_state[_IDENTITY] = (time.time(), found)
@@ -365,7 +367,8 @@ def _estimate(model: str, method: str, batch_size: int, seq_len: int, knobs_key:
 def estimate(model: str, method: str, batch_size: int, seq_len: int, knobs: dict) -> dict:
     """The Estimator page's estimate (EstimateError names a bad model or knob). A model path stays inside the
     data roots on a shared server, and the model's own code never runs here."""
-    _check_source(str(model), "model")
+    if is_local_path(str(model)):  # presets and parameter counts name no file
+        _check_source(str(model), "model")
     knobs = {**knobs, "model.trust_remote_code": False}
     return _estimate(model, method, int(batch_size), int(seq_len), json.dumps(knobs, sort_keys=True))
 

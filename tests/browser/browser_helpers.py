@@ -32,19 +32,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 90.0) -> None:
+def wait_answering(url: str, proc: subprocess.Popen, log: Path, what: str, timeout: float = 90.0) -> None:
+    """Until `url` answers 200; AssertionError with the log's tail when `proc` exits or time runs out."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise AssertionError(f"streamlit exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            raise AssertionError(f"{what} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
         try:
-            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
+            with urllib.request.urlopen(url, timeout=2) as r:
                 if r.status == 200:
                     return
         except OSError:
             pass
         time.sleep(0.3)
-    raise AssertionError(f"streamlit not healthy after {timeout} s:\n{log.read_text()[-3000:]}")
+    raise AssertionError(f"{what} not answering after {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 90.0) -> None:
+    wait_answering(url + "/_stcore/health", proc, log, "streamlit", timeout)
 
 
 @contextmanager
@@ -111,21 +116,9 @@ def oidc_provider(log: Path, users: list[dict]):
     command = [sys.executable, "-m", "oidc_provider_mock", "--port", str(port)]
     for user in users:
         command += ["--user-claims", json.dumps(user)]
-
-    def ready(proc):
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            if proc.poll() is not None:
-                raise AssertionError(f"the OpenID provider exited:\n{log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(url + "/.well-known/openid-configuration", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.2)
-        raise AssertionError(f"the OpenID provider did not answer:\n{log.read_text()[-3000:]}")
-
-    with _process(command, log, dict(os.environ), ready):
+    discovery = url + "/.well-known/openid-configuration"
+    with _process(command, log, dict(os.environ),
+                  lambda proc: wait_answering(discovery, proc, log, "the OpenID provider", 60)):
         yield url
 
 
