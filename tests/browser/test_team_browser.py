@@ -13,6 +13,7 @@ a minute is delayed. And: an uploaded CSV trains, a markdown payload in a run na
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -205,6 +206,7 @@ def test_roles_in_the_browser(team, way, tmp_path):
     goto_page(admin, "Runs")
     admin.get_by_label("Search name or id").fill(run_id)
     admin.get_by_label("Search name or id").press("Enter")
+    admin.get_by_text(re.compile(r"^1 of \d+ runs")).wait_for()  # filtered: Delete is this run's, not the newest
     settle(admin)
     admin.get_by_role("button", name="Delete").first.click()
     admin.get_by_role("button", name="Delete for good").click()
