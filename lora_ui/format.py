@@ -117,15 +117,17 @@ def primary_metric(results: dict | None) -> tuple[str, float | None]:
 # Characters that start inline Markdown or Streamlit syntax anywhere in a line: code, emphasis, links and images
 # ([...](...), ![...](...)), HTML, tables, strikethrough, $math$. A Streamlit directive (:red[...]) needs "[".
 _INLINE = re.compile(r"([\\`*\[\]<>!|~$]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9]))")  # an intraword _ is plain
+_JOIN = "\u2060"  # WORD JOINER: invisible, and breaks what GFM reads as a URL
 _BLOCK_START = re.compile(r"^([#+\->=]|\d+[.)])")  # headings, lists, quotes: only at the start of a line
 
 
 def md(text) -> str:
     """User text, escaped to show as itself inside st.markdown / st.caption / st.error / labels (one line).
-    CommonMark shows a backslash-escaped punctuation mark as the mark; bare links (http://, www., e-mail
-    addresses) are broken."""
+    CommonMark shows a backslash-escaped punctuation mark as the mark. GFM links bare URLs in the text after
+    escapes, so http:// and www. get an invisible word joiner; e-mail addresses (user names) stay copyable, and
+    may show as mailto: links."""
     line = _INLINE.sub(r"\\\1", " ".join(str(text).split()))
-    line = line.replace("://", "\\://").replace("www.", "www\\.").replace("@", "\\@")  # no autolinks
+    line = line.replace("://", f"{_JOIN}://").replace("www.", f"www{_JOIN}.").replace("@", "\\@")
     return _BLOCK_START.sub(lambda m: m.group(1)[:-1] + "\\" + m.group(1)[-1], line)
 
 
