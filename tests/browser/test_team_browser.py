@@ -62,9 +62,16 @@ def need_a_browser() -> None:
 
 
 @pytest.fixture(scope="module")
-def team(tmp_path_factory):
-    """One team server with both ways of signing in, its identity provider, and a browser, for this module."""
+def browser():
+    """One Chromium for the module: Playwright's sync API allows one at a time in a thread."""
     need_a_browser()
+    with chromium() as browser:
+        yield browser
+
+
+@pytest.fixture(scope="module")
+def team(tmp_path_factory, browser):
+    """One team server with both ways of signing in, its identity provider, and the browser, for this module."""
     pytest.importorskip("oidc_provider_mock", reason="oidc-provider-mock (PyPI) is not installed")
     root = tmp_path_factory.mktemp("team")
     runs = root / "runs"
@@ -83,7 +90,7 @@ def team(tmp_path_factory):
                            f'cookie_secret = "{"0123456789abcdef" * 4}"\nclient_id = "lora-lab"\n'
                            f'client_secret = "lora-lab-secret"\n'
                            f'server_metadata_url = "{issuer}/.well-known/openid-configuration"\n')
-        with serve_server(runs, root / "serve.log", "--secrets", str(secrets), **env) as url, chromium() as browser:
+        with serve_server(runs, root / "serve.log", "--secrets", str(secrets), **env) as url:
             yield {"url": url, "runs": runs, "env": env, "browser": browser, "root": root}
 
 
@@ -296,13 +303,12 @@ def test_local_accounts_keep_no_password_and_throttle_guessing(team):
     pg.context.close()
 
 
-def test_an_open_server_shows_its_warning_on_every_page(tmp_path):
+def test_an_open_server_shows_its_warning_on_every_page(tmp_path, browser):
     """`serve --insecure-no-auth`: no sign-in, and a banner on every page that says so."""
-    need_a_browser()
     runs = tmp_path / "runs"
     runs.mkdir()
     with serve_server(runs, tmp_path / "serve.log", "--insecure-no-auth",
-                      LORA_LAB_USERS_FILE=str(tmp_path / "users.json")) as url, chromium() as browser:
+                      LORA_LAB_USERS_FILE=str(tmp_path / "users.json")) as url:
         pg = new_page(browser, url)
         banner = pg.get_by_text("This LoRA Lab is open to anyone who can reach it")
         banner.wait_for()
