@@ -13,7 +13,7 @@ import time
 
 import yaml
 
-from .cli import emit
+from .cli import emit, safe
 from .runs import Runs
 from .team import serving, settings
 from .team.access import cli_actor
@@ -58,8 +58,8 @@ def cmd_audit(args) -> int:
         return 0
     for e in reversed(entries):  # oldest first, like a log
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.at))
-        print(f"{when}  {e.actor} ({e.role or '-'}, {e.via or '-'})  {e.action}  {e.run_id or '-'}  {e.outcome}"
-              + (f"  {e.detail}" if e.detail else ""))
+        print(safe(f"{when}  {e.actor} ({e.role or '-'}, {e.via or '-'})  {e.action}  {e.run_id or '-'}  "
+                   f"{e.outcome}" + (f"  {e.detail}" if e.detail else "")))  # names and details came from users
     return 0
 
 

@@ -33,7 +33,7 @@ from typing import Any
 import streamlit as st
 
 from lora_core import data, inference, memory, models, qlora, uploads
-from lora_core.config import BUNDLED_MODELS, ExperimentConfig
+from lora_core.config import ExperimentConfig
 from lora_core.errors import LoraLabError, RunError
 from lora_core.paths import dir_bytes, is_local_path
 from lora_core.runs import Runs, RunStatus, default_runs_dir
@@ -68,8 +68,12 @@ def runs_manager() -> Runs:
 
 
 def plan_sweep(cfg: ExperimentConfig, vary: dict[str, list]) -> list[ExperimentConfig]:
-    """The configs a sweep would launch, validated, launching nothing (ConfigError names a bad field)."""
-    return _runs().plan_sweep(cfg, vary)
+    """The configs a sweep would launch, validated, launching nothing (ConfigError names a bad field); the
+    current user's paths are checked against the roots before any file is looked at."""
+    actor = current_actor()
+    if actor is None:
+        raise AccessError("refused: sign in first")
+    return _runs().plan_sweep(cfg, vary, actor=actor)
 
 
 # -- who is acting ------------------------------------------------------------------------------------------------
@@ -150,7 +154,7 @@ def _who_acts(action: str, run_id: str | None = None) -> Actor:
     actor = identify(fresh=True).actor
     if actor is None:
         raise AccessError("refused: sign in first")
-    owner = _runs().get(run_id, reconcile=False).owner if run_id else None
+    owner = _runs().get(run_id, reconcile=False, exact=True).owner if run_id else None  # a request: the whole id
     reason = access.denial(actor, action, owner)
     if reason:
         _runs().audit(actor, action, run_id, outcome="denied", detail={"reason": reason})
@@ -211,6 +215,11 @@ def live_runs() -> tuple[list, list]:
     return manager.list(status=RunStatus.RUNNING), manager.queue()
 
 
+def registry_notices() -> list[str]:
+    """One line for each repair or failure of the run registry seen by this dashboard (a rebuild, a full disk)."""
+    return _runs().notices()
+
+
 def get_run(run_id: str):
     """A run's record (RunError for an unknown id)."""
     return _runs().get(run_id, reconcile=False)
@@ -241,8 +250,8 @@ def log_tail(run_id: str, n: int = 50) -> str:
 
 
 def can_resume(run_id: str) -> bool:
-    """True when the run has a complete checkpoint to continue from."""
-    return bool(_runs().checkpoints(run_id))
+    """True when the run has a complete checkpoint to continue from (its own, or the one it was resumed from)."""
+    return _runs().resume_point(run_id) is not None
 
 
 def artifact_files(run_id: str) -> tuple[Path, list[tuple[str, int]]]:
@@ -460,32 +469,17 @@ class ActionResult:
     detail: Any = None             # e.g. the sweep id, the merge report
 
 
-def _preflight(cfg: ExperimentConfig) -> None:
-    """What a worker would fail on, checked here so the error lands on the page: data columns and labels
-    (DataError), the model and its target names (ModelError). A bundled model with a preset cannot fail the
-    model check, so the first launch of the default config does not wait for torch in this process; a model that
-    ships its own code is left to the worker, since describing it here would run that code."""
-    data_preview(cfg)
-    if cfg.model.source not in BUNDLED_MODELS or isinstance(cfg.lora.target_modules, list):
-        try:
-            count_params(cfg, num_labels(cfg))
-        except models.CustomCodeError:
-            pass
-
-
 def launch(cfg: ExperimentConfig) -> ActionResult:
+    """Launch through the engine, whose one pre-launch check (data, model, memory; shared with the CLI) refuses
+    what a worker would fail on with an error naming the field, file, column and row."""
     actor = _who_acts("launch")
-    policy.check_config(cfg, actor, _runs().root, _runs().team_settings())  # before reading anything for it
-    _preflight(cfg)
-    run_id = _runs().launch(cfg, actor=actor)
+    run_id = _runs().launch(cfg, actor=actor)  # the engine admits it for this actor (roots first), then checks it
     return ActionResult("launch", actor.name, f"Launched **{run_id}** — it trains in its own process; closing the "
                                               "tab does not stop it.", run_id, (run_id,))
 
 
 def sweep(cfg: ExperimentConfig, vary: dict[str, list]) -> ActionResult:
     actor = _who_acts("sweep")
-    policy.check_config(cfg, actor, _runs().root, _runs().team_settings())
-    _preflight(cfg)
     sweep_id, run_ids = _runs().sweep(cfg, vary, actor=actor)
     return ActionResult("sweep", actor.name, f"Sweep **{sweep_id}**: {len(run_ids)} runs queued. They start by "
                                              "themselves as slots free up; see them below and on Compare.",

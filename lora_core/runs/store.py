@@ -1,5 +1,5 @@
-"""Run status, the run record, and the SQLite registry that indexes the runs: the only SQL in LoRA Lab, and the only
-module that spells a status.
+"""Run status, the run record, and the SQLite registry that indexes the runs: with team_store.py the only SQL in
+LoRA Lab, and the only module that spells a status.
 
 Run status is a state machine, enforced in exactly one place (`Registry._transition`):
 
@@ -11,28 +11,44 @@ Every run records its `owner`: who launched it (the OS user for the CLI, the sig
 The registry `<runs>/registry.sqlite` indexes the runs so that listing them reads no run files. It runs in WAL
 mode with a busy timeout; every call opens its own short-lived connection (Streamlit serves each session from its
 own thread) and every write is one short `BEGIN IMMEDIATE` transaction, so several dashboards and workers can use
-it at once without "database is locked". (WAL needs a local filesystem; do not put the runs dir on NFS.) Each run
-directory's status.json mirrors its row, so a lost registry is rebuilt from the run directories.
+it at once without "database is locked". (WAL needs a local filesystem; do not put the runs dir on NFS.)
 
-Beside the runs, the registry keeps what a shared server needs (see lora_core.team): the audit log (who did what
-to which run, and every sign-in; append-only, enforced by triggers), sign-in sessions of local accounts, and the
-server settings an admin changes from the dashboard.
+The run directories are the truth; the registry is an index (each run dir's status.json mirrors its row, owner
+included). A registry missing, empty or corrupt (found by SQLite, or by a quick check on a process's first open) is
+moved aside, kept, and rebuilt from the run dirs with a one-line notice (`notices`, stderr); a run whose
+status.json is damaged too is rebuilt from its config and results. A full disk is a `StorageError`, never a
+sqlite3 error.
+
+Beside the runs, the registry keeps what a shared server needs: the audit log, sign-in sessions and server
+settings (team_store.py, the rest of the SQL). A rebuild re-creates those tables and copies over what it can read.
 """
 from __future__ import annotations
 
 import dataclasses
+import fcntl
+import functools
 import json
-import math
+import os
 import sqlite3
+import sys
+import threading
 import time
+import urllib.parse
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
-from ..errors import RunError, StatusError
+import yaml
+
+from ..config import LORA_METHODS
+from ..errors import RunError, StatusError, StorageError
 from . import files, layout
+from .files import key_results
 from .layout import RunDir
+from .team_store import TEAM_SCHEMA, AuditEntry, TeamTables
+
+__all__ = ["AuditEntry", "Registry", "RunRecord", "RunStatus", "key_results"]
 
 
 class RunStatus(str, Enum):
@@ -60,7 +76,6 @@ class RunStatus(str, Enum):
 _TERMINAL = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.STOPPED})
 _TRANSITIONS = {RunStatus.QUEUED: {RunStatus.RUNNING, RunStatus.STOPPED, RunStatus.FAILED},
                 RunStatus.RUNNING: {RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.STOPPED}}
-_KEY_RESULTS_MAX = 64
 
 
 @dataclasses.dataclass
@@ -122,28 +137,7 @@ class RunRecord:
         return dataclasses.asdict(self)
 
 
-@dataclasses.dataclass
-class AuditEntry:
-    """One line of the audit log: who (actor, role, via), when (at, Unix seconds), what (action, run_id, detail),
-    how it ended (outcome: ok, denied or failed), and from where (client address, sign-in session)."""
-    actor: str
-    action: str
-    run_id: str | None = None
-    outcome: str = "ok"
-    detail: dict = dataclasses.field(default_factory=dict)
-    role: str | None = None
-    via: str | None = None
-    client: str | None = None
-    session: str | None = None
-    at: float = dataclasses.field(default_factory=time.time)
-    id: int | None = None
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
 _COLUMNS = [f.name for f in dataclasses.fields(RunRecord) if f.name != "runs_dir"]
-_AUDIT_COLUMNS = [f.name for f in dataclasses.fields(AuditEntry) if f.name != "id"]
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, status TEXT NOT NULL,
@@ -160,22 +154,6 @@ _INDEXES = [
     "CREATE INDEX IF NOT EXISTS runs_by_sweep ON runs(sweep_id)",
     "CREATE INDEX IF NOT EXISTS runs_by_parent ON runs(parent_id)",
     "CREATE INDEX IF NOT EXISTS runs_by_owner ON runs(owner, status)",
-]
-# The shared server's records (see the module docstring). The audit log refuses UPDATE and DELETE.
-_TEAM_SCHEMA = [
-    """CREATE TABLE IF NOT EXISTS audit (
-        id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, actor TEXT NOT NULL, role TEXT, via TEXT,
-        action TEXT NOT NULL, run_id TEXT, outcome TEXT NOT NULL, detail TEXT, client TEXT, session TEXT)""",
-    "CREATE INDEX IF NOT EXISTS audit_by_action ON audit(action, at)",
-    "CREATE INDEX IF NOT EXISTS audit_by_session ON audit(session, action)",
-    "CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit "
-    "BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END",
-    "CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit "
-    "BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END",
-    """CREATE TABLE IF NOT EXISTS sessions (
-        id TEXT PRIMARY KEY, user TEXT NOT NULL, created REAL NOT NULL, expires REAL NOT NULL, ended REAL,
-        client TEXT)""",
-    "CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL, updated REAL, by TEXT)",
 ]
 _RENAMED = {"rank": "lora_r"}  # old column -> new column (registries written before the rename)
 # Fields a caller may set besides status (status only changes through _transition).
@@ -198,36 +176,224 @@ def _row(record: RunRecord) -> list:
 
 _READY: set[str] = set()  # registries this process has already created or brought up to date
 _INSERT = f"INSERT INTO runs ({','.join(_COLUMNS)}) VALUES ({','.join('?' * len(_COLUMNS))})"
+_THREAD = threading.local()       # .immutable: this thread reads a registry it cannot write (see _reading)
+_CORRUPT_CODES = {11, 26}        # SQLITE_CORRUPT, SQLITE_NOTADB: the file is damaged; rebuild it
+_FULL_CODES = {13}               # SQLITE_FULL
+CREATE_GRACE_S = 60.0            # a run dir without status.json younger than this may still be being created
+
+
+class _Damaged(sqlite3.DatabaseError):
+    """Damage SQLite itself does not report: an empty file, a failed quick check."""
+
+
+def _damaged(exc: sqlite3.Error) -> bool:
+    if isinstance(exc, _Damaged) or "no such table: runs" in str(exc):  # the file was replaced under us
+        return True
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _CORRUPT_CODES
+    text = str(exc).lower()
+    return "not a database" in text or "malformed" in text
+
+
+def _guarded(method: Callable) -> Callable:
+    """A registry call that survives a damaged registry (moved aside, rebuilt, the call tried once more) and
+    turns a full disk or an I/O error into a StorageError naming the file."""
+    @functools.wraps(method)
+    def call(self: "Registry", *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.DatabaseError as exc:
+            if not _damaged(exc):
+                raise self._storage_error(exc) from None
+            self.recover(str(exc))
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.DatabaseError as exc:
+            raise self._storage_error(exc) from None
+    return call
+
+
+def _reading(method: Callable) -> Callable:
+    """A guarded read that still answers when the registry cannot be written (a full disk: SQLite's WAL mode
+    needs to write its shared-memory file even to read): the file is then read as it is on disk, immutable."""
+    guarded = _guarded(method)
+
+    @functools.wraps(method)
+    def call(self: "Registry", *args, **kwargs):
+        try:
+            return guarded(self, *args, **kwargs)
+        except StorageError:
+            if getattr(_THREAD, "immutable", False) or not self.path.exists():
+                raise
+        _THREAD.immutable = True
+        try:
+            return guarded(self, *args, **kwargs)
+        finally:
+            _THREAD.immutable = False
+    return call
 
 
 # -- the registry ----------------------------------------------------------------------------------------------
 
-class Registry:
-    """The SQLite index of the runs in one runs directory. Holds no open connection, so one instance can serve
-    any number of threads."""
+class Registry(TeamTables):
+    """The SQLite index of the runs in one runs directory, and the team's tables beside it (team_store). Holds no
+    open connection, so one instance can serve any number of threads."""
 
     def __init__(self, runs_dir: str | Path | None = None):
         self.runs_dir = layout.runs_root(runs_dir)
         self.path = layout.registry_path(self.runs_dir)
+        self.notices: list[str] = []  # one line per registry rebuilt by this object
         self._ensure_schema()
 
     # connections: one per call, closed right after (threads and processes never share one)
     def _open(self) -> sqlite3.Connection:
-        con = sqlite3.connect(str(self.path), timeout=60.0, isolation_level=None, check_same_thread=False)
+        target, uri = str(self.path), False
+        if getattr(_THREAD, "immutable", False):  # no locks, no WAL: the main file as it is on disk
+            target, uri = f"file:{urllib.parse.quote(str(self.path))}?immutable=1", True
+        con = sqlite3.connect(target, timeout=60.0, isolation_level=None, check_same_thread=False, uri=uri)
         con.row_factory = sqlite3.Row
         con.execute("PRAGMA busy_timeout = 60000")
         con.execute("PRAGMA synchronous = NORMAL")
         return con
 
     def _connect(self) -> sqlite3.Connection:
-        self._ensure_schema()
+        if not getattr(_THREAD, "immutable", False):
+            self._ensure_schema()
         return self._open()
 
     def _ensure_schema(self) -> None:
-        # also when the file was deleted under a long-lived manager: it is rebuilt from the run dirs
-        if str(self.path) not in _READY or not self.path.exists():
-            self._init_schema()
-            _READY.add(str(self.path))
+        """On a process's first look (and whenever the file has gone): check the file, create or migrate the
+        table, and index run directories the registry lacks; a damaged file is moved aside and rebuilt. Under
+        the registry lock, so creating, checking and rebuilding never interleave across processes."""
+        if str(self.path) in _READY and self.path.exists():
+            return
+        with self._locked():
+            missing = not self.path.exists()
+            try:
+                if not missing:
+                    self._check_integrity()
+                self._init_schema()
+                _READY.add(str(self.path))
+                count = self._import_runs()
+            except sqlite3.DatabaseError as exc:
+                _READY.discard(str(self.path))
+                if not _damaged(exc):
+                    raise self._storage_error(exc) from None
+                self._rebuild_damaged(str(exc))
+                return
+        if missing and count:
+            self.notify(f"the run registry was missing; rebuilt it from {count} run directories")
+
+    def _check_integrity(self) -> None:
+        """_Damaged unless the file is a readable registry (an empty file would pass as a new database)."""
+        if self.path.stat().st_size == 0:
+            raise _Damaged("the file is empty (0 bytes)")
+        con = self._open()
+        try:
+            row = con.execute("PRAGMA quick_check(1)").fetchone()
+            if not row or row[0] != "ok":
+                raise _Damaged(f"database disk image is malformed (quick_check: {row and row[0]})")
+            con.execute("SELECT COUNT(*) FROM runs").fetchone()  # "no such table": not our registry (any more)
+        finally:
+            con.close()
+
+    def _storage_error(self, exc: sqlite3.Error) -> StorageError:
+        code = getattr(exc, "sqlite_errorcode", 0) or 0
+        if code & 0xFF in _FULL_CODES or files.is_no_space(exc):
+            return StorageError(f"no space left on device while writing the run registry {self.path}; free "
+                                f"space there ({files.free_bytes(self.runs_dir) or 0:,} bytes free)")
+        return StorageError(f"the run registry {self.path} cannot be used: {exc}")
+
+    # -- recovery: the run directories are the truth -------------------------------------------------------------
+    def recover(self, reason: str) -> str | None:
+        """Move a damaged registry aside (kept, never deleted) and rebuild it from the run directories; returns the
+        notice, or None when another process had already repaired it. Serialized across processes by a lock
+        file, and the damage is checked again under the lock, so two processes never rebuild twice."""
+        with self._locked():
+            try:
+                self._check_integrity()
+                return None
+            except (OSError, sqlite3.Error):
+                return self._rebuild_damaged(reason)
+
+    def _rebuild_damaged(self, reason: str) -> str:
+        aside, count, carried = self._rebuild("broken")
+        return self.notify(f"the run registry was unreadable ({reason.splitlines()[0][:120]}); "
+                           + (f"moved it aside to {aside.name} and " if aside else "")
+                           + f"rebuilt it from {count} run directories" + carried)
+
+    def reindex(self) -> str:
+        """Rebuild the registry from the run directories on demand; the old file is moved aside and kept."""
+        with self._locked():
+            aside, count, carried = self._rebuild("reindexed")
+        return self.notify(f"rebuilt the run registry from {count} run directories"
+                           + (f"; the old one is kept as {aside.name}" if aside else "") + carried)
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        with open(layout.registry_lock(self.runs_dir), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _rebuild(self, why: str) -> tuple[Path | None, int, str]:
+        """Move the registry file (and its -wal/-shm) aside, index every run directory into a new one, and copy
+        over the tables the run dirs hold no copy of; returns (the file aside, runs indexed, what was carried)."""
+        aside = layout.registry_aside(self.runs_dir, why) if self.path.exists() else None
+        for part, kept in zip([self.path, *layout.sqlite_companions(self.path)],
+                              [aside, *layout.sqlite_companions(aside)] if aside else []):
+            if part.exists():
+                os.replace(part, kept)
+        _READY.discard(str(self.path))
+        self._init_schema()
+        _READY.add(str(self.path))
+        count = self._import_runs()
+        return aside, count, self._carry_over(aside) if aside else ""
+
+    def notify(self, notice: str) -> str:
+        """Keep a one-line notice for callers (the dashboard shows them) and print it on stderr, once."""
+        if notice not in self.notices:
+            self.notices.append(notice)
+            print(f"lora-lab: {notice}", file=sys.stderr, flush=True)
+        return notice
+
+    def _import_runs(self) -> int:
+        """Index every run directory the registry does not have (all of them after a rebuild), in one
+        transaction. Returns how many runs the registry now holds. Deletes rename a run dir away inside their
+        own transaction, so a run being deleted is never brought back."""
+        with self._write() as con:
+            have = {row[0] for row in con.execute("SELECT id FROM runs")}
+            for rd in layout.run_dirs(self.runs_dir):
+                if rd.id in have:
+                    continue
+                record = self._record_from_dir(rd)
+                if record is not None:
+                    con.execute(_INSERT.replace("INSERT", "INSERT OR IGNORE", 1), _row(record))
+                    have.add(rd.id)
+            return len(have)
+
+    def _record_from_dir(self, rd: RunDir) -> RunRecord | None:
+        """A run's row from its status.json mirror; when that is damaged, from its config and results."""
+        data = files.read_json(rd.status)
+        if isinstance(data, dict) and data.get("id") == rd.id:
+            for old, new in _RENAMED.items():  # a mirror written before a column was renamed
+                data.setdefault(new, data.get(old))
+            try:
+                record = RunRecord(**{c: data.get(c) for c in _COLUMNS}, runs_dir=str(self.runs_dir))
+                record.results = record.results if isinstance(record.results, dict) else {}
+                return record
+            except (ValueError, TypeError):
+                pass
+        try:
+            made = rd.config.stat().st_mtime
+        except OSError:
+            return None  # not a run (or one being created: its config comes first)
+        if not rd.status.exists() and time.time() - made < CREATE_GRACE_S:
+            return None  # status.json is written right after the row: this run may be being created now
+        return _record_from_files(rd, made, str(self.runs_dir))
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -256,7 +422,6 @@ class Registry:
     def _init_schema(self) -> None:
         """Create the table, or bring a registry made by an older version up to date (renamed and added
         columns), in one transaction so concurrent processes migrate it once."""
-        fresh = not self.path.exists()
         con = self._open()
         try:
             con.execute("PRAGMA journal_mode = WAL")
@@ -270,43 +435,29 @@ class Registry:
             for column in _COLUMNS:  # all nullable
                 if column not in have:
                     con.execute(f"ALTER TABLE runs ADD COLUMN {column}")
-            for index in _INDEXES + _TEAM_SCHEMA:
+            for index in _INDEXES + TEAM_SCHEMA:
                 con.execute(index)
             con.execute("COMMIT")
         finally:
             con.close()
-        if fresh:
-            self._import_orphans()
-
-    def _import_orphans(self) -> None:
-        """A lost or deleted registry is rebuilt from the runs' status.json files, so no run is ever lost."""
-        for status_file in layout.status_files(self.runs_dir):
-            try:
-                data = json.loads(status_file.read_text(encoding="utf-8"))
-                for old, new in _RENAMED.items():  # a mirror written before a column was renamed
-                    data.setdefault(new, data.get(old))
-                if data.get("id") != status_file.parent.name:
-                    continue
-                record = RunRecord(**{c: data.get(c) for c in _COLUMNS}, runs_dir=str(self.runs_dir))
-                record.results = record.results or {}
-                with self._write() as con:
-                    con.execute(_INSERT.replace("INSERT", "INSERT OR IGNORE", 1), _row(record))
-            except (OSError, ValueError, TypeError, sqlite3.Error):
-                continue
 
     # reads
-    def get(self, run_id: str) -> RunRecord:
-        """A run by id, or by a unique prefix of its id (like git and docker ids)."""
+    @_reading
+    def get(self, run_id: str, *, exact: bool = False) -> RunRecord:
+        """A run by id, or (unless `exact`: destructive actions) by a unique prefix of its id, like git's."""
         layout.check_run_id(run_id)
         with self._read() as con:
             row = con.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
-            if row is None:
-                rows = con.execute("SELECT * FROM runs WHERE id LIKE ? LIMIT 2", (run_id + "%",)).fetchall()
-                row = rows[0] if len(rows) == 1 else None
+            rows = [] if row is not None else \
+                con.execute("SELECT * FROM runs WHERE id LIKE ? LIMIT 2", (run_id + "%",)).fetchall()
+        if row is None and len(rows) == 1 and not exact:
+            row = rows[0]
         if row is None:
-            raise RunError(f"unknown run id {run_id!r} in {self.runs_dir}")
+            hint = f"; did you mean {rows[0]['id']}? (this action takes the whole id)" if len(rows) == 1 else ""
+            raise RunError(f"unknown run id {run_id!r} in {self.runs_dir}{hint}")
         return _record(row, self.runs_dir)
 
+    @_reading
     def list(self, status: RunStatus | list[RunStatus] | None = None, sweep_id: str | None = None,
              parent_id: str | None = None, owner: str | None = None) -> list[RunRecord]:
         """Newest first; QUEUED-only listings come in queue order."""
@@ -330,6 +481,7 @@ class Registry:
             rows = con.execute(sql, args).fetchall()
         return [_record(r, self.runs_dir) for r in rows]
 
+    @_reading
     def count(self, status: RunStatus | list[RunStatus], owner: str | None = None) -> int:
         statuses = [RunStatus.parse(s).value for s in ([status] if isinstance(status, str) else status)]
         sql = f"SELECT COUNT(*) FROM runs WHERE status IN ({','.join('?' * len(statuses))})"
@@ -340,14 +492,24 @@ class Registry:
             return con.execute(sql, statuses).fetchone()[0]
 
     # writes
-    def insert(self, record: RunRecord) -> RunRecord:
+    @_guarded
+    def insert(self, record: RunRecord, *, queue_limit: int | None = None) -> RunRecord:
+        """Add a run's row. With `queue_limit`, a QUEUED run is refused (RunError) when that many are queued
+        already; counted inside the write transaction, so concurrent launchers cannot overshoot it."""
         with self._write() as con:
+            if record.status == RunStatus.QUEUED and queue_limit is not None:
+                queued = con.execute("SELECT COUNT(*) FROM runs WHERE status = ?",
+                                     (RunStatus.QUEUED.value,)).fetchone()[0]
+                if queued >= queue_limit:
+                    raise RunError(f"the queue is full: {queued} runs are waiting (at most {queue_limit}, "
+                                   "LORA_LAB_MAX_QUEUED); cancel some or wait for them to start")
             if record.status == RunStatus.QUEUED and record.queue_pos is None:
                 record = dataclasses.replace(record, queue_pos=con.execute(
                     "SELECT COALESCE(MAX(queue_pos), -1) + 1 FROM runs").fetchone()[0])
             con.execute(_INSERT, _row(record))
         return self._mirror(record.id)
 
+    @_guarded
     def update(self, run_id: str, *, only_if_status: RunStatus | None = None, **fields: Any) -> bool:
         """Set non-status fields. Returns False when the run is not (any longer) in `only_if_status`."""
         bad = set(fields) - _UPDATABLE
@@ -363,6 +525,7 @@ class Registry:
         with self._write() as con:
             return con.execute(sql, args).rowcount == 1
 
+    @_guarded
     def set_status(self, run_id: str, status: RunStatus, *, expect: RunStatus | None = None,
                    **fields: Any) -> RunRecord:
         """Change the status; with `expect`, only if the run is still in that status (else StatusError)."""
@@ -403,6 +566,7 @@ class Registry:
         con.execute(f"UPDATE runs SET {', '.join(f'{k} = ?' for k in values)} WHERE id = ?",
                     [*values.values(), run_id])
 
+    @_guarded
     def claim_next(self, limit: int) -> RunRecord | None:
         """Atomically move the first QUEUED run to RUNNING if fewer than `limit` runs are RUNNING.
 
@@ -421,6 +585,7 @@ class Registry:
             self._transition(con, row[0], RunStatus.RUNNING, {"slot": slot})
         return self._mirror(row[0])
 
+    @_guarded
     def heartbeat(self, run_id: str, progress: float | None = None, step: int | None = None) -> bool:
         """Record that the worker is alive; returns True when the worker should stop: someone asked for it,
         or the run is no longer RUNNING (e.g. force-stopped while its worker was still starting)."""
@@ -435,6 +600,7 @@ class Registry:
             row = con.execute("SELECT stop_requested, status FROM runs WHERE id = ?", (run_id,)).fetchone()
         return row is None or bool(row[0]) or row[1] != RunStatus.RUNNING
 
+    @_guarded
     def move(self, run_id: str, position: int) -> list[str]:
         """Put a QUEUED run at `position` (0 = next to start) and renumber the queue; returns the new order."""
         queued = RunStatus.QUEUED.value
@@ -453,8 +619,11 @@ class Registry:
                 con.execute("UPDATE runs SET queue_pos = ? WHERE id = ?", (base + i, rid))
         return queue
 
-    def delete(self, run_id: str) -> None:
-        """Remove the row; refuses a RUNNING run and a run whose checkpoint an unfinished resumed run needs."""
+    @_guarded
+    def delete(self, run_id: str) -> Path | None:
+        """Remove the row and rename the run directory out of the way, in one transaction (so a rebuild running
+        at the same time cannot bring it back); returns the renamed folder for the caller to remove. Refuses a
+        RUNNING run and a run whose checkpoint an unfinished resumed run needs."""
         with self._write() as con:
             row = con.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
             if row is None:
@@ -466,111 +635,62 @@ class Registry:
             if child:
                 raise RunError(f"run {run_id} has a resumed run {child[0]} that still needs its checkpoint; "
                                "stop or delete that run first")
-            con.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+            folder = layout.run_path(self.runs_dir, run_id)
+            gone = layout.tombstone(self.runs_dir, run_id) if folder.is_dir() else None
+            if gone is not None:
+                folder.rename(gone)
+            try:
+                con.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+            except BaseException:
+                if gone is not None:
+                    gone.rename(folder)
+                raise
+        return gone
 
-    # -- the shared server's records: audit log, sign-in sessions, settings ------------------------------------
-    def audit(self, entry: AuditEntry, *, once: bool = False) -> bool:
-        """Append to the audit log. With `once`, only if no entry of this action has this session yet (a sign-in
-        is recorded once however many tabs open). Returns whether a line was written."""
-        values = [json.dumps(entry.detail, default=str) if c == "detail" else getattr(entry, c)
-                  for c in _AUDIT_COLUMNS]
-        sql = f"INSERT INTO audit ({','.join(_AUDIT_COLUMNS)}) SELECT {','.join('?' * len(_AUDIT_COLUMNS))}"
-        if once:
-            sql += " WHERE NOT EXISTS (SELECT 1 FROM audit WHERE action = ? AND session = ?)"
-            values += [entry.action, entry.session]
-        with self._write() as con:
-            return con.execute(sql, values).rowcount == 1
-
-    def audit_log(self, limit: int | None = 500, *, actor: str | None = None, action: str | None = None,
-                  run_id: str | None = None, since: float | None = None) -> list[AuditEntry]:
-        """Audit entries, newest first, optionally filtered."""
-        where, args = [], []
-        for column, value in (("actor", actor), ("action", action), ("run_id", run_id)):
-            if value:
-                where.append(f"{column} = ?")
-                args.append(value)
-        if since is not None:
-            where.append("at >= ?")
-            args.append(since)
-        sql = "SELECT * FROM audit" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id DESC"
-        if limit:
-            sql += f" LIMIT {int(limit)}"
-        with self._read() as con:
-            rows = con.execute(sql, args).fetchall()
-        return [AuditEntry(**{**dict(r), "detail": json.loads(r["detail"] or "{}")}) for r in rows]
-
-    def count_audit(self, action: str, since: float, *, actor: str | None = None, client: str | None = None) -> int:
-        """Entries of `action` since `since` by `actor` or from `client` (e.g. failed sign-ins, for throttling)."""
-        who = [(c, v) for c, v in (("actor", actor), ("client", client)) if v]
-        sql = "SELECT COUNT(*) FROM audit WHERE action = ? AND at >= ?"
-        if who:
-            sql += " AND (" + " OR ".join(f"{c} = ?" for c, _ in who) + ")"
-        with self._read() as con:
-            return con.execute(sql, [action, since, *(v for _, v in who)]).fetchone()[0]
-
-    def open_session(self, session_id: str, user: str, expires: float, client: str | None) -> None:
-        with self._write() as con:
-            con.execute("INSERT INTO sessions (id, user, created, expires, client) VALUES (?, ?, ?, ?, ?)",
-                        (session_id, user, time.time(), expires, client))
-
-    def session(self, session_id: str) -> dict | None:
-        """A sign-in session that has not ended or expired: {id, user, created, expires, client}, else None."""
-        with self._read() as con:
-            row = con.execute("SELECT * FROM sessions WHERE id = ? AND ended IS NULL AND expires > ?",
-                              (session_id, time.time())).fetchone()
-        return dict(row) if row else None
-
-    def end_sessions(self, *, session_id: str | None = None, user: str | None = None) -> int:
-        """End one session, or every session of a user (removed account, changed password or role)."""
-        column, value = ("id", session_id) if session_id else ("user", user)
-        with self._write() as con:
-            return con.execute(f"UPDATE sessions SET ended = ? WHERE {column} = ? AND ended IS NULL",
-                               (time.time(), value)).rowcount
-
-    def settings(self) -> dict[str, Any]:
-        """Server settings saved from the dashboard or the CLI: key -> value."""
-        with self._read() as con:
-            return {r[0]: json.loads(r[1]) for r in con.execute("SELECT key, value FROM settings")}
-
-    def save_settings(self, changes: dict[str, Any], by: str) -> None:
-        with self._write() as con:
-            for key, value in changes.items():
-                con.execute("INSERT INTO settings (key, value, updated, by) VALUES (?, ?, ?, ?) ON CONFLICT(key) "
-                            "DO UPDATE SET value = excluded.value, updated = excluded.updated, by = excluded.by",
-                            (key, json.dumps(value), time.time(), by))
+    # the team's tables (team_store.TeamTables), guarded like every other call
+    audit = _guarded(TeamTables.audit)
+    audit_log = _reading(TeamTables.audit_log)
+    count_audit = _reading(TeamTables.count_audit)
+    open_session = _guarded(TeamTables.open_session)
+    session = _reading(TeamTables.session)
+    end_sessions = _guarded(TeamTables.end_sessions)
+    settings = _reading(TeamTables.settings)
+    save_settings = _guarded(TeamTables.save_settings)
 
     def _mirror(self, run_id: str) -> RunRecord:
-        """Rewrite status.json from the row (atomically), so a run dir describes itself without the registry."""
+        """Rewrite status.json from the row (atomically), so a run dir describes itself without the registry.
+        Best effort: the row is committed already, and a full disk must not turn a recorded end into an error."""
         record = self.get(run_id)
         if record.dir.path.is_dir():
-            files.write_json(record.dir.status, record.to_dict())
+            try:
+                files.write_json(record.dir.status, record.to_dict())
+            except OSError as exc:
+                print(f"lora-lab: could not write {record.dir.status}: {exc}", file=sys.stderr, flush=True)
         return record
 
 
-def key_results(results: dict | None) -> dict:
-    """The scalars of a results dict (top level, plus one level of nested dicts as `section.key`), for the
-    registry so listings and comparisons need no file reads. Long strings and big structures stay in
-    results.json only."""
-    out: dict[str, Any] = {}
+def _record_from_files(rd: RunDir, created: float, runs_dir: str) -> RunRecord:
+    """A run whose status.json is damaged, rebuilt from what it left: its config (name, model, method) and its
+    results (it ended, and how). Without results its end is unknown, so it is FAILED with that reason."""
+    try:
+        cfg = yaml.safe_load(rd.config.read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):
+        cfg = None
+    cfg = cfg if isinstance(cfg, dict) else {}
+    section = lambda name: cfg.get(name) if isinstance(cfg.get(name), dict) else {}  # noqa: E731
 
-    def keep(key: str, value: Any) -> None:
-        if len(out) >= _KEY_RESULTS_MAX:
-            return
-        if isinstance(value, bool) or value is None:
-            out[key] = value
-        elif isinstance(value, (int, float)):
-            out[key] = value if not (isinstance(value, float) and not math.isfinite(value)) else None
-        elif isinstance(value, str) and len(value) <= 80:
-            out[key] = value
-        elif hasattr(value, "item"):
-            keep(key, files.jsonable(value))
-
-    for key, value in (results or {}).items():
-        if not isinstance(value, dict):
-            keep(key, value)
-    for key, value in (results or {}).items():
-        if isinstance(value, dict):
-            for sub, v in value.items():
-                if not isinstance(v, (dict, list)):
-                    keep(f"{key}.{sub}", v)
-    return out
+    results = files.read_json(rd.results)
+    method = cfg.get("method") if isinstance(cfg.get("method"), str) else None
+    rank = section("lora").get("r")
+    record = RunRecord(
+        id=rd.id, name=str(cfg.get("name") or rd.id)[:200], status=RunStatus.FAILED, created=created,
+        ended=time.time(), task=cfg.get("task") if isinstance(cfg.get("task"), str) else None,
+        model=str(section("model").get("source") or "") or None, method=method,
+        lora_r=rank if isinstance(rank, int) and method in LORA_METHODS else None, runs_dir=runs_dir,
+        error="its status was lost (status.json and the registry were unreadable); rebuilt from the run "
+              "directory, which has no results, so the run did not finish")
+    if isinstance(results, dict):
+        record.status = RunStatus.STOPPED if results.get("stopped") else RunStatus.SUCCEEDED
+        record.results, record.error = key_results(results), "stopped" if results.get("stopped") else None
+        record.ended = rd.results.stat().st_mtime
+    return record

@@ -9,7 +9,8 @@ import pytest
 
 from helpers import tiny_config
 from lora_core.config import ConfigError
-from lora_core.errors import RunError
+from lora_core import preflight
+from lora_core.errors import ModelError, RunError
 from lora_core.runs import Runs, RunStatus
 from lora_core.team.access import VIA_ACCOUNT, VIA_LOCAL, VIA_OIDC, VIA_OPEN, AccessError, Actor, Role, os_user
 
@@ -134,13 +135,18 @@ def test_hub_allowlists(quiet):
     assert quiet.launch(tiny_config(), actor=OTTO)  # bundled models and samples are always allowed
 
 
-def test_remote_code_needs_the_allowlist_on_a_shared_server_and_a_confirmation_locally(quiet):
+def test_remote_code_needs_the_allowlist_on_a_shared_server_and_a_confirmation_locally(quiet, monkeypatch):
     cfg = tiny_config(**{"model.source": "org/custom", "model.trust_remote_code": True})
     with pytest.raises(ConfigError, match="model.trust_remote_code: this server runs a model's own code only"):
         quiet.launch(cfg, actor=OTTO)
     local = Actor(os_user(), Role.ADMIN, VIA_LOCAL)
     with pytest.raises(ConfigError, match="confirm that you trust the code shipped with 'org/custom'"):
         quiet.launch(cfg, actor=local)
+    # admitted, the config meets the pre-launch check, which reads the model: org/custom is not on this offline
+    # machine. The refusals above came first, from the policy; from here on only admission is under test.
+    with pytest.raises(ModelError, match="hub is unreachable"):
+        quiet.launch(cfg)
+    monkeypatch.setattr(preflight.Preflight, "check", lambda self, cfg, ignore_memory=False: None)
     assert quiet.launch(cfg, actor=Actor(local.name, Role.ADMIN, VIA_LOCAL, trusted_code=frozenset({"org/custom"})))
     quiet.update_settings({"trust_remote_code": ["org/custom"]}, actor=ADMIN)
     assert quiet.launch(cfg, actor=OTTO)
