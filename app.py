@@ -8,7 +8,8 @@ are left out of the navigation (the service layer refuses their actions either w
 import streamlit as st
 
 from lora_ui import auth, service
-from lora_ui.format import code
+from lora_ui.format import code, message_markdown
+from lora_ui.state import keep_config_in_url, restore_config_from_url
 
 st.set_page_config(page_title="LoRA Lab", page_icon="🧪", layout="wide")
 
@@ -36,6 +37,8 @@ PAGES = {
 page = st.navigation({section: [st.Page(path, title=title, icon=icon, default=path == "pages/train.py")
                                 for path, title, icon in items if auth.may_open(path, actor)]
                       for section, items in PAGES.items() if any(auth.may_open(p, actor) for p, _, _ in items)})
+link_problem = restore_config_from_url()  # a refresh, a new tab or a shared link: the config in the URL
+keep_config_in_url()  # every page keeps it there (a page switch drops query parameters)
 
 with st.sidebar:
     st.markdown("### :material/science: LoRA Lab")
@@ -44,5 +47,7 @@ with st.sidebar:
                "**W' = W + (α/r)·B·A**, with B ∈ ℝ^(d_out×r), A ∈ ℝ^(r×d_in).  \n"
                "Only A and B learn: r·(d_in + d_out) parameters per layer instead of d_in·d_out.")
     st.caption(f"Runs directory: {code(service.runs_dir())}")
+    if link_problem:  # shown on every page until a config is chosen; a shared link's text shows as text
+        st.warning(message_markdown(link_problem, escape=True), icon=":material/link_off:")
 
 page.run()

@@ -4,7 +4,8 @@ User text (run names, model ids, paths, user names, error messages that quote th
 `md` escapes it and `code` puts it in a code span it cannot leave, so a name like `![x](http://…)` shows as those
 characters, not as an image that makes every viewer's browser fetch a URL.
 
-Pure functions and tables (plus `number_columns`, which builds Streamlit column configs); no engine calls.
+Pure functions and tables (plus `number_columns` and `styled`, which build what st.dataframe shows); no engine
+calls. Tables show a missing value as "—", never "None", and sizes as "1.54 MB", never a raw byte count.
 """
 from __future__ import annotations
 
@@ -82,6 +83,27 @@ def number_columns(frame) -> dict:
             for name, fmt in NUMBER_FORMATS.items() if name in frame.columns}
 
 
+def _printf(fmt: str):
+    if fmt == "localized":
+        return lambda v: f"{v:,.0f}"
+    return lambda v: fmt % v
+
+
+def styled(frame, bytes_columns: tuple[str, ...] = ()):
+    """The frame as st.dataframe should show it: run-table numbers in their formats, `bytes_columns` as sizes,
+    and "—" for every missing value (the data underneath stays numeric, so columns still sort by value)."""
+    formats = {name: _printf(fmt) for name, fmt in NUMBER_FORMATS.items() if name in frame.columns}
+    formats.update({name: fmt_bytes for name in bytes_columns if name in frame.columns})
+    # every other cell: whole numbers without decimals (a rank column with gaps is float), the rest as written
+    return frame.style.format({name: formats.get(name, _plain) for name in frame.columns}, na_rep="—")
+
+
+def _plain(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.0f}" if value.is_integer() else f"{value:.4g}"
+    return str(value)
+
+
 # -- runs ------------------------------------------------------------------------------------------------------
 
 def status_text(status: str) -> str:
@@ -117,6 +139,7 @@ def primary_metric(results: dict | None) -> tuple[str, float | None]:
 # Characters that start inline Markdown or Streamlit syntax anywhere in a line: code, emphasis, links and images
 # ([...](...), ![...](...)), HTML, tables, strikethrough, $math$. A Streamlit directive (:red[...]) needs "[".
 _INLINE = re.compile(r"([\\`*\[\]<>!|~$]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9]))")  # an intraword _ is plain
+FENCE = "`" * 3
 _JOIN = "\u2060"  # WORD JOINER: invisible, and breaks what GFM reads as a URL
 _BLOCK_START = re.compile(r"^([#+\->=]|\d+[.)])")  # headings, lists, quotes: only at the start of a line
 
@@ -136,7 +159,7 @@ def code(text) -> str:
     return "`" + " ".join(str(text).replace("`", "'").split()) + "`"
 
 
-# -- errors ----------------------------------------------------------------------------------------------------
+# -- errors and messages -------------------------------------------------------------------------------------
 
 def error_text(exc: BaseException) -> str:
     """One readable line for any error. Engine errors (LoraLabError) already say what is wrong and name the
@@ -146,3 +169,21 @@ def error_text(exc: BaseException) -> str:
     if isinstance(exc, KeyError) and exc.args:
         return str(exc.args[0])
     return f"{type(exc).__name__}: {str(exc).strip()}"
+
+
+def message_markdown(text: str, escape: bool = False) -> str:
+    """A message as markdown that keeps its shape: the first line as it is, a list of problems ("  - ..." lines)
+    as bullets, any other lines after it (a parser's excerpt with its caret) in a code block. `escape`: the text
+    is not markdown (an error quoting user text): each line shows as itself (md), and a fence in the excerpt
+    cannot end its code block."""
+    head, *rest = str(text).rstrip().split("\n")
+    line = md if escape else str
+    if not rest:
+        return line(head)
+    if all(item.startswith("  - ") for item in rest):
+        return line(head) + "\n" + "\n".join("- " + line(item[4:]) for item in rest)
+    excerpt = "\n".join(rest)
+    if escape:
+        excerpt = excerpt.replace(FENCE, "'" * 3)
+    return line(head) + "\n" + FENCE + "text\n" + excerpt + "\n" + FENCE
+

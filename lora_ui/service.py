@@ -6,10 +6,10 @@ lora_core.errors). Three kinds of call:
 - cached reads of things that only change with their inputs (a model's layers, parameter counts, estimates,
   data previews): `st.cache_data`, keyed by plain arguments; an engine error is raised, never cached;
 - live reads of the run registry (statuses, metrics, results, logs), never cached;
-- run actions (launch, sweep, stop, cancel, move, resume, delete, merge, export, upload): each first passes
-  `_who_acts`, the one place that knows who is acting and checks their role (lora_core.team.access), then hands
-  the actor to the engine, which checks again and writes the audit log; returns an `ActionResult` or raises the
-  engine's `LoraLabError` (an `AccessError` when the role does not allow it).
+- run actions (launch, sweep, recipe, stop, cancel, move, resume, delete, merge, push, export, upload): each first
+  passes `_who_acts`, the one place that knows who is acting and checks their role (lora_core.team.access), then
+  hands the actor to the engine, which checks again and writes the audit log; returns an `ActionResult` or raises
+  the engine's `LoraLabError` (an `AccessError` when the role does not allow it).
 
 Who is acting (`identify`) is read from the browser session on every action: a signed-in OpenID Connect user
 (st.user), a local account's session cookie, or, without sign-in, the local user (local mode) or "anonymous"
@@ -32,14 +32,14 @@ from typing import Any
 
 import streamlit as st
 
-from lora_core import data, inference, memory, models, qlora, uploads
+from lora_core import checks, data, diagnose, hub, inference, memory, models, qlora, recipes, uploads
 from lora_core.config import ExperimentConfig
 from lora_core.errors import LoraLabError, RunError
 from lora_core.paths import dir_bytes, is_local_path
 from lora_core.runs import Runs, RunStatus, default_runs_dir
 from lora_core.team import access, identity, policy, serving, settings
 from lora_core.team.access import AccessError, Actor, Role
-from lora_core.team.accounts import SESSION_S, Accounts, SignIns, manage, read_cookie, sign_cookie
+from lora_core.team.accounts import SESSION_S, Accounts, manage
 from lora_core.team.settings import LOCAL, OPEN, TEAM, TeamSettings
 
 # what pages may name besides the functions below
@@ -215,6 +215,12 @@ def live_runs() -> tuple[list, list]:
     return manager.list(status=RunStatus.RUNNING), manager.queue()
 
 
+def has_live_runs() -> bool:
+    """True while any run is queued or running (after reconciling dead workers): pages refresh only then."""
+    running, queued = live_runs()
+    return bool(running or queued)
+
+
 def registry_notices() -> list[str]:
     """One line for each repair or failure of the run registry seen by this dashboard (a rebuild, a full disk)."""
     return _runs().notices()
@@ -249,9 +255,13 @@ def log_tail(run_id: str, n: int = 50) -> str:
     return _runs().log_tail(run_id, n)
 
 
-def can_resume(run_id: str) -> bool:
-    """True when the run has a complete checkpoint to continue from (its own, or the one it was resumed from)."""
-    return _runs().resume_point(run_id) is not None
+def resume_blocker(run_id: str) -> str | None:
+    """Why Resume cannot work for this run (None when it has a complete checkpoint to continue from: its own, or
+    the one it was resumed from)."""
+    if _runs().resume_point(run_id) is not None:
+        return None
+    return ("Nothing to resume from: this run ended before its first complete checkpoint (one is saved every "
+            "train.save_steps steps, or at each evaluation). Launch its config again instead.")
 
 
 def artifact_files(run_id: str) -> tuple[Path, list[tuple[str, int]]]:
@@ -416,6 +426,40 @@ def data_preview(cfg: ExperimentConfig, n: int = 5):
     return _preview(_key(_check_config(cfg)), int(n))
 
 
+@st.cache_data(show_spinner="Checking the config…", max_entries=64, ttl=60)
+def _check(cfg_key: str) -> list[LoraLabError]:
+    return checks.check(json.loads(cfg_key))
+
+
+def check_config(cfg: ExperimentConfig | dict) -> list[LoraLabError]:
+    """Every problem with the config, as the CLI finds them ([] when it can launch); each names its field. On a
+    shared server its paths and hub ids are checked against the roots and allowlists first (a refusal is then the
+    one problem, so the checks never say whether a file outside exists); the model's own code is never run."""
+    data = cfg.to_dict() if isinstance(cfg, ExperimentConfig) else cfg
+    config, _ = ExperimentConfig.checked(data)
+    if config is not None:
+        try:
+            data = _check_config(config).to_dict()
+        except LoraLabError as exc:
+            return [exc]
+    return list(_check(json.dumps(data, sort_keys=True)))
+
+
+def load_config_file(raw: bytes, fmt: str, source: str) -> ExperimentConfig:
+    """A config file's bytes checked like `python -m lora_core train FILE`: the config, or ConfigProblems listing
+    every problem (a parse error keeps the parser's lines). On a shared server the paths it names are checked
+    against the roots before the checks look at them."""
+    config, _ = ExperimentConfig.checked(checks.parse_bytes(raw, fmt, source))
+    if config is not None:
+        _check_config(config)
+    return checks.load_bytes(raw, fmt, source)
+
+
+def field_of(exc: BaseException, default: str = "") -> str:
+    """The config field an engine error is about (for placing it under its widget)."""
+    return checks.field_of(exc, default)
+
+
 def num_labels(cfg: ExperimentConfig) -> int:
     """The class count a seq-cls run of this config trains (from its data; at least 2)."""
     counts = data_preview(cfg)[1] if cfg.task == "seq-cls" else None
@@ -447,6 +491,26 @@ def compare_perplexity(source: str, texts: list[str], quant_type: str, double_qu
                                     compute_dtype=compute_dtype)
 
 
+def default_prompts() -> list[str]:
+    """The prompts a causal-LM run answers before and after training by default (held out of the sample)."""
+    return list(ExperimentConfig().generate.prompts)
+
+
+def generation_change(generations: list[dict]) -> dict:
+    """What changed between a run's before / after answers: {prompts, before, after, summary}."""
+    return recipes.format_change(generations)
+
+
+def diagnosis(records) -> diagnose.Diagnosis:
+    """Why a comparison does (not) show "LoRA close to full, frozen backbone clearly worse", in sentences."""
+    return diagnose.diagnose([diagnose.RunSummary.from_results(r.name, r.results or {}, r.lora_r) for r in records])
+
+
+def recipe_list() -> list[recipes.Recipe]:
+    """The tutorial's challenges as one-click recipes (title, lesson, what they launch)."""
+    return list(recipes.RECIPES.values())
+
+
 def load_run_models(run_id: str) -> inference.RunModels:
     """A finished run's tuned model beside its base, loaded once (keep it in session state). A run that trusts its
     model's own code loads only where a launch of it would be admitted (allowlisted or confirmed)."""
@@ -461,8 +525,8 @@ def load_run_models(run_id: str) -> inference.RunModels:
 @dataclass(frozen=True)
 class ActionResult:
     """What a run action did, in one line for the user, and who did it."""
-    action: str                    # launch, sweep, stop, cancel, move, resume, delete, merge
-    actor: str                     # who acted (see acting_user)
+    action: str                    # launch, sweep, recipe, stop, cancel, move, resume, delete, merge, push, ...
+    actor: str                     # who acted (the actor's name)
     message: str
     run_id: str | None = None      # the run acted on
     new_runs: tuple[str, ...] = ()  # runs the action created
@@ -483,6 +547,18 @@ def sweep(cfg: ExperimentConfig, vary: dict[str, list]) -> ActionResult:
     sweep_id, run_ids = _runs().sweep(cfg, vary, actor=actor)
     return ActionResult("sweep", actor.name, f"Sweep **{sweep_id}**: {len(run_ids)} runs queued. They start by "
                                              "themselves as slots free up; see them below and on Compare.",
+                        None, tuple(run_ids), sweep_id)
+
+
+def launch_recipe(key: str, max_steps: int | None = None) -> ActionResult:
+    """Launch one of the tutorial's recipes (a sweep, or one run); `max_steps` caps every run for a quick look."""
+    recipe = recipes.get(key)
+    actor = _who_acts("sweep" if recipe.vary else "launch")
+    overrides = {"train.max_steps": int(max_steps)} if max_steps else None
+    sweep_id, run_ids = recipes.launch(key, _runs(), overrides, actor=actor)
+    quick = f", at most {max_steps} steps each" if max_steps else ""
+    return ActionResult("recipe", actor.name, f"{recipe.title}: {len(run_ids)} run{'s' if len(run_ids) > 1 else ''} "
+                                              f"launched{quick}" + (f" as sweep **{sweep_id}**." if sweep_id else "."),
                         None, tuple(run_ids), sweep_id)
 
 
@@ -526,6 +602,35 @@ def merge_run(run_id: str) -> ActionResult:
     policy.check_remote_code(run_config(run_id), actor, _runs().team_settings())  # merging loads the model here
     report = _runs().merge(run_id, overwrite=True, actor=actor)
     return ActionResult("merge", actor.name, f"Merged {run_id} into {report['out_dir']}.", run_id, (), report)
+
+
+def model_card(run_id: str, merged: bool = False) -> str:
+    """The model card a push of this run would upload."""
+    what = "merged model" if merged else ("LoRA adapter" if run_config(run_id).uses_lora else "model")
+    return hub.model_card(run_config(run_id), results(run_id) or {}, run_id, what)
+
+
+def push_run(run_id: str, repo_id: str, private: bool = False, merged: bool = False) -> ActionResult:
+    """Upload the run's adapter (or merged model) with its model card to the Hugging Face Hub."""
+    actor = _who_acts("push", run_id)
+    url = hub.push(_runs(), run_id, repo_id.strip(), private=private, merged=merged)
+    _runs().audit(actor, "push", run_id, detail={"repo": repo_id.strip(), "url": url, "merged": merged})
+    return ActionResult("push", actor.name, f"Pushed {run_id} to {url}.", run_id, (), url)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _lr_find(cfg_key: str, steps: int) -> dict:
+    from lora_core.lr_find import lr_find as find
+
+    return find(ExperimentConfig.from_dict(json.loads(cfg_key)), steps=steps)
+
+
+def lr_find(cfg: ExperimentConfig, steps: int = 60) -> dict:
+    """The learning-rate range test of this config on its training rows (lora_core.lr_find): loss per rate and
+    the suggested rate. Trains for `steps` optimizer steps in this process, so the page runs it on a click, and
+    only for someone who may launch, on files they may read (never with the model's own code)."""
+    _who_acts("launch")
+    return _lr_find(_key(_check_config(cfg)), int(steps))
 
 
 # -- uploads -------------------------------------------------------------------------------------------------------
@@ -586,31 +691,7 @@ def data_roots() -> list[Path]:
     return settings.data_roots()
 
 
-# -- signing in with a local account (the routes in lora_ui.signin) ----------------------------------------------
-
-def _signins() -> SignIns:
-    return SignIns(_runs().registry)
-
-
-def sign_in_delay(name: str, client: str | None) -> float:
-    return _signins().delay(name, client)
-
-
-def sign_in(name: str, password: str, client: str | None, delayed: float) -> str | None:
-    """A signed session cookie value when the password is right, else None (both audited)."""
-    session_id = _signins().attempt(name, password, client, delayed)
-    return sign_cookie(session_id, serving.cookie_secret(secrets())) if session_id else None
-
-
-def sign_out(cookie: str | None, client: str | None) -> None:
-    session_id = read_cookie(cookie, serving.cookie_secret(secrets()))
-    if session_id:
-        _signins().sign_out(session_id, client)
-
-
-def cookie_secret_set() -> bool:
-    return len(serving.cookie_secret(secrets())) >= serving.MIN_COOKIE_SECRET
-
+# -- signing out of an identity provider (local accounts sign in and out in lora_ui.signin) ------------------
 
 def sign_out_provider_user() -> None:
     """Audit a st.login user's sign-out (st.logout then ends their Streamlit session)."""

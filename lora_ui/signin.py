@@ -18,6 +18,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from lora_core.team import serving
+from lora_core.team.accounts import SignIns, read_cookie, sign_cookie
 from lora_ui import service
 from lora_ui.service import SESSION_COOKIE, SESSION_S, SIGN_IN_PATH, SIGN_OUT_PATH
 
@@ -38,6 +40,36 @@ a{{color:#6C4BF4}}</style></head><body><main><h1>🧪 Sign in to LoRA Lab</h1>{m
 value="{name}"><label for="password">Password</label>
 <input id="password" name="password" type="password" autocomplete="current-password" required>
 <button type="submit">Sign in</button></form><p><a href="/">Back to the dashboard</a></p></main></body></html>"""
+
+
+# -- the sign-in records (the registry the dashboard's run manager uses) ------------------------------------------
+
+def _signins() -> SignIns:
+    return SignIns(service.runs_manager().registry)
+
+
+def _cookie_secret() -> str:
+    return serving.cookie_secret(service.secrets())
+
+
+def _delay(name: str, client: str | None) -> float:
+    return _signins().delay(name, client)
+
+
+def _attempt(name: str, password: str, client: str | None, delayed: float) -> str | None:
+    """A signed session cookie value when the password is right, else None (both audited)."""
+    session_id = _signins().attempt(name, password, client, delayed)
+    return sign_cookie(session_id, _cookie_secret()) if session_id else None
+
+
+def _end_session(cookie: str | None, client: str | None) -> None:
+    session_id = read_cookie(cookie, _cookie_secret())
+    if session_id:
+        _signins().sign_out(session_id, client)
+
+
+def _cookie_secret_set() -> bool:
+    return len(_cookie_secret()) >= serving.MIN_COOKIE_SECRET
 
 
 def _https(request: Request) -> bool:
@@ -64,14 +96,14 @@ async def sign_in(request: Request) -> Response:
         return _form_page(request, "The form expired; please sign in again.", status=400)
     if len(name) > MAX_FIELD or len(password) > MAX_FIELD:
         return _form_page(request, "Wrong user name or password.", status=401)
-    if not service.cookie_secret_set():
+    if not _cookie_secret_set():
         return _form_page(request, "This server has no cookie secret: an admin must set [auth] cookie_secret "
                                    "in .streamlit/secrets.toml.", status=503)
     client = request.client.host if request.client else None
-    delay = await run_in_threadpool(service.sign_in_delay, name, client)
+    delay = await run_in_threadpool(_delay, name, client)
     if delay:
         await asyncio.sleep(delay)  # this request waits; the server goes on serving others
-    cookie = await run_in_threadpool(service.sign_in, name, password, client, delay)
+    cookie = await run_in_threadpool(_attempt, name, password, client, delay)
     if cookie is None:
         note = (f" This attempt was delayed {delay:.0f} s: too many failed sign-ins in the last minute."
                 if delay else "")
@@ -84,7 +116,7 @@ async def sign_in(request: Request) -> Response:
 
 
 async def sign_out(request: Request) -> Response:
-    await run_in_threadpool(service.sign_out, request.cookies.get(SESSION_COOKIE),
+    await run_in_threadpool(_end_session, request.cookies.get(SESSION_COOKIE),
                             request.client.host if request.client else None)
     response = RedirectResponse("/", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/")

@@ -28,7 +28,6 @@ config that fails.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import threading
 import time
@@ -36,18 +35,17 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..config import BUNDLED_MODELS, ConfigError, ExperimentConfig, excerpt, get_dotted, set_dotted
+from .. import checks
+from ..config import ConfigError, ExperimentConfig
 from ..errors import RunError, StorageError
-from ..paths import DATA_SUFFIXES, is_local_path
 from ..team import access, policy
 from ..team.access import AccessError, Actor
 from ..team.settings import TeamSettings, team_settings
 from . import files, launcher, layout
-from .layout import MODEL_CONFIG, RunDir
+from .layout import RunDir
 from .store import AuditEntry, Registry, RunRecord, RunStatus
 from .sweep import sweep_configs
 
-HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}(/[A-Za-z0-9][A-Za-z0-9_.-]{0,95})?", re.ASCII)
 STREAM_CACHE_RUNS = 16  # metrics streams kept in memory for incremental reads (the dashboard's live runs)
 WHOLE_ID_ACTIONS = frozenset({"stop", "cancel", "delete"})  # destructive: a unique prefix is not enough
 
@@ -408,56 +406,7 @@ def prepare(cfg: ExperimentConfig | dict) -> ExperimentConfig:
     any directory, possibly by another process draining the queue) reads the same files; hub ids must be
     well-formed. Links are kept as given (not resolved): a link's name carries the file's suffix."""
     data = cfg.to_dict() if isinstance(cfg, ExperimentConfig) else dict(cfg)
-    cfg = ExperimentConfig.from_dict(data)
-    changes: dict[str, Any] = {}
-    for field in ("data.train", "data.eval"):
-        value = get_dotted(cfg, field)
-        if not value or value.startswith("sample:"):
-            continue
-        if is_local_path(value, DATA_SUFFIXES):
-            path = _absolute(field, value)
-            if not _is(path, "file"):
-                raise ConfigError(field, f"file not found: {excerpt(str(path), 300)} (give an existing csv/tsv/json/"
-                                         "jsonl/parquet file, a bundled sample:..., or a hub dataset id)")
-            changes[field] = str(path)
-        else:
-            _check_hub_id(field, value)
-    source = cfg.model.source
-    if source not in BUNDLED_MODELS and is_local_path(source):
-        path = _absolute("model.source", source)
-        if not _is(path, "dir") or not _is(path / MODEL_CONFIG, "file"):
-            raise ConfigError("model.source", f"{excerpt(str(path), 300)} is not a model directory (it needs a "
-                                              f"{MODEL_CONFIG}); use a bundled model ({', '.join(BUNDLED_MODELS)}), "
-                                              "a hub id or a saved model directory")
-        changes["model.source"] = str(path)
-    elif source not in BUNDLED_MODELS:
-        _check_hub_id("model.source", source)
-    if not changes:
-        return cfg
-    data = cfg.to_dict()
-    for field, value in changes.items():
-        set_dotted(data, field, value)
-    return ExperimentConfig.from_dict(data)
-
-
-def _absolute(field: str, value: str) -> Path:
-    path = Path(os.path.abspath(Path(value).expanduser()))
-    if len(str(path).encode("utf-8", "replace")) > 4000:
-        raise ConfigError(field, f"the path is too long once made absolute ({excerpt(str(path), 60)})")
-    return path
-
-
-def _is(path: Path, kind: str) -> bool:
-    try:
-        return path.is_file() if kind == "file" else path.is_dir()
-    except (OSError, ValueError):  # a name the filesystem refuses is no file
-        return False
-
-
-def _check_hub_id(field: str, value: str) -> None:
-    if not HUB_ID.fullmatch(value) or "--" in value or ".." in value:
-        raise ConfigError(field, f"{excerpt(value, 60)} is neither an existing local path nor a hub id ('name' or "
-                                 "'org/name': letters, digits, '-', '_', '.', at most 96 characters each)")
+    return checks.with_local_paths(ExperimentConfig.from_dict(data))
 
 
 class _Streams:

@@ -4,10 +4,11 @@ The launcher starts this in a new session with stdout/stderr going to the run's 
   1. installs a SIGTERM handler before importing the recipe, so a stop during start-up or model loading is
      honoured;
   2. registers its pid and writes a heartbeat every ~2 s from a daemon thread (which also picks up a stop
-     requested through the registry);
-  3. calls `train.run_experiment`, appending every event to metrics.jsonl as it arrives;
-  4. writes results.json and ends the run SUCCEEDED, STOPPED (the recipe returned `stopped: True`) or FAILED
-     (the exception and the log tail);
+     requested through the registry, and samples how busy the machine is while training: machine.py);
+  3. calls `train.run_experiment`, appending every event to metrics.jsonl as it arrives (a resumed run's
+     elapsed time goes on from its parent's, so its curves and its clock never go backwards);
+  4. writes results.json (with the machine_* keys) and ends the run SUCCEEDED, STOPPED (the recipe returned
+     `stopped: True`) or FAILED (the exception and the log tail);
   5. finally reconciles, which starts the next queued run: the queue drains with nobody watching.
 
 A full disk must not leave a run RUNNING forever or blamed on the wrong cause. The worker holds back a little
@@ -38,6 +39,7 @@ from ..errors import LoraLabError, StatusError, StorageError  # noqa: E402
 from ..train import run_experiment  # noqa: E402
 from . import files, launcher  # noqa: E402
 from .layout import RunDir  # noqa: E402
+from .machine import MachineMeter  # noqa: E402
 from .manager import Runs  # noqa: E402
 from .store import Registry, RunStatus, key_results  # noqa: E402
 
@@ -63,12 +65,14 @@ def say(text: str = "", *, trace: bool = False) -> None:
 
 
 class Heartbeat(threading.Thread):
-    """Writes the heartbeat (with the latest progress) every HEARTBEAT_S seconds and turns a stop requested in
-    the registry into the stop flag."""
+    """Writes the heartbeat (with the latest progress) every HEARTBEAT_S seconds, turns a stop requested in
+    the registry into the stop flag, and samples the machine meter."""
 
-    def __init__(self, registry: Registry, run_id: str, stop_flag: threading.Event, latest: dict):
+    def __init__(self, registry: Registry, run_id: str, stop_flag: threading.Event, latest: dict,
+                 machine: MachineMeter):
         super().__init__(name="heartbeat", daemon=True)
         self.registry, self.run_id, self.stop_flag, self.latest = registry, run_id, stop_flag, latest
+        self.machine = machine
         self.done = threading.Event()
 
     def run(self) -> None:
@@ -78,6 +82,7 @@ class Heartbeat(threading.Thread):
                     self.stop_flag.set()
             except Exception as exc:  # a busy disk must not kill training; the next beat tries again
                 say(f"[worker] heartbeat failed: {exc}")
+            self.machine.sample()
             self.done.wait(HEARTBEAT_S)
 
 
@@ -101,6 +106,13 @@ def stop_note(results: dict, rd: RunDir) -> str:
     if rd.artifacts.complete_checkpoints():
         kept.append("a checkpoint")
     return f"stopped on request at step {results['steps']}" + (f"; saved {' and '.join(kept)}" if kept else "")
+
+
+def inherited_elapsed(runs: Runs, run_id: str) -> float:
+    """The training time a resumed run inherits: the parent's latest elapsed_s up to the checkpoint (0 for a
+    fresh run)."""
+    return max((e["elapsed_s"] for e in runs.metrics(run_id)
+                if e.get("inherited_from") and isinstance(e.get("elapsed_s"), (int, float))), default=0.0)
 
 
 def hold_space(rd: RunDir) -> None:
@@ -152,17 +164,23 @@ def run(run_path: Path, stop_flag: threading.Event) -> int:
     registry.update(run_id, only_if_status=RunStatus.RUNNING, pid=os.getpid(), pgid=os.getpgrp(),
                     pid_created=psutil.Process().create_time(), host=launcher.this_host(), heartbeat=time.time())
     latest: dict = {}
-    beat = Heartbeat(registry, run_id, stop_flag, latest)
+    machine = MachineMeter(lambda: max(registry.count(RunStatus.RUNNING) - 1, 0))
+    beat = Heartbeat(registry, run_id, stop_flag, latest, machine)
     beat.start()
     rd = record.dir
     hold_space(rd)
     resume_from = record.resume_checkpoint
+    elapsed_before = inherited_elapsed(runs, run_id)
     say(f"[worker] run {run_id} pid {os.getpid()} python {sys.executable}"
         + (f" resuming from {resume_from}" if resume_from else ""))
 
     def on_event(event: dict) -> None:
         event = dict(event)
         event.setdefault("time", time.time())
+        if elapsed_before and isinstance(event.get("elapsed_s"), (int, float)):
+            event["elapsed_s"] += elapsed_before
+        if event.get("kind") == "phase":
+            (machine.begin if event.get("phase") == "training" else machine.finish)()
         files.append_event(rd.metrics, event)
         for key in ("progress", "step"):
             if isinstance(event.get(key), (int, float)):
@@ -171,7 +189,11 @@ def run(run_path: Path, stop_flag: threading.Event) -> int:
     status, fields = RunStatus.FAILED, {}
     try:
         results = run_experiment(runs.config(run_id), rd.artifacts, on_event=on_event,
-                                 should_stop=stop_flag.is_set, resume_from=resume_from)
+                                 should_stop=stop_flag.is_set, resume_from=resume_from,
+                                 run_info={"run_id": run_id, "sweep_id": record.sweep_id,
+                                           "parent_id": record.parent_id, "runs_dir": str(rd.path.parent)})
+        machine.finish()
+        results.update(machine.summary())
         try:
             files.write_json(rd.results, results)
         except OSError as exc:
