@@ -614,7 +614,7 @@ def push_run(run_id: str, repo_id: str, private: bool = False, merged: bool = Fa
     """Upload the run's adapter (or merged model) with its model card to the Hugging Face Hub."""
     actor = _who_acts("push", run_id)
     url = hub.push(_runs(), run_id, repo_id.strip(), private=private, merged=merged)
-    _runs().audit(actor, "push", run_id, detail={"repo": repo_id.strip(), "url": url, "merged": merged})
+    _runs().audit(actor, "push", run_id, detail={"repo": repo_id.strip(), "url": url, "merged_model": merged})
     return ActionResult("push", actor.name, f"Pushed {run_id} to {url}.", run_id, (), url)
 
 
