@@ -21,7 +21,7 @@ $(VENV)/.req-dev: $(VENV)/.req-app requirements-dev.txt
 	touch $@
 
 app: $(VENV)/.req-app
-	$(VENV)/bin/streamlit run app.py --server.port $(PORT) --server.address $(ADDRESS)
+	$(PY) -m lora_core serve --host $(ADDRESS) --port $(PORT)
 
 serve: $(VENV)/.req-app
 	$(PY) -m lora_core serve --host $(HOST) --port $(PORT)
