@@ -1,6 +1,8 @@
-"""Plotly figures for the pages. Pure functions: data in, figure out (tests call them directly)."""
+"""Plotly figures for the pages. Pure functions: data in, figure out (tests call them directly). Plotly reads a
+little HTML in names and labels (<a href>, <b>, <br>), so user text (run names) goes in escaped (`_text`)."""
 from __future__ import annotations
 
+import html
 import math
 import statistics
 from typing import Any, Iterable
@@ -11,6 +13,10 @@ from lora_ui.format import X_AXES
 
 METHOD_COLORS = {"full": "#E4572E", "lora": "#6C4BF4", "qlora": "#17BEBB", "head-only": "#FFC914"}
 _LAYOUT = dict(margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.2), height=360)
+
+
+def _text(value) -> str:
+    return html.escape(str(value), quote=False)
 
 
 def _series(events: Iterable[dict], x: str, y: str, kind: str | None = None) -> tuple[list, list]:
@@ -34,7 +40,7 @@ def curves_figure(runs: list[tuple[str, list[dict]]], x: str = "step", title: st
     fig = go.Figure()
     palette = ["#6C4BF4", "#E4572E", "#17BEBB", "#FFC914", "#76B041", "#2E86AB", "#A23B72", "#F18F01"]
     for i, (label, events) in enumerate(runs):
-        color = palette[i % len(palette)]
+        color, label = palette[i % len(palette)], _text(label)
         xs, ys = _series(events, x, "loss", kind="log")
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers" if len(xs) < 30 else "lines",
                                  name=f"{label} · train loss", line=dict(color=color), marker=dict(size=5)))
@@ -90,7 +96,7 @@ def bar_figure(labels: list[str], values: list[float | None], title: str, yaxis:
     """One bar per run or setting; `errors`: ± one standard deviation across seeds, drawn as error bars."""
     colors = [METHOD_COLORS.get(m, "#6C4BF4") for m in methods] if methods else None
     error_y = dict(type="data", array=[e or 0 for e in errors], visible=True, thickness=1.5) if errors else None
-    fig = go.Figure(go.Bar(x=labels, y=values, marker_color=colors, error_y=error_y,
+    fig = go.Figure(go.Bar(x=[_text(v) for v in labels], y=values, marker_color=colors, error_y=error_y,
                            text=[_short(v) for v in values], textposition="outside"))
     fig.update_layout(title=title, yaxis_title=yaxis, **{**_LAYOUT, "height": 320})
     if log:
@@ -128,7 +134,7 @@ def frontier_figure(rows: list[dict], score: str = "accuracy", higher_is_better:
             continue
         fig.add_trace(go.Scatter(
             x=[r["trainable"] for r in pts], y=[r[score] for r in pts], mode="markers+text",
-            text=[r["label"] for r in pts], textposition="top center", name=method,
+            text=[_text(r["label"]) for r in pts], textposition="top center", name=method,
             marker=dict(size=13, color=METHOD_COLORS.get(method, "#6C4BF4"), line=dict(width=1, color="#333")),
             customdata=[[r.get("train time (s)") or 0, r.get("peak mem (GB)") or 0] for r in pts],
             hovertemplate="%{text}<br>trainable %{x:,}<br>" + score + " %{y:.4f}<br>"
@@ -147,7 +153,7 @@ def frontier_figure(rows: list[dict], score: str = "accuracy", higher_is_better:
 
 def estimate_vs_measured_figure(rows: list[dict]) -> go.Figure:
     """Grouped bars per finished run: the estimate, the tensor peak it models, and the measured peak (GB)."""
-    labels = [r["label"] for r in rows]
+    labels = [_text(r["label"]) for r in rows]
     fig = go.Figure([
         go.Bar(x=labels, y=[r.get("estimate_gb") for r in rows], name="estimate", marker_color="#6C4BF4"),
         go.Bar(x=labels, y=[r.get("tensor_gb") for r in rows], name="tensor peak (what the estimate models)",
@@ -187,7 +193,7 @@ def band_figure(groups: list[tuple[str, list[list[dict]]]], x: str = "step",
     """A mean train-loss line per setting with a shaded ± one-std band, and the eval loss mean with error bars."""
     fig = go.Figure()
     for i, (label, runs) in enumerate(groups):
-        color = PALETTE[i % len(PALETTE)]
+        color, label = PALETTE[i % len(PALETTE)], _text(label)
         xs, mean, std = mean_band(runs, x, "loss", "log")
         if xs:
             fig.add_trace(go.Scatter(x=xs + xs[::-1], y=[m + s for m, s in zip(mean, std)]
@@ -214,6 +220,7 @@ def spans_decades(values: list) -> bool:
 
 
 def _dimension(label: str, values: list) -> dict:
+    label = _text(label)
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
     if numeric and spans_decades(values):  # Parcoords has no log axis: plot log10, label the real values
         ticks = sorted(set(values))
@@ -221,9 +228,9 @@ def _dimension(label: str, values: list) -> dict:
                     tickvals=[math.log10(v) for v in ticks], ticktext=[f"{v:g}" for v in ticks])
     if numeric:
         return dict(label=label, values=values)
-    names = list(dict.fromkeys(str(v) for v in values))  # categories, in order of appearance
+    names = list(dict.fromkeys(str(v) for v in values))  # categories (data paths, model ids), in order of appearance
     return dict(label=label, values=[names.index(str(v)) for v in values], tickvals=list(range(len(names))),
-                ticktext=names)
+                ticktext=[_text(n) for n in names])
 
 
 def parallel_figure(rows: list[dict], fields: list[str], metric: str) -> go.Figure:
@@ -231,7 +238,7 @@ def parallel_figure(rows: list[dict], fields: list[str], metric: str) -> go.Figu
     rows = [r for r in rows if r.get(metric) is not None]
     dims = [_dimension(f, [r.get(f) for r in rows]) for f in fields]
     scores = [r[metric] for r in rows]
-    dims.append(dict(label=metric, values=scores))
+    dims.append(dict(label=_text(metric), values=scores))
     fig = go.Figure(go.Parcoords(line=dict(color=scores, colorscale="Viridis", showscale=True,
                                            colorbar=dict(title=metric)), dimensions=dims))
     fig.update_layout(title=f"{metric} across the sweep's settings", **{**_LAYOUT, "height": 420,
@@ -249,11 +256,12 @@ def module_heatmap(rows: list[dict], value: str, title: str, fmt: str = ".3g", z
     grid = {(r["layer"], r["module"]): r.get(value) for r in rows}
     z = [[grid.get((layer, m)) for m in modules] for layer in layers]
     text = [[("" if v is None else format(v, fmt)) for v in row] for row in z]
-    fig = go.Figure(go.Heatmap(z=z, x=modules, y=[f"layer {v}" if v is not None else "—" for v in layers],
+    names = [_text(m) for m in modules]  # module paths come from the adapter's files
+    fig = go.Figure(go.Heatmap(z=z, x=names, y=[f"layer {v}" if v is not None else "—" for v in layers],
                                text=text, texttemplate="%{text}", colorscale=colorscale, zmin=0, zmax=zmax,
                                hovertemplate="%{y} · %{x}: %{z:" + fmt + "}<extra></extra>"))
     fig.update_yaxes(autorange="reversed")
-    fig.update_layout(title=title, **{**_LAYOUT, "height": max(260, 40 + 28 * len(layers))})
+    fig.update_layout(title=_text(title), **{**_LAYOUT, "height": max(260, 40 + 28 * len(layers))})
     return fig
 
 
@@ -269,7 +277,7 @@ def spectrum_figure(singular_values: list[float], effective_rank: int, energy: f
     fig.add_hline(y=energy, yref="y2", line_dash="dot", annotation_text=f"{energy:.0%}")
     if effective_rank:
         fig.add_vline(x=effective_rank, line_dash="dash", annotation_text=f"effective rank {effective_rank}")
-    fig.update_layout(title=title, xaxis_title="k", yaxis_title="σₖ",
+    fig.update_layout(title=_text(title), xaxis_title="k", yaxis_title="σₖ",
                       yaxis2=dict(overlaying="y", side="right", range=[0, 1.05], title="cumulative share"),
                       **_LAYOUT)
     return fig
@@ -281,9 +289,9 @@ def similarity_figure(phi: list[list[float]], first: str, second: str, title: st
     fig = go.Figure(go.Heatmap(z=phi, x=list(range(1, cols + 1)), y=list(range(1, rows + 1)), zmin=0, zmax=1,
                                colorscale="Viridis", colorbar=dict(title="φ"),
                                hovertemplate="i=%{y}, j=%{x}: φ=%{z:.3f}<extra></extra>"))
-    fig.update_yaxes(autorange="reversed", title=f"i (top directions of {first})")
-    fig.update_xaxes(title=f"j (top directions of {second})")
-    fig.update_layout(title=title, **{**_LAYOUT, "height": 380})
+    fig.update_yaxes(autorange="reversed", title=f"i (top directions of {_text(first)})")
+    fig.update_xaxes(title=f"j (top directions of {_text(second)})")
+    fig.update_layout(title=_text(title), **{**_LAYOUT, "height": 380})
     return fig
 
 

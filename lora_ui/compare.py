@@ -10,7 +10,7 @@ from collections import Counter
 import pandas as pd
 
 from lora_core.config import get_dotted
-from lora_ui import service
+from lora_ui import insight
 from lora_ui.format import method_text, primary_metric
 from lora_ui.service import RunStatus
 
@@ -58,7 +58,7 @@ def busy_text(results: dict) -> str | None:
 
 
 def rows(records, votes: dict[str, dict] | None = None) -> list[dict]:
-    """One row per run; `votes` ({run id: service.votes(...)}) fills the "preferred" column."""
+    """One row per run; `votes` ({run id: insight.votes(...)}) fills the "preferred" column."""
     out = []
     for rec, label in zip(records, labels_for(records)):
         res = rec.results or {}
@@ -101,7 +101,7 @@ def preference_text(votes: dict | None) -> str | None:
 def grouped_rows(groups) -> list[dict]:
     """One row per setting: mean and std across its seeds of each metric that any setting has, with the keys
     the bar and frontier charts read (label, method, trainable, accuracy, eval loss, train time (s))."""
-    table = service.group_rows(groups)
+    table = insight.group_rows(groups)
     present = [c for c in ("accuracy", "macro-F1", "eval loss", "perplexity", "train time (s)")
                if any(r[c] is not None for r in table)]
     out = []
@@ -133,7 +133,7 @@ def busy_labels(records) -> list[str]:
 
 def parallel_rows(records, fields: list[str]) -> list[dict]:
     """One row per run: the value of each varied config field, and its metrics by table column name."""
-    configs = service.run_configs([r.id for r in records])
+    configs = insight.run_configs([r.id for r in records])
     out = []
     for rec, row in zip(records, rows(records)):
         flat = {f: _hashable(get_dotted(configs[rec.id], f)) for f in fields}

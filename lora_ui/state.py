@@ -82,6 +82,7 @@ COMPARE = PageState("compare_")
 MERGE = PageState("merge_")
 PLAYGROUND = PageState("play_")
 INSPECT = PageState("insp_")
+TEAM = PageState("team_")
 
 
 # -- the current config --------------------------------------------------------------------------------------------

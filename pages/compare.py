@@ -5,9 +5,9 @@ the config fields that differ between them."""
 import pandas as pd
 import streamlit as st
 
-from lora_ui import charts, service
+from lora_ui import charts, insight, service
 from lora_ui import compare as cmp
-from lora_ui.format import X_AXES, status_text, styled
+from lora_ui.format import X_AXES, md, status_text, styled
 from lora_ui.service import RunStatus
 from lora_ui.state import COMPARE
 from lora_ui.widgets import show_error
@@ -31,7 +31,8 @@ def choose_runs(all_runs: list, finished: list) -> tuple[list, str | None]:
                              format_func=lambda s: f"{s} ({sum(r.sweep_id == s for r in finished)} finished runs)")
         pending = [r for r in all_runs if r.sweep_id == sweep and r.status not in DONE]
         if pending:
-            st.caption(" · ".join(f"{status_text(r.status)} {r.name}" for r in pending) + " — not finished, left out")
+            st.caption(" · ".join(f"{status_text(r.status)} {md(r.name)}" for r in pending)
+                       + " — not finished, left out")
         return [r for r in finished if r.sweep_id == sweep], sweep
     by_id = {r.id: r for r in finished}
     picked = st.multiselect("Runs", list(by_id), default=[r.id for r in finished[:6]], key=S.key("runs"),
@@ -51,7 +52,7 @@ def table_section(table: list[dict], grouped: bool, chosen: list) -> None:
                    "the same table.")
     busy = cmp.busy_labels(chosen)
     if busy:
-        st.warning(f"Training times of {', '.join(busy)} were measured while other work shared the CPU "
+        st.warning(f"Training times of {md(', '.join(busy))} were measured while other work shared the CPU "
                    "(see **CPU busy**): they are slower than on a quiet machine, so compare times with care.",
                    icon=":material/speed:")
     st.caption("**peak mem** is measured: the worker's peak resident memory (on CPU it includes the Python "
@@ -130,7 +131,7 @@ def frontier_section(table: list[dict], score: str, has_score: bool) -> None:
 
 def parallel_section(chosen: list) -> None:
     st.subheader("Parallel coordinates")
-    fields = list(service.config_diff([r.id for r in chosen], ignore_seed=True))
+    fields = list(insight.config_diff([r.id for r in chosen], ignore_seed=True))
     if not fields or len(chosen) < 2:
         st.caption("The sweep varies no config field besides the seed: nothing to lay out on axes.")
         return
@@ -143,15 +144,22 @@ def parallel_section(chosen: list) -> None:
 
 
 def diff_section(chosen: list) -> None:
-    diff = service.config_diff([r.id for r in chosen])
+    diff = insight.config_diff([r.id for r in chosen])
     with st.expander(f"Config differences ({len(diff)} field{'s' if len(diff) != 1 else ''})",
                      expanded=0 < len(diff) <= 8):
         if not diff:
             st.caption("These runs have the same config (apart from their names).")
             return
-        frame = pd.DataFrame([{"field": f, **{r.name: _cell(v[r.id]) for r in chosen}} for f, v in diff.items()])
+        frame = pd.DataFrame([{"field": f, **{title: _cell(v[r.id]) for r, title in zip(chosen, _titles(chosen))}}
+                              for f, v in diff.items()])
         st.dataframe(frame, hide_index=True, width="stretch")
         st.caption("Only the fields whose values are not the same for every chosen run.")
+
+
+def _titles(records: list) -> list[str]:
+    """Column titles: run names (plain text in a table), with the id where two runs share a name."""
+    names = [r.name for r in records]
+    return [f"{r.name} · {r.id}" if names.count(r.name) > 1 else r.name for r in records]
 
 
 def _cell(value) -> str:
@@ -167,6 +175,10 @@ def main() -> None:
     except Exception as exc:  # noqa: BLE001 - an unreadable runs dir is reported, not raised
         show_error(exc)
         return
+    owners = sorted({r.owner for r in all_runs if r.owner})
+    if len(owners) > 1:
+        chosen_owners = st.multiselect("Owner", owners, key=S.key("owner"), help="Only runs these users launched")
+        all_runs = [r for r in all_runs if not chosen_owners or r.owner in chosen_owners]
     finished = [r for r in all_runs if r.status in DONE and r.results]
     if not finished:
         st.info("No finished runs yet. Launch a sweep on the Train page (ranks plus full and head-only "
@@ -177,10 +189,11 @@ def main() -> None:
         st.warning("Select at least one finished run.")
         return
     chosen = sorted(chosen, key=lambda r: r.created)  # oldest first: the order a sweep was launched in
-    groups = service.seed_groups(chosen)
+    groups = insight.seed_groups(chosen)
     grouped = any(len(g.records) > 1 for g in groups) and st.toggle(
         "Group runs that differ only in seed (mean ± std)", value=True, key=S.key("group"))
-    table = cmp.grouped_rows(groups) if grouped else cmp.rows(chosen, {r.id: service.votes(r.id) for r in chosen})
+    votes = {r.id: insight.votes(r.id) for r in chosen}
+    table = cmp.grouped_rows(groups) if grouped else cmp.rows(chosen, votes)
     score = "accuracy" if any(r.get("accuracy") is not None for r in table) else "eval loss"
     has_score = any(r.get(score) is not None for r in table)
     table_section(table, grouped, chosen)

@@ -5,8 +5,8 @@ import pandas as pd
 import streamlit as st
 
 from lora_core.config import LORA_METHODS
-from lora_ui import charts, service
-from lora_ui.format import run_label
+from lora_ui import charts, insight, service
+from lora_ui.format import code, md, run_label
 from lora_ui.service import RunStatus
 from lora_ui.state import INSPECT
 from lora_ui.widgets import pick_run, show_error
@@ -26,12 +26,12 @@ def summary_section(report) -> None:
     c[3].metric("Median effective rank", f"{ranks[len(ranks) // 2]}" if ranks else "—")
     c[4].metric("Largest effective rank", max(ranks, default=0))
     kind = "DoRA" if report.use_dora else ("rsLoRA" if report.use_rslora else "LoRA")
-    st.caption(f"{kind} · base `{report.base_model}` · {report.base_note}"
-               + (f" · also saved in full: {', '.join(report.also_saved)}" if report.also_saved else ""))
+    st.caption(f"{kind} · base {code(report.base_model)} · {md(report.base_note)}"
+               + (f" · also saved in full: {md(', '.join(report.also_saved))}" if report.also_saved else ""))
 
 
 def advice_section(report) -> None:
-    advice = service.rank_advice(report)
+    advice = insight.rank_advice(report)
     st.info(f"**Rank advice:** {advice.text}", icon=":material/lightbulb:")
     st.caption(f"Rule: {advice.rule}")
 
@@ -81,18 +81,18 @@ def similarity_section(rec, report, runs: list) -> None:
     st.subheader("Against another adapter of the same base")
     others = [r for r in runs if r.id != rec.id and r.model == rec.model and r.task == rec.task]
     if not others:
-        st.caption(f"No other finished LoRA/QLoRA run of `{rec.model}` to compare with. Train another rank "
+        st.caption(f"No other finished LoRA/QLoRA run of {code(rec.model)} to compare with. Train another rank "
                    "(e.g. a sweep over lora.r) to see how much of their subspaces they share.")
         return
     by_id = {r.id: r for r in others}
     c1, c2 = st.columns([2, 1])
     other_id = c1.selectbox("Compare with", list(by_id), key=S.key("against"),
                             format_func=lambda i: run_label(by_id[i]))
-    basis = c2.radio("Directions", list(service.SIMILARITY_BASES), key=S.key("basis"), horizontal=True,
+    basis = c2.radio("Directions", list(insight.SIMILARITY_BASES), key=S.key("basis"), horizontal=True,
                      format_func=lambda b: "A (the paper's)" if b == "A" else "ΔW", help=" · ".join(
-                         f"{k}: {v}" for k, v in service.SIMILARITY_BASES.items()))
+                         f"{k}: {v}" for k, v in insight.SIMILARITY_BASES.items()))
     try:
-        sims = service.adapter_similarity(rec.id, other_id, basis)
+        sims = insight.adapter_similarity(rec.id, other_id, basis)
     except Exception as exc:  # noqa: BLE001 - e.g. different targets: say so, keep the page
         show_error(exc)
         return
@@ -129,7 +129,7 @@ def main() -> None:
     if rec is None:
         return
     try:
-        report = service.inspect_run(rec.id)
+        report = insight.inspect_run(rec.id)
     except Exception as exc:  # noqa: BLE001 - a broken or missing adapter file: one line, the page stays
         show_error(exc)
         return

@@ -9,8 +9,8 @@ them. Inference only; nothing trains here.
 import pandas as pd
 import streamlit as st
 
-from lora_ui import service
-from lora_ui.format import run_label
+from lora_ui import insight, service
+from lora_ui.format import md, run_label
 from lora_ui.service import RunStatus
 from lora_ui.state import PLAYGROUND
 from lora_ui.widgets import action_button, attempt, show_message
@@ -27,9 +27,9 @@ def pick_runs(runs: list) -> list:
         st.info("No finished runs with saved weights yet. Train one on the Train page.")
         return []
     by_id = {r.id: r for r in runs}
-    picked = st.multiselect(f"Runs (one of any method, or up to {service.MAX_ADAPTERS} LoRA / QLoRA runs of one "
+    picked = st.multiselect(f"Runs (one of any method, or up to {insight.MAX_ADAPTERS} LoRA / QLoRA runs of one "
                             "base model side by side)", list(by_id), default=[runs[0].id],
-                            max_selections=service.MAX_ADAPTERS, key=S.key("runs"),
+                            max_selections=insight.MAX_ADAPTERS, key=S.key("runs"),
                             format_func=lambda i: run_label(by_id[i], True))
     return [by_id[i] for i in picked]
 
@@ -52,8 +52,8 @@ def load_section(picked: list) -> bool:
                  key=S.key("load")):
         S.pop("loaded")
         S.pop("output")
-        models = attempt(S, "Load", service.load_playground, list(ids),
-                         spinner=f"Loading {picked[0].model} once and {what}…")
+        models = attempt(S, "Load", insight.load_playground, list(ids),
+                         spinner=f"Loading {md(picked[0].model)} once and {what}…")
         if models is not None:
             S["loaded"] = (ids, models)
             S.dismiss()
@@ -112,11 +112,11 @@ NO_CHOICE, NO_DIFFERENCE = "—", "no difference"
 
 
 def votes(picked: list, rows: list[dict], columns: dict[str, str], key: str) -> None:
-    """"Which answer is better?" per input, recorded with each run (service.vote) and counted on Compare."""
+    """"Which answer is better?" per input, recorded with each run (insight.vote) and counted on Compare."""
     with st.form(S.key("votes")):
         st.markdown("**Which answer is better?** Your choices are recorded with each run and counted on Compare.")
         for i, row in enumerate(rows):
-            st.radio(row[key][:80], [NO_CHOICE, *columns, NO_DIFFERENCE], horizontal=True, key=S.key(f"vote_{i}"),
+            st.radio(md(row[key][:80]), [NO_CHOICE, *columns, NO_DIFFERENCE], horizontal=True, key=S.key(f"vote_{i}"),
                      format_func=lambda v: columns.get(v, v))
         action_button(S, "Record choices", record_votes, [r.id for r in picked], [row[key] for row in rows],
                       key=S.key("vote_go"), verb="Record", submit=True)
@@ -125,7 +125,7 @@ def votes(picked: list, rows: list[dict], columns: dict[str, str], key: str) -> 
 def record_votes(run_ids: list[str], prompts: list[str]) -> str:
     """The form's choices, one vote per answered input (the radios are read from session state)."""
     choices = [S.get(f"vote_{i}", NO_CHOICE) for i in range(len(prompts))]
-    done = [service.vote(None if c == NO_DIFFERENCE else c, run_ids, prompt)
+    done = [insight.vote(None if c == NO_DIFFERENCE else c, run_ids, prompt)
             for c, prompt in zip(choices, prompts) if c != NO_CHOICE]
     return f"Recorded {len(done)} choice{'s' if len(done) != 1 else ''}."
 
@@ -133,12 +133,12 @@ def record_votes(run_ids: list[str], prompts: list[str]) -> str:
 def before_after(rec, generations: list[dict], several: bool) -> None:
     """The held-out prompts answered by the base model before training and by the tuned model after it, side
     by side, and what changed (the engine counts answers in the training data's format)."""
-    st.subheader("Before and after training" + (f" — {rec.name} · {rec.id[-6:]}" if several else ""))
-    change = service.generation_change(generations)
+    st.subheader("Before and after training" + (f" — {md(rec.name)} · {rec.id[-6:]}" if several else ""))
+    change = insight.generation_change(generations)
     st.markdown(f"**What changed:** {change['summary']}.")
     for pair in generations:
         with st.container(border=True):
-            st.markdown(f"**Prompt:** {pair['prompt']}")
+            st.markdown(f"**Prompt:** {md(pair['prompt'])}")
             c1, c2 = st.columns(2)
             c1.caption("Base model (before training)")
             c1.code(pair["before"] or "(empty)", language="text", wrap_lines=True)
@@ -150,7 +150,7 @@ def main() -> None:
     st.title("Playground")
     st.caption("Try finished runs on your own inputs: the base model (what training started from) beside the tuned "
                "model — for LoRA runs the same weights with the adapter switched off — or up to "
-               f"{service.MAX_ADAPTERS} adapters of one base side by side, the base loaded once.")
+               f"{insight.MAX_ADAPTERS} adapters of one base side by side, the base loaded once.")
     show_message(S)
     runs = [r for r in service.list_runs([RunStatus.SUCCEEDED, RunStatus.STOPPED])
             if (r.results or {}).get("artifact_dir")]

@@ -1,10 +1,13 @@
 """Every run and artifact file and folder name, and the run-id rules. Nothing else in LoRA Lab spells them.
 
-    <runs>/registry.sqlite                  the index of all runs (store.Registry), rebuilt from the run dirs
+    <runs>/registry.sqlite                  the index of all runs (store.Registry), the audit log, sessions,
+                                            server settings; the runs index is rebuilt from the run dirs
     <runs>/registry.sqlite.broken-<time>    a registry found corrupt, moved aside (kept, never deleted;
                                             `.reindexed-<time>` when `reindex` replaced it on request)
     <runs>/registry.lock                    serializes moving a corrupt registry aside
     <runs>/.deleted-<run_id>/               a run being deleted (renamed first, so nothing can re-import it)
+    <runs>/uploads/<sha256>.<suffix>        datasets uploaded from the dashboard, named by their content
+        <sha256>.info                       who uploaded it, when, its original name (lora_core.uploads)
     <runs>/mlflow.sqlite  mlflow-artifacts/ the local MLflow store (tracking.mlflow: true, no $MLFLOW_TRACKING_URI)
     <runs>/<run_id>/                        RunDir
         config.yaml                         the experiment config, written once
@@ -44,6 +47,8 @@ from . import files
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REGISTRY_FILE = "registry.sqlite"
+UPLOADS_DIR = "uploads"
+UPLOAD_INFO_SUFFIX = ".info"
 REGISTRY_LOCK = "registry.lock"
 DELETED_PREFIX = ".deleted-"
 MLFLOW_DB = "mlflow.sqlite"
@@ -80,6 +85,19 @@ def runs_root(runs_dir: str | Path | None) -> Path:
 
 def registry_path(runs_dir: Path) -> Path:
     return runs_dir / REGISTRY_FILE
+
+
+def uploads_dir(runs_dir: Path) -> Path:
+    """Where dashboard uploads are kept (content-addressed; see lora_core.uploads)."""
+    return Path(runs_dir) / UPLOADS_DIR
+
+
+def upload_path(runs_dir: Path, digest: str, suffix: str) -> Path:
+    return uploads_dir(runs_dir) / f"{digest}{suffix}"
+
+
+def upload_info(upload: Path) -> Path:
+    return Path(upload).with_suffix(UPLOAD_INFO_SUFFIX)
 
 
 def registry_lock(runs_dir: Path) -> Path:
