@@ -159,6 +159,10 @@ def read_file(path: Path, label: str | None = None) -> pd.DataFrame:
     if len(df) == 0:
         columns = ", ".join(map(str, df.columns)) or "none"
         raise DataError(f"{name}: the file is empty (no data rows; columns: {columns[:300]})")
+    twice = next((c for c in df.columns[df.columns.duplicated()]), None)  # e.g. "text" and " text" once trimmed
+    if twice is not None:  # df[column] would be a table, not a column, and every check downstream would break
+        raise DataError(f"{name}: column {str(twice)!r} appears more than once (names are compared without "
+                        f"surrounding spaces); rename one of them")
     return df.reset_index(drop=True)
 
 

@@ -178,6 +178,11 @@ def detail_panel(run_id: str, was_live: bool) -> None:
     or running (so its loss, status and elapsed time keep up), and stops once it has ended."""
     rec = service.find_run(run_id)
     if rec is None:
+        # deleted (its Delete button reruns only this fragment): redraw the whole page once, so the table drops
+        # it and the page's message ("Deleted …") shows; the guard stops a loop if the table still lists it
+        if S.get("gone") != run_id:
+            S["gone"] = run_id
+            st.rerun()
         st.info(f"Run {run_id} no longer exists.")
         return
     if was_live and rec.status.is_terminal():
