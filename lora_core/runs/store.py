@@ -180,6 +180,7 @@ _INSERT = f"INSERT INTO runs ({','.join(_COLUMNS)}) VALUES ({','.join('?' * len(
 _THREAD = threading.local()       # .immutable: this thread reads a registry it cannot write (see _reading)
 _CORRUPT_CODES = {11, 26}        # SQLITE_CORRUPT, SQLITE_NOTADB: the file is damaged; rebuild it
 _FULL_CODES = {13}               # SQLITE_FULL
+_IO_CODES = {10, 13, 14}         # SQLITE_IOERR, SQLITE_FULL, SQLITE_CANTOPEN: the disk, not the file, is the problem
 CREATE_GRACE_S = 60.0            # a run dir without status.json younger than this may still be being created
 
 
@@ -279,6 +280,8 @@ class Registry(TeamTables):
                 count = self._import_runs()
             except sqlite3.DatabaseError as exc:
                 _READY.discard(str(self.path))
+                if not missing and (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF in _IO_CODES:
+                    return  # a full disk (no room for SQLite's -shm even to check): reads use the file as is
                 if not _damaged(exc):
                     raise self._storage_error(exc) from None
                 self._rebuild_damaged(str(exc))

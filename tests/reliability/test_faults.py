@@ -66,8 +66,10 @@ def entries(runs_dir: Path) -> list[str]:
     return sorted(p.name for p in runs_dir.iterdir() if p.name not in side)
 
 
-def registry_consistent(runs_dir) -> None:
-    con = sqlite3.connect(str(runs_dir / layout.REGISTRY_FILE))
+def registry_consistent(runs_dir, full_disk: bool = False) -> None:
+    path = runs_dir / layout.REGISTRY_FILE
+    # on a full disk SQLite cannot create the -shm file a WAL database needs even to read: read the file as it is
+    con = sqlite3.connect(f"file:{path}?immutable=1", uri=True) if full_disk else sqlite3.connect(str(path))
     try:
         assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     finally:
@@ -191,7 +193,7 @@ def test_runs_dir_on_a_full_tmpfs(small_disk, faults, monkeypatch):
             runs.create(config("no-room"))
         assert entries(runs_dir) == before  # no run dir, temp file or tombstone left behind
         assert [r.id for r in runs.list(reconcile=False)] == [rid]
-        registry_consistent(runs_dir)
+        registry_consistent(runs_dir, full_disk=True)
         launched = subprocess.run([sys.executable, "-m", "lora_core", "train", str(ROOT / "examples" /
                                                                                   "minilm-lora.yaml"),
                                    "--runs-dir", str(runs_dir)], capture_output=True, text=True, cwd=ROOT,
