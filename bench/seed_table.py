@@ -1,13 +1,14 @@
 """The tutorial's comparison, run through lora_core: full fine-tuning vs LoRA r=4/8/16 vs head-only on MiniLM
 (measured and printed; nothing is asserted). Two modes:
 
-    .venv/bin/python bench/seed_table.py --sample sentiment-3 [--json out.json]
+    .venv/bin/python bench/seed_table.py --sample sentiment-3 [--runs DIR] [--json out.json]
     .venv/bin/python bench/seed_table.py [--train-rows 2000] [--epochs 2] [--eval test|dev] [--json out.json]
 
 --sample: the Train page's default sweep (LoRA r=4/8/16 plus the full and head-only baselines, built by
 lora_core.runs.sweep.sweep_configs exactly as the page builds it) on a bundled sample, every setting a config default:
 learning rate per method (config.DEFAULT_LEARNING_RATES, chosen by bench/choose_lr.py on a validation split),
-epochs, batch size, and the held-out eval split. Goal to report against: LoRA r=8 within 3 accuracy points of full
+epochs, batch size, and the held-out eval split. With --runs DIR the sweep is launched through the run manager
+(worker processes, as the dashboard runs it) and kept in DIR, so the README's Compare screenshot can show it. Goal to report against: LoRA r=8 within 3 accuracy points of full
 fine-tuning and head-only clearly below; the engine's own diagnosis (lora_core.diagnose) is printed under it.
 
 Without --sample: SST-2 as below.
@@ -46,34 +47,59 @@ RUNS = [
 ]
 
 
+DEFAULT_SWEEP = {"method": ["lora", "full", "head-only"], "lora.r": [4, 8, 16]}  # the Train page's
+
+
+def label_of(cfg) -> str:
+    return {"full": "full fine-tuning", "head-only": "head only"}.get(cfg.method) or f"LoRA r={cfg.lora.r}"
+
+
 def sample_configs(sample: str):
-    """(label, config) per run of the Train page's default sweep on a bundled sample, all defaults."""
+    """(base config, [(label, config)] per run of the Train page's default sweep) on a bundled sample."""
     from lora_core.config import ExperimentConfig
     from lora_core.runs.sweep import sweep_configs
 
     base = ExperimentConfig.from_dict({"name": f"seed-table-{sample}", "data": {"train": f"sample:{sample}"}})
-    configs = sweep_configs(base, {"method": ["lora", "full", "head-only"], "lora.r": [4, 8, 16]})
-    labels = {"full": "full fine-tuning", "head-only": "head only"}
-    return [(labels.get(c.method) or f"LoRA r={c.lora.r}", c) for c in configs]
+    return base, [(label_of(c), c) for c in sweep_configs(base, DEFAULT_SWEEP)]
+
+
+def sweep_in(runs_dir: Path, base, labels: list[str]):
+    """Yield (label, config, results) of the default sweep launched as the Train page launches it (Runs.sweep:
+    a worker process per run, one at a time on a CPU), kept in `runs_dir` for the dashboard to show."""
+    from lora_core.runs import Runs, RunStatus
+
+    manager = Runs(runs_dir)
+    _, ids = manager.sweep(base, DEFAULT_SWEEP)
+    for run_id in ids:
+        record = manager.wait(run_id, timeout=3600)
+        cfg = manager.config(run_id)
+        if record.status is not RunStatus.SUCCEEDED:
+            raise SystemExit(f"{run_id} ({label_of(cfg)}) ended {record.status.value}: {record.error}")
+        if not labels or label_of(cfg) in labels:
+            yield label_of(cfg), cfg, manager.results(run_id)
 
 
 def run_sample(args) -> int:
     from lora_core.diagnose import RunSummary, diagnose
 
-    configs = sample_configs(args.sample)
+    base, configs = sample_configs(args.sample)
     first = configs[0][1]
     configs = [(label, cfg) for label, cfg in configs if not args.only or label in args.only]
     print(f"MiniLM-L6 on sample:{args.sample}, the default sweep with config defaults: {first.train.epochs:g} "
-          f"epochs, batch {first.train.batch_size}, eval = the held-out {first.data.eval_fraction:g} of the sample",
-          flush=True)
-    warm = first.replace(**{"data.max_train_samples": 32, "data.max_eval_samples": 16, "train.max_steps": 2})
-    run_one(warm)  # the first run in a process pays one-off costs (kernel selection, allocator growth)
+          f"epochs, batch {first.train.batch_size}, eval = the held-out {first.data.eval_fraction:g} of the sample"
+          + (f"; trained as dashboard runs in {args.runs}" if args.runs else ""), flush=True)
+    if args.runs:
+        trained = sweep_in(Path(args.runs), base, args.only)
+    else:
+        warm = first.replace(**{"data.max_train_samples": 32, "data.max_eval_samples": 16, "train.max_steps": 2})
+        run_one(warm)  # the first run in a process pays one-off costs (kernel selection, allocator growth)
+        trained = ((label, cfg, run_one(cfg)) for label, cfg in configs)
     rows, summaries = [], []
-    for label, cfg in configs:
-        started = time.perf_counter()
-        res = run_one(cfg)
+    started = time.perf_counter()
+    for label, cfg, res in trained:
         print(f"  {label}: accuracy {res['accuracy']:.3f} after {res['steps']} steps, lr {cfg.learning_rate:g} "
-              f"(run {time.perf_counter() - started:.1f} s, load average {os.getloadavg()[0]:.1f})", flush=True)
+              f"(done after {time.perf_counter() - started:.1f} s, load average {os.getloadavg()[0]:.1f})", flush=True)
+        started = time.perf_counter()
         rows.append((label, cfg.learning_rate, res))
         summaries.append(RunSummary.from_results(label, res))
     print()
@@ -161,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--sample", choices=["sentiment-2", "sentiment-3"],
                    help="the default sweep on a bundled sample with config defaults (the other options are ignored)")
+    p.add_argument("--runs", help="with --sample: launch the sweep as the Train page does, into this runs directory, "
+                                  "and keep it there (tests/browser/make_screenshots.py --runs shows it)")
     args = p.parse_args(argv)
     if args.sample:
         return run_sample(args)

@@ -12,6 +12,7 @@ Numbers must be finite; whole numbers stay below `MAX_INT` unless a field says l
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -403,14 +404,14 @@ def field_help(dotted: str) -> str:
         if part not in fields:
             raise ConfigError(dotted, "no such config key")
         f = fields[part]
-        cls = f.type if isinstance(f.type, type) else _HINTS(cls).get(part)
+        cls = f.type if isinstance(f.type, type) else _hints(cls).get(part)
     return f.metadata.get("help", "") if f else ""
 
 
 def field_choices(dotted: str) -> tuple | None:
     """Allowed values of a Literal field, e.g. `field_choices("method")` (without None), else None."""
     owner, name = _owner(dotted)
-    hint = _HINTS(owner)[name]
+    hint = _hints(owner)[name]
     args = _literal_args(hint) or _optional_literal_args(hint)
     return tuple(args) if args else None
 
@@ -424,18 +425,17 @@ def parse_fields(cls, data: dict, prefix: str = ""):
     return _build(cls, data, prefix)
 
 
-def _HINTS(cls) -> dict:
-    return typing.get_type_hints(cls)
+_hints = functools.cache(typing.get_type_hints)  # a page run asks a few hundred times
 
 
 def _owner(dotted: str):
     cls: Any = ExperimentConfig
     parts = dotted.split(".")
     for part in parts[:-1]:
-        cls = _HINTS(cls).get(part)
+        cls = _hints(cls).get(part)
         if not dataclasses.is_dataclass(cls):
             raise ConfigError(dotted, "no such config key")
-    if parts[-1] not in _HINTS(cls):
+    if parts[-1] not in _hints(cls):
         raise ConfigError(dotted, "no such config key")
     return cls, parts[-1]
 
@@ -466,7 +466,7 @@ def _build(cls, data: Any, prefix: str, found: list[ConfigError] | None = None):
     if not isinstance(data, dict):
         refuse(ConfigError(prefix.rstrip("."), f"must be a mapping, got {type(data).__name__}"))
         return None
-    hints = _HINTS(cls)
+    hints = _hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     where = prefix.rstrip(".") or "config"
     for key in sorted((k for k in data if k not in fields), key=repr):  # keys may be numbers or None in YAML

@@ -51,6 +51,16 @@ def tracking_uri(runs_dir: Path | None) -> tuple[str, str | None]:
     return layout.mlflow_store(root)
 
 
+def mlflow_ui_link(results: dict | None) -> str | None:
+    """The run's page in the MLflow UI, when it was logged to a tracking server (an http(s) URI); a local store
+    has no UI until someone runs `mlflow ui` on it."""
+    uri, run_id, experiment = (str((results or {}).get(key) or "") for key in
+                               ("mlflow_tracking_uri", "mlflow_run_id", "mlflow_experiment_id"))
+    if not (run_id and experiment and uri.startswith(("http://", "https://"))):
+        return None
+    return f"{uri.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}"
+
+
 class MlflowSink:
     def __init__(self, cfg: ExperimentConfig, run_info: dict):
         try:
@@ -63,6 +73,7 @@ class MlflowSink:
             experiment = found.experiment_id if found else self._create(artifacts)
             tags = {f"lora_lab.{k}": str(v) for k, v in run_info.items() if v and k != "runs_dir"}
             tags.update({"lora_lab.task": cfg.task, "lora_lab.method": cfg.method})
+            self.experiment_id = experiment
             run = self.client.create_run(experiment, run_name=run_info.get("run_id") or cfg.name, tags=tags)
         except Exception as exc:  # a bad URI or an unreachable server: say which, before training starts
             raise TrackingError(f"tracking.mlflow: cannot open the MLflow store at "
@@ -148,7 +159,8 @@ class Tracker:
         """What results.json records about the trackers."""
         out: dict[str, Any] = {}
         if self.mlflow:
-            out.update(mlflow_run_id=self.mlflow.run_id, mlflow_tracking_uri=self.mlflow.uri)
+            out.update(mlflow_run_id=self.mlflow.run_id, mlflow_tracking_uri=self.mlflow.uri,
+                       mlflow_experiment_id=self.mlflow.experiment_id)
         if self.tensorboard:
             out["tensorboard_dir"] = str(self.tensorboard.folder)
         return out

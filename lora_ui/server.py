@@ -25,5 +25,6 @@ def run(host: str, port: int, *, team: bool, max_upload_mb: int, secrets_files: 
         importlib.import_module(name)
     app = st.App(str(APP), routes=signin.routes() if team else [])
     app.run(config={"server.address": host, "server.port": int(port), "server.headless": True,
-                    "server.fileWatcherType": "none", "browser.gatherUsageStats": False,
+                    "server.fileWatcherType": "none", "runner.magicEnabled": False,
+                    "browser.gatherUsageStats": False,
                     "server.maxUploadSize": int(max_upload_mb), "secrets.files": [str(p) for p in secrets_files]})

@@ -42,6 +42,7 @@ from lora_core.team import access, identity, policy, serving, settings
 from lora_core.team.access import AccessError, Actor, Role
 from lora_core.team.accounts import SESSION_S, Accounts, manage
 from lora_core.team.settings import LOCAL, OPEN, TEAM, TeamSettings
+from lora_core.tracking import mlflow_ui_link  # noqa: F401 - the Runs page's link to a tracking server
 
 # what pages may name besides the functions below
 __all__ = ["AccessError", "LoraLabError", "RunError", "RunStatus", "Role", "TeamSettings", "LOCAL", "OPEN", "TEAM",

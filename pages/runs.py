@@ -108,6 +108,9 @@ def run_actions(rec) -> None:
     elif rec.status == RunStatus.QUEUED and service.can("cancel", rec):
         action_button(S, "Cancel", service.cancel, rec.id, key=S.key("stop"), where=a[1],
                       icon=":material/stop_circle:")
+    link = service.mlflow_ui_link(service.results(rec.id)) if (rec.results or {}).get("mlflow_run_id") else None
+    if link:
+        a[2].link_button("Open in MLflow", link, icon=":material/open_in_new:")
     running = rec.status == RunStatus.RUNNING
     if service.can("delete", rec):
         with a[3].popover("Delete", icon=":material/delete:", disabled=running,
@@ -144,6 +147,9 @@ def results_tab(rec) -> None:
     if results.get("generations"):
         st.markdown("**Generations before / after training**")
         st.dataframe(pd.DataFrame(results["generations"]), hide_index=True, width="stretch")
+    if results.get("mlflow_run_id") and not service.mlflow_ui_link(results):
+        st.caption(f"Logged to MLflow as run `{results['mlflow_run_id']}` in a local store; to browse it: "
+                   f"`mlflow ui --backend-store-uri {results.get('mlflow_tracking_uri')}`")
     with st.expander("All results (environment fingerprint, label map, memory estimate)"):
         st.json(results)
 

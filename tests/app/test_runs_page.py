@@ -4,7 +4,7 @@ import yaml
 
 from apptest_helpers import errors, no_exception, open_page, texts
 from helpers import tiny_config, wait_until
-from lora_core.runs import Runs, RunStatus
+from lora_core.runs import Runs, RunStatus, files
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -90,3 +90,24 @@ def test_stop_a_running_run(runs):
     record = wait_until(lambda: (r := runs.get(run_id, reconcile=False)).terminal and r, timeout=120,
                         what="the stop")
     assert record.status == RunStatus.STOPPED
+
+
+def test_a_run_on_an_mlflow_server_links_to_its_page(seeded_copy):
+    """A run logged to an MLflow tracking server (its results name an http URI) gets a button to its page in the
+    MLflow UI; a run in the local store gets the command that opens that store instead."""
+    runs = Runs(seeded_copy)
+    on_server, local = [r for r in runs.list(reconcile=False) if r.method == "lora"][:2]
+    for rec, uri in ((on_server, "http://mlflow.example:5000/"), (local, "sqlite:////srv/runs/mlflow.db")):
+        results = {**runs.results(rec.id), "mlflow_run_id": f"mlf-{rec.id}", "mlflow_experiment_id": "7",
+                   "mlflow_tracking_uri": uri}
+        files.write_json(rec.dir.results, results)
+        runs.registry.update(rec.id, results=files.key_results(results))
+    at = open_page("runs")
+    at.selectbox(key="runs_open").set_value(on_server.id).run()
+    no_exception(at)
+    links = [b.proto for b in at.get("link_button")]
+    assert [(b.label, b.url) for b in links] == [
+        ("Open in MLflow", f"http://mlflow.example:5000/#/experiments/7/runs/mlf-{on_server.id}")]
+    at.selectbox(key="runs_open").set_value(local.id).run()
+    assert not at.get("link_button")
+    assert "mlflow ui --backend-store-uri sqlite:////srv/runs/mlflow.db" in texts(at)

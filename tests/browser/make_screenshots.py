@@ -6,7 +6,7 @@ Trains a real sweep on the offline default (bundled MiniLM, sample:sentiment-2):
 fine-tuning and head-only baselines, the default 5 epochs each (15-50 minutes on a 2-core CPU, by load), then
 opens the dashboard in Chromium, starts one more LoRA run, captures the Train page while it trains, and the
 Compare page for the sweep. With --runs DIR the runs are kept there, and a sweep already finished there is
-reused. For inspect.png it trains LoRA r=8 and r=64 (same config otherwise) and shows the r=64 adapter against
+reused (`bench/seed_table.py --sample sentiment-3 --runs DIR` leaves the default sweep on the 3-class sample). For inspect.png it trains LoRA r=8 and r=64 (same config otherwise) and shows the r=64 adapter against
 the r=8 one on the Inspect page; `--only inspect` takes that one alone. Not a test (pytest does not collect it);
 needs /usr/bin/chromium and playwright.
 """

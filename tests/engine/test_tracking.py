@@ -10,6 +10,7 @@ import pytest
 from lora_core.errors import TrackingError
 from lora_core.runs import RunStatus
 from lora_core.runs.layout import MLFLOW_DB, RESULTS_FILE, mlflow_store
+from lora_core.tracking import mlflow_ui_link
 from lora_core.train import run_experiment
 from tests.helpers import stop_leftovers, tiny_config
 
@@ -34,7 +35,8 @@ def test_mlflow_store_matches_metrics_and_results(runs, runs_dir, monkeypatch):
 
     client = MlflowClient(tracking_uri=uri)
     run = client.get_run(results["mlflow_run_id"])
-    assert run.info.status == "FINISHED"
+    assert run.info.status == "FINISHED" and results["mlflow_experiment_id"] == run.info.experiment_id
+    assert mlflow_ui_link(results) is None  # a local store has no UI to link to
     assert run.data.tags["lora_lab.run_id"] == run_id and run.data.tags["lora_lab.sweep_id"] == sweep_id
     assert run.data.params["lora.r"] == "2" and run.data.params["method"] == "lora"
 
