@@ -1,7 +1,7 @@
 """`python -m lora_core …`: the engine from a terminal. Each handler is a thin call into the public API.
 
-Run commands (train, sweep, status, list, logs, stop, resume, delete) go through one `Runs` manager built from
-`--runs-dir`. Model commands (params, targets, merge, estimate) live in cli_models.py, which is imported only when
+Run commands (train, sweep, status, list, logs, stop, resume, delete, cluster status) go through one `Runs`
+manager built from `--runs-dir`. Model commands (params, targets, merge, estimate) live in cli_models.py, which is imported only when
 one of them runs: it needs pandas and the model code, and `list` / `status` must start without them.
 """
 from __future__ import annotations
@@ -38,9 +38,17 @@ def model_command(name: str) -> Callable:
 
 # -- run commands --------------------------------------------------------------------------------------------
 
+def with_resources(cfg: ExperimentConfig, args) -> ExperimentConfig:
+    """The config with --backend / --workers / --ray-address applied (validated like the file itself)."""
+    changes = {"resources.backend": args.backend, "resources.num_workers": args.workers,
+               "resources.ray_address": args.ray_address}
+    changes = {k: v for k, v in changes.items() if v is not None}
+    return cfg.replace(**changes) if changes else cfg
+
+
 def cmd_train(args) -> int:
     runs: Runs = args.runs
-    run_id = runs.launch(ExperimentConfig.from_file(args.config))
+    run_id = runs.launch(with_resources(ExperimentConfig.from_file(args.config), args))
     if not args.wait:
         emit({"run_id": run_id}, args.json, run_id)
         return 0
@@ -84,7 +92,25 @@ def cmd_list(args) -> int:
         return 0
     for r in records:
         rank = "-" if r.lora_r is None else r.lora_r
-        print(f"{r.id:<48} {r.status:<10} {r.method or '-':<10} r={rank!s:<5} {r.name}")
+        where = f"{r.backend or 'local'}×{r.world_size or 1}"
+        print(f"{r.id:<48} {r.status:<10} {r.method or '-':<10} r={rank!s:<5} {where:<8} {r.name}")
+    return 0
+
+
+def cmd_cluster_status(args) -> int:
+    status = args.runs.cluster(args.ray_address)
+    if args.json:
+        emit(status, True)
+        return 0
+    print(f"Ray cluster {status['address']}: {len(status['nodes'])} nodes, "
+          f"CPUs {status['cpus_used']:g}/{status['cpus']:g} used, GPUs {status['gpus_used']:g}/{status['gpus']:g} used")
+    for n in status["nodes"]:
+        print(f"  {n['node_id'][:12]}  {n['host'] or n['ip']:<16} {'head ' if n['head'] else ''}"
+              f"{'alive' if n['alive'] else 'DEAD '}  CPU {n['cpus_used']:g}/{n['cpus']:g}  "
+              f"GPU {n['gpus_used']:g}/{n['gpus']:g}")
+    print(f"our runs on it: {len(status['runs'])}")
+    for r in status["runs"]:
+        print(f"  {r['id']:<48} {r['status']:<10} ×{r['world_size']}  job {r['job_id'] or '-'}")
     return 0
 
 
@@ -99,7 +125,7 @@ def cmd_resume(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    cfg = ExperimentConfig.from_file(args.config)
+    cfg = with_resources(ExperimentConfig.from_file(args.config), args)
     vary: dict[str, list] = {}
     for item in args.vary:
         key, sep, values = item.partition("=")
@@ -142,7 +168,16 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--runs-dir", help="runs directory (default: $LORA_LAB_RUNS_DIR or ./runs)")
         return sp
 
-    sp = with_runs_dir(cmd("train", cmd_train, "Launch a training run in the background and print its id."))
+    def with_resources_flags(sp):
+        sp.add_argument("--backend", choices=field_choices("resources.backend"),
+                        help="where it trains (default: the config's resources.backend)")
+        sp.add_argument("--workers", type=int, help="training processes (resources.num_workers)")
+        sp.add_argument("--ray-address", help="Ray dashboard address http://HOST:8265 (default: the config's, "
+                                              "else $LORA_LAB_RAY_ADDRESS)")
+        return sp
+
+    sp = with_resources_flags(with_runs_dir(cmd("train", cmd_train,
+                                                "Launch a training run in the background and print its id.")))
     sp.add_argument("config", help="experiment config (YAML or JSON)")
     sp.add_argument("--wait", action="store_true", help="wait for the run to end; exit 1 unless it succeeded")
     sp.add_argument("--json", action="store_true", help="with --wait: final results as JSON on the last line")
@@ -214,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "as a new linked run; prints the new run id."))
     sp.add_argument("run_id")
 
-    sp = with_runs_dir(cmd("sweep", cmd_sweep, "Launch one run per combination of varied fields."))
+    sp = with_resources_flags(with_runs_dir(cmd("sweep", cmd_sweep,
+                                                "Launch one run per combination of varied fields.")))
     sp.add_argument("config")
     sp.add_argument("--vary", action="append", default=[], help="KEY=V1,V2 (repeatable), e.g. lora.r=4,8,16")
     sp.add_argument("--json", action="store_true")
@@ -226,6 +262,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = with_runs_dir(cmd("delete", cmd_delete, "Delete a finished or queued run and its files."))
     sp.add_argument("run_id")
+
+    cluster = sub.add_parser("cluster", help="A Ray cluster: its nodes, free and used CPUs/GPUs, our runs on it.")
+    cluster_sub = cluster.add_subparsers(dest="cluster_command", required=True)
+    sp = with_runs_dir(cluster_sub.add_parser("status", help="Nodes, CPUs/GPUs free and used, our runs on it."))
+    sp.set_defaults(func=cmd_cluster_status)
+    sp.add_argument("--ray-address", help="http://HOST:8265 (default: $LORA_LAB_RAY_ADDRESS)")
+    sp.add_argument("--json", action="store_true")
     return p
 
 

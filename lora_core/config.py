@@ -13,6 +13,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
+from urllib.parse import urlparse
 
 import yaml
 
@@ -26,6 +27,8 @@ BUNDLED_MODELS = ("minilm", "tiny-random-gpt2", "tiny-random-llama")
 LORA_PRESETS = ("qv", "attention", "all-linear")
 SAMPLE_DATASETS = ("sample:sentiment-2", "sample:sentiment-3", "sample:instructions")
 SAMPLE_FOR_TASK = {"seq-cls": "sample:sentiment-2", "causal-lm": "sample:instructions"}  # the offline default
+Backend = Literal["local", "ray"]
+BACKENDS = ("local", "ray")
 
 
 def _f(default: Any = dataclasses.MISSING, help: str = "", **kw):
@@ -138,6 +141,23 @@ class GenerateConfig:
 
 
 @dataclass
+class ResourcesConfig:
+    backend: Backend = _f("local", "Where the run trains: local (worker processes on this machine) or ray (a job on a "
+                          "Ray cluster; needs requirements-cluster.txt and a cluster address).")
+    num_workers: int = _f(1, "Training processes (data-parallel ranks, one per GPU or CPU slot). More than 1 trains "
+                          "with DDP: torchrun's launcher on this machine, Ray Train across the cluster's nodes.",
+                          min=1, max=1024)
+    cpus_per_worker: Optional[int] = _f(None, "CPU cores each worker uses. Empty: ray reserves 1; local splits this "
+                                        "machine's cores evenly among the workers (one worker: all of them).",
+                                        min=1, max=1024)
+    gpus_per_worker: float = _f(0.0, "GPUs each worker uses (ray reserves them; local workers get one GPU each "
+                                "when the machine has GPUs). 0: CPU training or whatever the machine has.",
+                                min=0.0, max=64.0)
+    ray_address: Optional[str] = _f(None, "Ray cluster address (the dashboard's http://HOST:8265). Empty: "
+                                    "$LORA_LAB_RAY_ADDRESS. Tokens never go here: set RAY_AUTH_TOKEN instead.")
+
+
+@dataclass
 class ExperimentConfig:
     name: str = _f("experiment", "A label for the run (any text; the run id is derived safely from it).")
     task: Task = _f("seq-cls", "seq-cls: sequence classification; causal-lm: language modelling / instruction tuning.")
@@ -149,6 +169,8 @@ class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Where the data comes from."})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "Optimization settings."})
     generate: GenerateConfig = field(default_factory=GenerateConfig, metadata={"help": "Before/after generations."})
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig,
+                                       metadata={"help": "Where and on how many processes the run trains."})
 
     # -- construction -------------------------------------------------------------------------------------
     @classmethod
@@ -240,6 +262,20 @@ class ExperimentConfig:
         if self.train.precision == "fp16" and self.method == "qlora" and self.quant.compute_dtype == "bfloat16":
             raise ConfigError("quant.compute_dtype", "fp16 training needs compute_dtype float16 or float32, "
                                                      "not bfloat16")
+        self._validate_resources()
+
+    def _validate_resources(self) -> None:
+        res = self.resources
+        if res.ray_address is not None:
+            res.ray_address = check_ray_address(res.ray_address) if res.ray_address.strip() else None
+        gpus = res.gpus_per_worker
+        if gpus > 1 and not float(gpus).is_integer():
+            raise ConfigError("resources.gpus_per_worker", f"{gpus:g}: above 1 a worker takes whole GPUs (Ray "
+                                                           "shares a GPU only as a fraction below 1)")
+        if res.num_workers > 1 and 0 < gpus < 1:
+            raise ConfigError("resources.gpus_per_worker", f"{gpus:g}: data-parallel workers cannot share a GPU "
+                                                           "(NCCL refuses two ranks on one device); give each "
+                                                           "worker 1 or more GPUs, or 0 to train on CPU")
 
     # -- derived values ------------------------------------------------------------------------------------
     @property
@@ -256,6 +292,20 @@ class ExperimentConfig:
     def lora_scaling(self) -> float:
         r = self.lora.r
         return self.lora.alpha / (r ** 0.5 if self.lora.use_rslora else r)
+
+
+def check_ray_address(address: str) -> str:
+    """A Ray dashboard address as the Jobs API takes it (http(s)://HOST:PORT, no trailing slash), never with
+    credentials in it (a cluster token goes in RAY_AUTH_TOKEN)."""
+    address = address.strip().rstrip("/")
+    parsed = urlparse(address)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ConfigError("resources.ray_address", f"{address!r} is not a Ray dashboard address; give "
+                                                   "http://HOST:8265 (or https://...)")
+    if parsed.username or parsed.password:
+        raise ConfigError("resources.ray_address", "credentials do not go in the address: set RAY_AUTH_TOKEN "
+                                                   "(or RAY_AUTH_TOKEN_PATH) where the dashboard runs")
+    return address
 
 
 def _names_a_preset(target: str) -> bool:

@@ -28,12 +28,15 @@ from .runs.layout import CHECKPOINT_STATE, Artifacts, checkpoint_state, is_compl
 
 
 def run_experiment(cfg: ExperimentConfig, out_dir: Path, *, on_event: Callable[[Event], None] | None = None,
-                   should_stop: Callable[[], bool] | None = None, resume_from: Path | None = None) -> dict:
+                   should_stop: Callable[[], bool] | None = None, resume_from: Path | None = None,
+                   prepare_trainer: Callable | None = None) -> dict:
     """Train `cfg` and write its artifacts to `out_dir`; returns the results dict.
 
     on_event(event) gets every phase / log / eval event. should_stop() is polled between phases and after every
     optimizer step; once true, the run checkpoints, saves what it trained and returns with stopped=True.
     resume_from: a `checkpoint-N` folder of an earlier run of the same config; step counting continues there.
+    prepare_trainer: a backend's Trainer wrapper (Ray Train's). In a multi-process run (distributed.py) every
+    rank calls this; rank 0 alone writes files.
     """
     from transformers import set_seed
 
@@ -49,7 +52,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: Path, *, on_event: Callable[[
         # -- setup -------------------------------------------------------------------------------------------
         stream.phase("loading_data")
         splits = data.load_splits(cfg)
-        if splits.label_map:
+        if splits.label_map and rank() == 0:
             out.label_map.write_text(json.dumps(splits.label_map, indent=2), encoding="utf-8")
         if stop_requested():
             return collect_results(cfg, splits=splits, memory=memory, stopped=True, resume_from=resume_from)
@@ -59,13 +62,15 @@ def run_experiment(cfg: ExperimentConfig, out_dir: Path, *, on_event: Callable[[
         memory.hold(model)
         train_ds, eval_ds = data.tokenize(splits, tokenizer, cfg)
         estimate = memory_estimate(cfg, splits.num_labels or 2, train_ds)  # the run's real batch shapes
-        before = generations(cfg, model, tokenizer)
+        before = generations(cfg, model, tokenizer) if rank() == 0 else None
         if stop_requested():
             return collect_results(cfg, splits=splits, model=model, memory=memory, stopped=True,
                                    resume_from=resume_from, estimate=estimate)
 
         trainer = build_trainer(cfg, model, tokenizer, train_ds, eval_ds, out.checkpoints, stream, stop_requested,
                                 memory)
+        if prepare_trainer is not None:
+            trainer = prepare_trainer(trainer)
         tensor_peak = StepPeakMeter()  # exact live-tensor bytes of the largest steps, beside RSS
         trainer.add_callback(tensor_peak.callback())
 
@@ -78,10 +83,10 @@ def run_experiment(cfg: ExperimentConfig, out_dir: Path, *, on_event: Callable[[
 
         # -- save --------------------------------------------------------------------------------------------
         stream.phase("saving")
-        artifact_dir = save_artifacts(cfg, trainer.model, tokenizer, out, splits)
-        after = generations(cfg, trainer.model, tokenizer)
+        artifact_dir = save_artifacts(cfg, trainer.model, tokenizer, out, splits) if rank() == 0 else None
         pairs = None
         if before is not None:
+            after = generations(cfg, trainer.model, tokenizer)
             pairs = [{"prompt": p, "before": b, "after": a} for p, b, a in zip(cfg.generate.prompts, before, after)]
             out.generations.write_text(json.dumps(pairs, indent=2, ensure_ascii=False), encoding="utf-8")
     return collect_results(cfg, splits=splits, model=trainer.model, memory=memory, stopped=stream.stopping,
@@ -91,6 +96,20 @@ def run_experiment(cfg: ExperimentConfig, out_dir: Path, *, on_event: Callable[[
 
 
 # -- setup helpers ---------------------------------------------------------------------------------------------
+
+def rank() -> int:
+    """This process's rank in a multi-process run (distributed.py), 0 when it trains alone."""
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    """How many processes train this run together (1 when it trains alone)."""
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
 
 def check_checkpoint(path: Path) -> Path:
     path = Path(path)
@@ -159,6 +178,9 @@ def training_arguments(cfg: ExperimentConfig, checkpoint_dir: Path):
         report_to="none",
         disable_tqdm=True,
         dataloader_num_workers=0,
+        # with several ranks the Trainer would multiply the loss by the rank count for models that take loss
+        # kwargs, which seq-cls models (plain mean cross-entropy) do not use: their loss came out doubled on 2 ranks
+        average_tokens_across_devices=False,
         **flags,
     )
 
@@ -279,6 +301,8 @@ def collect_results(cfg: ExperimentConfig, *, splits, memory: MemoryMeter, stopp
     flags = precision_flags(cfg.train.precision)
     results: dict[str, Any] = {
         "task": cfg.task, "method": cfg.method, "model": cfg.model.source,
+        "backend": cfg.resources.backend, "world_size": world_size(),
+        "global_batch_size": cfg.train.batch_size * cfg.train.gradient_accumulation_steps * world_size(),
         "stopped": stopped,
         **(final or {}),
         "train_time_s": train_time,

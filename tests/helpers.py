@@ -98,3 +98,123 @@ def train_by_hand(cfg: ExperimentConfig, texts: list[str], labels: list[int] | N
         opt.step()
         opt.zero_grad()
     return model.eval(), tok
+
+
+# -- a real Ray cluster on loopback, ended by pid ---------------------------------------------------------------------
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalRayCluster:
+    """A head and `nodes - 1` more Ray nodes on 127.0.0.1, each `ray start --block` in its own process session with
+    `cpus` CPUs, free ports and its own temp dir under `root`. `close()` ends every process of those sessions by
+    pid (never `ray stop`, which ends other people's Ray processes by name). Extra environment (e.g. RAY_AUTH_MODE)
+    goes to every node through `env`."""
+
+    def __init__(self, root: Path, nodes: int = 2, cpus: int = 1, env: dict | None = None):
+        self.root, self.cpus = Path(root), cpus
+        self.env = {**os.environ, **(env or {}), "RAY_USAGE_STATS_ENABLED": "0",
+                    # the job entrypoint's `python` is this interpreter
+                    "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+                    "PYTHONPATH": str(ROOT)}
+        self.procs: list[subprocess.Popen] = []
+        self.gcs_port, self.dashboard_port = free_port(), free_port()
+        self.address = f"http://127.0.0.1:{self.dashboard_port}"
+        self.node_count = nodes
+
+    def start(self, timeout: float = 120.0) -> "LocalRayCluster":
+        try:
+            self._start_node(head=True)
+            wait_until(self._dashboard_up, timeout=timeout, poll=0.5, what="the Ray head's dashboard")
+            for _ in range(self.node_count - 1):
+                self._start_node(head=False)
+            wait_until(lambda: len(self.alive_nodes()) == self.node_count, timeout=timeout, poll=0.5,
+                       what=f"{self.node_count} Ray nodes")
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _start_node(self, head: bool) -> None:
+        index = len(self.procs)
+        args = [str(Path(sys.executable).parent / "ray"), "start", "--block", "--disable-usage-stats",
+                "--num-cpus", str(self.cpus), "--num-gpus", "0", "--node-ip-address", "127.0.0.1",
+                "--object-store-memory", str(100 * 1024 ** 2), "--min-worker-port", "0", "--max-worker-port", "0",
+                "--node-manager-port", str(free_port()), "--object-manager-port", str(free_port()),
+                "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
+                "--runtime-env-agent-port", str(free_port()), "--metrics-export-port", str(free_port())]
+        temp = self.root / f"n{index}"  # each node its own (a shared one makes each log monitor forward all logs)
+        temp.mkdir(parents=True, exist_ok=True)
+        args += ["--temp-dir", str(temp)]
+        if head:
+            args += ["--head", "--port", str(self.gcs_port), "--dashboard-port", str(self.dashboard_port),
+                     "--dashboard-host", "127.0.0.1", "--include-dashboard", "true",
+                     "--ray-client-server-port", str(free_port())]
+        else:
+            args += ["--address", f"127.0.0.1:{self.gcs_port}"]
+        log = open(self.root / f"ray-node-{index}.log", "ab")
+        self.procs.append(subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                           env=self.env, start_new_session=True))
+        log.close()
+
+    def _dashboard_up(self) -> bool:
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(self.address + "/api/version", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def alive_nodes(self) -> list[dict]:
+        import json
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(self.address + "/nodes?view=summary", timeout=5) as r:
+                summary = json.load(r)["data"]["summary"]
+        except (OSError, KeyError, ValueError):
+            return []
+        return [n for n in summary if n.get("raylet", {}).get("state") == "ALIVE"]
+
+    def pids(self) -> list[int]:
+        """Every live process in the sessions of the `ray start` commands this cluster ran."""
+        import psutil
+
+        sessions = {p.pid for p in self.procs}
+        found = []
+        for proc in psutil.process_iter(["pid"]):
+            try:
+                if os.getsid(proc.pid) in sessions:
+                    found.append(proc.pid)
+            except (ProcessLookupError, PermissionError):
+                continue
+        return found
+
+    def close(self, timeout: float = 30.0) -> None:
+        """SIGTERM then SIGKILL every process of this cluster's sessions, by pid; wait until none is left."""
+        import signal
+
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in self.pids():
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.time() + (10 if sig == signal.SIGTERM else timeout)
+            while time.time() < deadline and self.pids():
+                for proc in self.procs:
+                    proc.poll()
+                time.sleep(0.2)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+        left = self.pids()
+        assert not left, f"Ray processes {left} survived SIGKILL"

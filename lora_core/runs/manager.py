@@ -21,9 +21,10 @@ from typing import Any, Iterator
 from ..config import BUNDLED_MODELS, ConfigError, ExperimentConfig, get_dotted, set_dotted
 from ..errors import RunError
 from ..paths import DATA_SUFFIXES, is_local_path
-from . import files, launcher, layout
+from . import files, launcher, layout, ray_jobs
 from .layout import MODEL_CONFIG, RunDir
-from .store import Registry, RunRecord, RunStatus
+from .ray_jobs import RayJobs
+from .store import LOCAL, Registry, RunRecord, RunStatus
 from .sweep import sweep_configs
 
 
@@ -42,6 +43,7 @@ class Runs:
         self.registry = Registry(runs_dir)
         self.root = self.registry.runs_dir
         self.backend = launcher.LocalProcesses()
+        self.backends = {LOCAL: self.backend, RayJobs.name: RayJobs()}  # resources.backend -> its process seam
 
     def __repr__(self) -> str:
         return f"Runs({str(self.root)!r})"
@@ -54,11 +56,11 @@ class Runs:
         return self.registry.get(run_id)
 
     def list(self, status: RunStatus | list[RunStatus] | None = None, sweep_id: str | None = None,
-             parent_id: str | None = None, *, reconcile: bool = True) -> list[RunRecord]:
+             parent_id: str | None = None, backend: str | None = None, *, reconcile: bool = True) -> list[RunRecord]:
         """Runs newest first (QUEUED alone: in queue order), from the registry alone: no run file is read."""
         if reconcile:
             self.reconcile()
-        return self.registry.list(status=status, sweep_id=sweep_id, parent_id=parent_id)
+        return self.registry.list(status=status, sweep_id=sweep_id, parent_id=parent_id, backend=backend)
 
     def queue(self) -> list[RunRecord]:
         """QUEUED runs in the order they will start."""
@@ -80,7 +82,12 @@ class Runs:
         return files.read_json(self.dir(run_id).results)
 
     def log_tail(self, run_id: str, n: int = 50) -> str:
-        return files.log_tail(self.dir(run_id).log, n)
+        """The last n lines of the run's log: worker.log, or the Ray job's log while it runs."""
+        record = self.registry.get(run_id)
+        if record.local or record.terminal:
+            return files.log_tail(record.dir.log, n)
+        lines = self.backends[record.backend].logs(record).splitlines()
+        return "\n".join(lines[-n:]) if n > 0 else ""
 
     def checkpoints(self, run_id: str) -> list[tuple[int, Path]]:
         """Complete Trainer checkpoints as (step, path), oldest first."""
@@ -89,6 +96,9 @@ class Runs:
     def follow_log(self, run_id: str, poll: float = 0.2) -> Iterator[str]:
         """Yield the worker log's lines as they are written, until the run has ended and the log is drained."""
         record = self.get(run_id)
+        if not record.local:
+            yield from self._follow_job_log(record, poll=max(poll, 1.0))
+            return
         path = record.dir.log
         offset, pending, last_check = 0, b"", 0.0
         while True:
@@ -109,6 +119,19 @@ class Runs:
                 if time.time() - last_check > 1.0:
                     record, last_check = self.get(record.id), time.time()
 
+    def _follow_job_log(self, record: RunRecord, poll: float) -> Iterator[str]:
+        """A cluster run's log as it grows (get_job_logs), then the rest once the run has ended."""
+        shown = 0
+        while True:
+            record = self.get(record.id)
+            text = self.backends[record.backend].logs(record)
+            if len(text) > shown:
+                yield text[shown:]
+                shown = len(text)
+            if record.terminal:
+                return
+            time.sleep(poll)
+
     def wait(self, run_id: str, timeout: float | None = None, poll: float = 0.25) -> RunRecord:
         """Block until the run reaches a terminal status (reconciling meanwhile); TimeoutError after `timeout`."""
         deadline = None if timeout is None else time.time() + timeout
@@ -126,6 +149,8 @@ class Runs:
         """Create the run directory and its QUEUED row, without starting anything. The files are complete
         before the row exists, so no reader or launcher ever sees a half-made run. `initial_metrics` seeds the
         stream (a resumed run's inherited events)."""
+        res = cfg.resources
+        cluster = self.backends[res.backend].prepare(self.registry, cfg) if res.backend != LOCAL else None
         path = layout.run_path(self.root, layout.new_run_id(cfg.name))
         path.mkdir()
         try:
@@ -140,7 +165,8 @@ class Runs:
             record = RunRecord(
                 id=rd.id, name=cfg.name, status=RunStatus.QUEUED, created=time.time(), task=cfg.task,
                 model=cfg.model.source, method=cfg.method, lora_r=cfg.lora.r if cfg.uses_lora else None,
-                sweep_id=sweep_id, parent_id=parent_id, runs_dir=str(self.root),
+                sweep_id=sweep_id, parent_id=parent_id, runs_dir=str(self.root), backend=res.backend,
+                world_size=res.num_workers, cluster=cluster,
                 resume_from=Path(resume_from).resolve().relative_to(self.root).as_posix() if resume_from else None)
             return self.registry.insert(record)
         except BaseException:
@@ -188,20 +214,34 @@ class Runs:
         self.reconcile()
         return record.id
 
+    def cluster(self, address: str | None = None) -> dict:
+        """A Ray cluster (`address`, else $LORA_LAB_RAY_ADDRESS): its nodes with CPUs and GPUs, total and in use,
+        and this runs directory's queued and running runs on it."""
+        address = ray_jobs.resolve_address(address)
+        ray_jobs.require_ray()
+        nodes = ray_jobs.cluster_nodes(address)
+        alive = [n for n in nodes if n["alive"]]
+        ours = [r for r in self.list(status=[RunStatus.QUEUED, RunStatus.RUNNING], backend=RayJobs.name)
+                if r.cluster == address]
+        return {"address": address, "nodes": nodes,
+                **{key: sum(n[key] for n in alive) for key in ("cpus", "cpus_used", "gpus", "gpus_used")},
+                "runs": [{"id": r.id, "name": r.name, "status": r.status.value, "world_size": r.world_size or 1,
+                          "job_id": r.job_id, "nodes": r.nodes} for r in ours]}
+
     # -- the lifecycle -----------------------------------------------------------------------------------------
     def reconcile(self) -> list[str]:
         """Mark dead workers FAILED, escalate overdue stops, start queued runs into free slots; returns the ids
         of the runs it started."""
-        return launcher.reconcile(self.registry, self.backend)
+        return launcher.reconcile(self.registry, self.backends)
 
     def stop(self, run_id: str, timeout: float = 15.0, wait: bool = True) -> RunStatus:
         """Graceful stop (the worker saves the adapter and a checkpoint), then kill after `timeout` s; a queued
         run is cancelled. See launcher.stop."""
-        return launcher.stop(self.registry, self.backend, run_id, timeout=timeout, wait=wait)
+        return launcher.stop(self.registry, self.backends, run_id, timeout=timeout, wait=wait)
 
     def cancel(self, run_id: str) -> RunStatus:
         """Cancel a QUEUED run (STOPPED, reason 'cancelled'); StatusError once it has started."""
-        return launcher.cancel(self.registry, run_id)
+        return launcher.cancel(self.registry, self.backends, run_id)
 
     def move(self, run_id: str, position: int) -> list[str]:
         """Reorder the queue: put a QUEUED run at `position` (0 = starts next). Returns the queue in order."""
@@ -239,9 +279,25 @@ def prepare(cfg: ExperimentConfig | dict) -> ExperimentConfig:
                                               f"{MODEL_CONFIG}); use minilm, tiny-random-gpt2, tiny-random-llama, "
                                               "a hub id or a saved model directory")
         changes["model.source"] = str(path.resolve())
+    check_local_resources(cfg)
     if not changes:
         return cfg
     data = cfg.to_dict()
     for field, value in changes.items():
         set_dotted(data, field, value)
     return ExperimentConfig.from_dict(data)
+
+
+def check_local_resources(cfg: ExperimentConfig) -> None:
+    """What this machine cannot give a local run: GPUs it does not have, more GPU workers than GPUs."""
+    res = cfg.resources
+    if res.backend != LOCAL:
+        return
+    gpus = launcher.visible_gpus()
+    if res.gpus_per_worker and not gpus:
+        raise ConfigError("resources.gpus_per_worker", "this machine shows no GPU (CUDA_VISIBLE_DEVICES, "
+                                                       "/dev/nvidia*); set 0 to train on CPU, or use backend ray")
+    if gpus and res.num_workers > len(gpus):
+        raise ConfigError("resources.num_workers", f"{res.num_workers} workers need one GPU each and this machine "
+                                                   f"shows {len(gpus)} ({', '.join(gpus)}); lower it, or use "
+                                                   "backend ray")

@@ -88,10 +88,26 @@ class RunRecord:
     step: int | None = None
     error: str | None = None          # FAILED/STOPPED: the reason, one line
     error_log: str | None = None      # FAILED: the tail of worker.log when it failed
+    backend: str | None = None        # resources.backend: local (also None: rows from before backends) or ray
+    world_size: int | None = None     # training processes (resources.num_workers); slots it holds locally
+    job_id: str | None = None         # ray: the Ray job's submission id
+    cluster: str | None = None        # ray: the cluster address the job went to
+    nodes: list = dataclasses.field(default_factory=list)   # where it trained: Ray node ids, or host names
     runs_dir: str = ""
 
     def __post_init__(self):
         self.status = RunStatus.parse(self.status)
+        self.nodes = list(self.nodes or [])
+
+    @property
+    def local(self) -> bool:
+        """Trained by worker processes on this machine (the local backend), not by a cluster."""
+        return self.backend in (None, LOCAL)
+
+    @property
+    def slots(self) -> int:
+        """How many of the local concurrency slots the run holds: one per training process."""
+        return max(1, self.world_size or 1)
 
     @property
     def terminal(self) -> bool:
@@ -125,7 +141,7 @@ CREATE TABLE IF NOT EXISTS runs (
     sweep_id TEXT, parent_id TEXT, resume_from TEXT,
     pid INTEGER, pgid INTEGER, pid_created REAL, host TEXT, slot INTEGER, queue_pos INTEGER,
     heartbeat REAL, stop_requested REAL, stop_deadline REAL, progress REAL, step INTEGER,
-    error TEXT, error_log TEXT
+    error TEXT, error_log TEXT, backend TEXT, world_size INTEGER, job_id TEXT, cluster TEXT, nodes TEXT
 )"""
 _INDEXES = [
     "CREATE INDEX IF NOT EXISTS runs_by_status ON runs(status, queue_pos)",
@@ -136,19 +152,27 @@ _INDEXES = [
 _RENAMED = {"rank": "lora_r"}  # old column -> new column (registries written before the rename)
 # Fields a caller may set besides status (status only changes through _transition).
 _UPDATABLE = {"pid", "pgid", "pid_created", "host", "heartbeat", "stop_requested", "stop_deadline", "progress",
-              "step", "results", "error", "error_log"}
+              "step", "results", "error", "error_log", "job_id", "cluster", "nodes"}
+_JSON = {"results": dict, "nodes": list}  # columns stored as JSON text, and what an empty one reads as
+LOCAL = "local"  # the backend of worker processes on this machine (config.BACKENDS)
+_BACKEND_IS = f"COALESCE(backend, '{LOCAL}') = ?"  # rows from before backends existed are local
 
 
 def _record(row: sqlite3.Row, runs_dir: Path) -> RunRecord:
     data = dict(row)
-    data["results"] = json.loads(data["results"]) if data.get("results") else {}
+    for column, empty in _JSON.items():
+        data[column] = json.loads(data[column]) if data.get(column) else empty()
     return RunRecord(**data, runs_dir=str(runs_dir))
 
 
+def _dumps(fields: dict) -> dict:
+    """The JSON columns of `fields` as text, as SQLite stores them."""
+    return {k: json.dumps(v or _JSON[k](), default=files.jsonable) if k in _JSON else v for k, v in fields.items()}
+
+
 def _row(record: RunRecord) -> list:
-    data = record.to_dict()
+    data = _dumps(record.to_dict())
     data["status"] = record.status.value
-    data["results"] = json.dumps(data["results"] or {}, default=files.jsonable)
     return [data[c] for c in _COLUMNS]
 
 
@@ -264,7 +288,7 @@ class Registry:
         return _record(row, self.runs_dir)
 
     def list(self, status: RunStatus | list[RunStatus] | None = None, sweep_id: str | None = None,
-             parent_id: str | None = None) -> list[RunRecord]:
+             parent_id: str | None = None, backend: str | None = None) -> list[RunRecord]:
         """Newest first; QUEUED-only listings come in queue order."""
         where, args = [], []
         statuses = [RunStatus.parse(s) for s in ([status] if isinstance(status, str) else status or [])]
@@ -277,15 +301,21 @@ class Registry:
         if parent_id:
             where.append("parent_id = ?")
             args.append(parent_id)
+        if backend:
+            where.append(_BACKEND_IS)
+            args.append(backend)
         order = "queue_pos, created" if statuses == [RunStatus.QUEUED] else "created DESC, id DESC"
         sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(where) if where else "") + f" ORDER BY {order}"
         with self._read() as con:
             rows = con.execute(sql, args).fetchall()
         return [_record(r, self.runs_dir) for r in rows]
 
-    def count(self, status: RunStatus) -> int:
+    def count(self, status: RunStatus, backend: str | None = None) -> int:
+        sql, args = "SELECT COUNT(*) FROM runs WHERE status = ?", [status.value]
+        if backend:
+            sql, args = f"{sql} AND {_BACKEND_IS}", [*args, backend]
         with self._read() as con:
-            return con.execute("SELECT COUNT(*) FROM runs WHERE status = ?", (status.value,)).fetchone()[0]
+            return con.execute(sql, args).fetchone()[0]
 
     # writes
     def insert(self, record: RunRecord) -> RunRecord:
@@ -301,8 +331,7 @@ class Registry:
         bad = set(fields) - _UPDATABLE
         if bad:
             raise RunError(f"cannot set {sorted(bad)} directly; status changes go through set_status()")
-        if "results" in fields:
-            fields["results"] = json.dumps(fields["results"] or {}, default=files.jsonable)
+        fields = _dumps(fields)
         sql = f"UPDATE runs SET {', '.join(f'{k} = ?' for k in fields)} WHERE id = ?"
         args = [*fields.values(), run_id]
         if only_if_status:
@@ -346,26 +375,31 @@ class Registry:
             values.setdefault("error", "failed (no reason given)")
             if not values.get("error_log"):
                 values["error_log"] = files.log_tail(RunDir(self.runs_dir / run_id).log)
-        if "results" in values:
-            values["results"] = json.dumps(values["results"] or {}, default=files.jsonable)
+        values = _dumps(values)
         con.execute(f"UPDATE runs SET {', '.join(f'{k} = ?' for k in values)} WHERE id = ?",
                     [*values.values(), run_id])
 
     def claim_next(self, limit: int) -> RunRecord | None:
-        """Atomically move the first QUEUED run to RUNNING if fewer than `limit` runs are RUNNING.
+        """Atomically move the first local QUEUED run to RUNNING if its slots are free.
 
-        The count and the claim happen in one BEGIN IMMEDIATE transaction, so any number of launchers, workers
-        and dashboards reconciling at once never exceed the limit."""
-        running = RunStatus.RUNNING.value
+        A run of N training processes holds N slots (slot, slot+1, ..., so a multi-GPU run gets N GPUs); a run
+        wider than the limit starts only when no other local run is running, and then has the machine to itself.
+        Runs of other backends queue on their cluster, not here. The count and the claim happen in one BEGIN
+        IMMEDIATE transaction, so any number of launchers, workers and dashboards reconciling at once never
+        exceed the limit."""
+        running, queued = RunStatus.RUNNING.value, RunStatus.QUEUED.value
         with self._write() as con:
-            used = {r[0] for r in con.execute("SELECT slot FROM runs WHERE status = ?", (running,))}
-            if con.execute("SELECT COUNT(*) FROM runs WHERE status = ?", (running,)).fetchone()[0] >= limit:
-                return None
-            row = con.execute("SELECT id FROM runs WHERE status = ? ORDER BY queue_pos, created LIMIT 1",
-                              (RunStatus.QUEUED.value,)).fetchone()
+            busy = [(slot, max(1, width or 1)) for slot, width in con.execute(
+                f"SELECT slot, world_size FROM runs WHERE status = ? AND {_BACKEND_IS}", (running, LOCAL))]
+            row = con.execute(f"SELECT id, world_size FROM runs WHERE status = ? AND {_BACKEND_IS} "
+                              "ORDER BY queue_pos, created LIMIT 1", (queued, LOCAL)).fetchone()
             if row is None:
                 return None
-            slot = next(s for s in range(limit + len(used) + 1) if s not in used)
+            need = max(1, row[1] or 1)
+            if busy and sum(width for _, width in busy) + need > limit:
+                return None
+            used = {slot + i for slot, width in busy if slot is not None for i in range(width)}
+            slot = next(s for s in range(limit + len(used) + 1) if not used & set(range(s, s + need)))
             self._transition(con, row[0], RunStatus.RUNNING, {"slot": slot})
         return self._mirror(row[0])
 

@@ -5,7 +5,9 @@ The launcher starts this in a new session with stdout/stderr going to the run's 
      honoured;
   2. registers its pid and writes a heartbeat every ~2 s from a daemon thread (which also picks up a stop
      requested through the registry);
-  3. calls `train.run_experiment`, appending every event to metrics.jsonl as it arrives;
+  3. trains: `train.run_experiment` in this process, appending every event to metrics.jsonl as it arrives, or
+     with resources.num_workers > 1 one rank per child process (distributed.py; they stay in this process
+     group, so a stop or a kill of the group reaches them all);
   4. writes results.json and ends the run SUCCEEDED, STOPPED (the recipe returned `stopped: True`) or FAILED
      (the exception and the log tail);
   5. finally reconciles, which starts the next queued run: the queue drains with nobody watching.
@@ -28,8 +30,8 @@ if __name__ == "__main__":
     # "stop gracefully", even while the worker is still starting.
     signal.signal(signal.SIGTERM, lambda signum, frame: STOP.set())
 
+from ..distributed import train_run  # noqa: E402
 from ..errors import StatusError  # noqa: E402
-from ..train import run_experiment  # noqa: E402
 from . import files, launcher  # noqa: E402
 from .layout import RunDir  # noqa: E402
 from .manager import Runs  # noqa: E402
@@ -94,21 +96,24 @@ def run(run_path: Path, stop_flag: threading.Event) -> int:
     print(f"[worker] run {run_id} pid {os.getpid()} python {sys.executable}"
           + (f" resuming from {resume_from}" if resume_from else ""), flush=True)
 
-    def on_event(event: dict) -> None:
-        event = dict(event)
-        event.setdefault("time", time.time())
-        files.append_event(rd.metrics, event)
+    def observe(event: dict) -> None:
         for key in ("progress", "step"):
             if isinstance(event.get(key), (int, float)):
                 latest[key] = event[key]
 
+    def on_event(event: dict) -> None:
+        event = dict(event)
+        event.setdefault("time", time.time())
+        files.append_event(rd.metrics, event)
+        observe(event)
+
     status, fields = RunStatus.FAILED, {}
     try:
-        results = run_experiment(runs.config(run_id), rd.artifacts, on_event=on_event,
-                                 should_stop=stop_flag.is_set, resume_from=resume_from)
+        results = train_run(runs.config(run_id), rd, on_event=on_event, observe=observe, stop_flag=stop_flag,
+                            resume_from=resume_from)
         files.write_json(rd.results, results)
         status = RunStatus.STOPPED if results.get("stopped") else RunStatus.SUCCEEDED
-        fields = {"results": key_results(results)}
+        fields = {"results": key_results(results), "nodes": results.get("nodes") or []}
         if status == RunStatus.STOPPED:
             fields["error"] = stop_note(results, rd)
     except BaseException as exc:  # noqa: BLE001 - whatever ends the run is recorded, then we exit
