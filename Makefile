@@ -13,7 +13,7 @@ $(VENV)/.req-app: requirements.txt
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
 	touch $@
 
-$(VENV)/.req-dev: $(VENV)/.req-app requirements-dev.txt
+$(VENV)/.req-dev: $(VENV)/.req-app requirements-dev.txt requirements-cluster.txt
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 

@@ -118,12 +118,13 @@ def rank_main(run_dir: str, resume_from: str | None, launcher_pid: int | None = 
     cfg = ExperimentConfig.from_file(rd.config)
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.set_num_threads(threads_per_rank(cfg, world))
-    nodes: list = [None] * world
-    dist.all_gather_object(nodes, node_name())
+    placed: list = [None] * world
+    dist.all_gather_object(placed, (node_name(), os.getpid()))
+    nodes = [node for node, _ in placed]
     main = rank == 0
     if main:
-        files.write_json(rd.job, {"ranks": [{"rank": r, "node": n} for r, n in enumerate(nodes)],
-                                  "pid": os.getpid(), "time": time.time()})
+        files.write_json(rd.job, {"ranks": [{"rank": r, "node": node, "pid": pid} for r, (node, pid) in
+                                            enumerate(placed)], "pid": os.getpid(), "time": time.time()})
 
     def on_event(event: dict) -> None:
         files.append_event(rd.metrics, dict(event, time=event.get("time", time.time())))

@@ -9,11 +9,13 @@ from collections import Counter
 import pandas as pd
 
 from lora_ui.format import method_text, primary_metric
+from lora_ui.placement import placement_text
 from lora_ui.service import RunStatus
 
 COLUMNS = ["label", "status", "method", "rank", "trainable", "trainable %", "accuracy", "macro-F1", "eval loss",
            "train time (s)", "peak mem (GB)", "est. peak (GB)", "adapter (MB)", "vs full: accuracy",
-           "vs full: time", "vs full: trainable", "vs full: memory", "eval rows", "data fingerprint", "id"]
+           "vs full: time", "vs full: trainable", "vs full: memory", "backend", "world size", "nodes", "job id",
+           "eval rows", "data fingerprint", "id"]
 
 
 def short_label(rec) -> str:
@@ -59,6 +61,10 @@ def rows(records) -> list[dict]:
             "peak mem (GB)": res["peak_mem_bytes"] / 1e9 if res.get("peak_mem_bytes") else None,
             "est. peak (GB)": est / 1e9 if est else None,
             "adapter (MB)": adapter / 1e6 if adapter else None,
+            "backend": placement_text(rec),
+            "world size": rec.world_size or 1,
+            "nodes": len(set(rec.nodes or [])) or None,
+            "job id": rec.job_id,
             "eval rows": res.get("eval_rows"),
             "data fingerprint": res.get("dataset_fingerprint"),
             "id": rec.id,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import io
 import json
+import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ from lora_core import data, inference, memory, merge, models, qlora
 from lora_core.config import BUNDLED_MODELS, ExperimentConfig
 from lora_core.errors import LoraLabError, RunError
 from lora_core.paths import dir_bytes
-from lora_core.runs import Runs, RunStatus, default_runs_dir
+from lora_core.runs import Runs, RunStatus, default_runs_dir, ray_jobs
 
 __all__ = ["LoraLabError", "RunError", "RunStatus"]  # what pages may name besides the functions below
 
@@ -137,6 +138,32 @@ def zip_folder(path: Path) -> bytes:
             if p.is_file():
                 zf.write(p, p.relative_to(path.parent))
     return buf.getvalue()
+
+
+# -- clusters (the Ray backend) ------------------------------------------------------------------------------------
+
+def ray_installed() -> bool:
+    """Whether the Ray backend can be used from here (requirements-cluster.txt is installed)."""
+    try:
+        ray_jobs.require_ray()
+    except LoraLabError:
+        return False
+    return True
+
+
+def ray_missing_message() -> str:
+    return ray_jobs.RAY_MISSING
+
+
+def default_ray_address() -> str:
+    """$LORA_LAB_RAY_ADDRESS, the address a ray run uses when its config gives none ("" when unset)."""
+    return os.environ.get(ray_jobs.ADDRESS_ENV, "")
+
+
+def cluster_status(address: str | None = None) -> dict:
+    """A Ray cluster's nodes (CPUs/GPUs total and in use) and our queued and running runs on it (live, never
+    cached; RunError when it cannot be reached, ConfigError without an address or without Ray)."""
+    return _runs().cluster(address or None)
 
 
 # -- cached reads: models, counts, estimates, data -----------------------------------------------------------------

@@ -201,6 +201,13 @@ def train_tab() -> None:
                                                                                          "placeholder": "off"}),
             ("number_input", "generate.max_new_tokens", "Generated tokens (causal-lm)", {"step": 8})])
         field("text_area", "generate.prompts", "Prompts generated before and after training (causal-lm, one a line)")
+    st.markdown("**Resources** — where the run trains and on how many processes")
+    columns_of_fields([
+        ("selectbox", "resources.backend", "Backend", {}),
+        ("number_input", "resources.num_workers", "Workers", {"step": 1}),
+        ("number_input", "resources.cpus_per_worker", "CPUs per worker", {"step": 1, "placeholder": "auto"}),
+        ("number_input", "resources.gpus_per_worker", "GPUs per worker", {"step": 1.0, "format": "%g"}),
+        ("text_input", "resources.ray_address", "Ray cluster address", {"placeholder": "$LORA_LAB_RAY_ADDRESS"})])
 
 
 def export_tab(cfg: ExperimentConfig | None, presets: dict, labels: int) -> None:

@@ -69,6 +69,22 @@ def cli(*args: str, check: bool = True, timeout: float = 120) -> subprocess.Comp
     return proc
 
 
+def steps_logged(events: list[dict]) -> list[int]:
+    """The steps of the training-step logs in a metrics stream (the end-of-training summary has no loss)."""
+    return [e["step"] for e in events if e.get("kind") == "log" and "loss" in e]
+
+
+def wait_for_steps(runs: Runs, run_id: str, n: int, timeout: float = 180.0) -> list[dict]:
+    """Wait until a RUNNING run has logged `n` training steps (failing at once if it ended); returns the events."""
+    def enough():
+        record = runs.get(run_id)
+        assert record.status in (RunStatus.QUEUED, RunStatus.RUNNING), (record.status, record.error,
+                                                                        record.error_log)
+        events = runs.metrics(run_id)
+        return events if record.status == RunStatus.RUNNING and len(steps_logged(events)) >= n else None
+    return wait_until(enough, timeout=timeout, poll=0.1, what=f"{n} logged steps of {run_id}")
+
+
 def stop_leftovers(runs: Runs, timeout: float = 20.0) -> None:
     """Cancel queued runs and stop running ones (best effort), so no worker outlives the test that made it."""
     for record in runs.list(status=[RunStatus.QUEUED, RunStatus.RUNNING], reconcile=False):
@@ -127,14 +143,15 @@ class LocalRayCluster:
         self.address = f"http://127.0.0.1:{self.dashboard_port}"
         self.node_count = nodes
 
-    def start(self, timeout: float = 120.0) -> "LocalRayCluster":
+    def start(self, timeout: float = 180.0) -> "LocalRayCluster":
         try:
             self._start_node(head=True)
-            wait_until(self._dashboard_up, timeout=timeout, poll=0.5, what="the Ray head's dashboard")
+            wait_until(lambda: self._check_alive() and self._dashboard_up(), timeout=timeout, poll=0.5,
+                       what="the Ray head's dashboard")
             for _ in range(self.node_count - 1):
                 self._start_node(head=False)
-            wait_until(lambda: len(self.alive_nodes()) == self.node_count, timeout=timeout, poll=0.5,
-                       what=f"{self.node_count} Ray nodes")
+            wait_until(lambda: self._check_alive() and len(self.alive_nodes()) == self.node_count,
+                       timeout=timeout, poll=0.5, what=f"{self.node_count} Ray nodes")
         except BaseException:
             self.close()
             raise
@@ -150,6 +167,8 @@ class LocalRayCluster:
                 "--runtime-env-agent-port", str(free_port()), "--metrics-export-port", str(free_port())]
         temp = self.root / f"n{index}"  # each node its own (a shared one makes each log monitor forward all logs)
         temp.mkdir(parents=True, exist_ok=True)
+        if len(str(temp)) > 45:  # Ray puts sockets ~61 characters below it, and AF_UNIX paths stop at 107
+            raise ValueError(f"Ray's temp dir {temp} is too long for its socket paths; use a shorter root")
         args += ["--temp-dir", str(temp)]
         if head:
             args += ["--head", "--port", str(self.gcs_port), "--dashboard-port", str(self.dashboard_port),
@@ -162,22 +181,34 @@ class LocalRayCluster:
                                            env=self.env, start_new_session=True))
         log.close()
 
-    def _dashboard_up(self) -> bool:
-        import urllib.request
+    def _check_alive(self) -> bool:
+        """AssertionError with its log when a `ray start` has exited (instead of waiting out the timeout)."""
+        for index, proc in enumerate(self.procs):
+            if proc.poll() is not None:
+                log = (self.root / f"ray-node-{index}.log").read_text(errors="replace")[-3000:]
+                raise AssertionError(f"`ray start` of node {index} exited with {proc.returncode}:\n{log}")
+        return True
 
-        try:
-            with urllib.request.urlopen(self.address + "/api/version", timeout=2) as r:
-                return r.status == 200
-        except OSError:
-            return False
-
-    def alive_nodes(self) -> list[dict]:
+    def _get(self, path: str, timeout: float):
+        """GET from the dashboard, with the cluster's token when token authentication is on."""
         import json
         import urllib.request
 
+        token = self.env.get("RAY_AUTH_TOKEN")
+        request = urllib.request.Request(self.address + path,
+                                         headers={"Authorization": f"Bearer {token}"} if token else {})
+        with urllib.request.urlopen(request, timeout=timeout) as r:
+            return json.load(r)
+
+    def _dashboard_up(self) -> bool:
         try:
-            with urllib.request.urlopen(self.address + "/nodes?view=summary", timeout=5) as r:
-                summary = json.load(r)["data"]["summary"]
+            return bool(self._get("/api/version", timeout=2))
+        except (OSError, ValueError):
+            return False
+
+    def alive_nodes(self) -> list[dict]:
+        try:
+            summary = self._get("/nodes?view=summary", timeout=5)["data"]["summary"]
         except (OSError, KeyError, ValueError):
             return []
         return [n for n in summary if n.get("raylet", {}).get("state") == "ALIVE"]

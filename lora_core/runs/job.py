@@ -60,8 +60,9 @@ def run(rd: RunDir, resume_from: Path | None) -> int:
 
     connect_ray()
     cfg = ExperimentConfig.from_file(rd.config)
-    files.write_json(rd.job, {"pid": os.getpid(), "host": socket.gethostname(), "node": node_name(),
-                              "time": time.time()})
+    if cfg.resources.num_workers == 1:  # it trains here, now; with several, rank 0 writes it once Ray placed them
+        files.write_json(rd.job, {"pid": os.getpid(), "host": socket.gethostname(), "node": node_name(),
+                                  "time": time.time()})
     watch_stop_file(rd)
     print(f"[job] run {rd.id} pid {os.getpid()} on {socket.gethostname()}"
           + (f" resuming from {resume_from}" if resume_from else ""), flush=True)

@@ -183,13 +183,13 @@ class RayJobs:
         job = files.read_json(record.dir.job) or {}
         nodes = [r["node"] for r in job.get("ranks", [])] or [info.driver_node_id or job.get("node")]
         started = (info.start_time or 0) / 1000 or None
-        try:
-            registry.set_status(record.id, RunStatus.RUNNING, expect=RunStatus.QUEUED,
-                                **({"started": started} if started else {}))
+        registry.update(record.id, only_if_status=RunStatus.QUEUED, pid=job.get("pid"), host=job.get("host"),
+                        nodes=[n for n in nodes if n])
+        try:  # the status change also rewrites status.json with the fields above
+            return registry.set_status(record.id, RunStatus.RUNNING, expect=RunStatus.QUEUED,
+                                       **({"started": started} if started else {}))
         except StatusError:
             return registry.get(record.id)
-        registry.update(record.id, pid=job.get("pid"), host=job.get("host"), nodes=[n for n in nodes if n])
-        return registry.get(record.id)
 
     def _ended(self, registry: Registry, record: RunRecord, state: str, message: str | None) -> None:
         rd = record.dir
