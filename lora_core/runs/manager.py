@@ -250,9 +250,11 @@ class Runs:
     def delete(self, run_id: str) -> None:
         """Remove a run's row and directory; refuses a RUNNING run (stop it first)."""
         self.reconcile()
-        rd = self.dir(run_id)
-        self.registry.delete(rd.id)
-        shutil.rmtree(rd.path, ignore_errors=True)
+        record = self.registry.get(run_id)
+        self.registry.delete(record.id)
+        if record.status == RunStatus.QUEUED:  # a job waiting on a cluster goes too
+            launcher.backend_of(self.backends, record).cancelled(record)
+        shutil.rmtree(record.dir.path, ignore_errors=True)
 
 
 # -- checking a config before anything launches ---------------------------------------------------------------

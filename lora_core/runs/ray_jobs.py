@@ -44,6 +44,8 @@ JOB_MODULE = "lora_core.runs.job"
 RAY_MISSING = "the ray backend needs Ray on this machine: pip install -r requirements-cluster.txt"
 PASSED_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT")  # never secrets
 PROBE_TIMEOUT_S = 120.0
+SEEN_EVERY_S = 10.0                 # how often a live run's heartbeat records that its cluster answered
+CLUSTER_LOST_S = 600.0              # a cluster silent this long has lost its runs
 PROBE_MAX_AGE_S = 24 * 3600.0       # a cluster is probed again after a day, or when a node joins
 CODE_DIR = layout.REPO_ROOT / "lora_core"
 
@@ -141,7 +143,7 @@ class RayJobs:
             if not self._exists(record.cluster, job_id):
                 self._fail(registry, record, f"could not submit the Ray job to {record.cluster}: {first_line(exc)}")
                 return
-        registry.update(record.id, job_id=job_id)
+        registry.update(record.id, job_id=job_id, heartbeat=time.time())
 
     def _exists(self, address: str, job_id: str) -> bool:
         try:
@@ -165,24 +167,38 @@ class RayJobs:
             return
         try:
             info = client(record.cluster).get_job_info(record.job_id)
-        except Exception:  # noqa: BLE001 - an unreachable cluster leaves the run as it is; the next look retries
+            from ray.job_submission import JobStatus
+        except Exception as exc:  # noqa: BLE001 - unreachable for now: the next look retries, up to a limit
+            self._unreachable(registry, record, exc)
             return
-        state = str(getattr(info.status, "value", info.status))
+        if time.time() - (record.heartbeat or 0) > SEEN_EVERY_S:  # the cluster answered about this run
+            registry.update(record.id, heartbeat=time.time())
+        state = JobStatus(info.status)
         if record.status == RunStatus.QUEUED:
-            if state == "PENDING" or (state == "RUNNING" and not record.dir.job.is_file()):
+            if state == JobStatus.PENDING or (state == JobStatus.RUNNING and not record.dir.job.is_file()):
                 return  # waiting for the cluster's resources (Ray Train places its workers after the job starts)
             record = self._started(registry, record, info)
         if record.status != RunStatus.RUNNING:
             return
-        if state in ("SUCCEEDED", "FAILED", "STOPPED"):
+        if state.is_terminal():
             self._ended(registry, record, state, info.message)
         elif record.stop_deadline and time.time() > record.stop_deadline:
             self.kill(record)  # the graceful stop is overdue: Ray's stop_job (SIGTERM, SIGKILL 3 s later)
 
+    def _unreachable(self, registry: Registry, record: RunRecord, exc: Exception) -> None:
+        """A run whose cluster forgot its job (restarted), or has not answered for CLUSTER_LOST_S, is FAILED:
+        no run stays QUEUED or RUNNING forever."""
+        gone = "does not exist" in str(exc) or "404" in str(exc)
+        silent = record.heartbeat and time.time() - record.heartbeat > CLUSTER_LOST_S
+        if gone or silent:
+            why = ("no longer knows the job (was the cluster restarted?)" if gone else
+                   f"has not answered for {time.time() - record.heartbeat:.0f} s")
+            self._fail(registry, record, f"the Ray cluster at {record.cluster} {why}: {first_line(exc)}")
+
     def _started(self, registry: Registry, record: RunRecord, info) -> RunRecord:
         job = files.read_json(record.dir.job) or {}
         nodes = [r["node"] for r in job.get("ranks", [])] or [info.driver_node_id or job.get("node")]
-        started = (info.start_time or 0) / 1000 or None
+        started = job.get("time")  # when its training process began (Ray's start_time is the submission's)
         registry.update(record.id, only_if_status=RunStatus.QUEUED, pid=job.get("pid"), host=job.get("host"),
                         nodes=[n for n in nodes if n])
         try:  # the status change also rewrites status.json with the fields above
@@ -191,7 +207,10 @@ class RayJobs:
         except StatusError:
             return registry.get(record.id)
 
-    def _ended(self, registry: Registry, record: RunRecord, state: str, message: str | None) -> None:
+    def _ended(self, registry: Registry, record: RunRecord, state, message: str | None) -> None:
+        """Record the end of a run whose job ended (`state`: Ray's JobStatus), from its outcome.json if any."""
+        from ray.job_submission import JobStatus
+
         rd = record.dir
         self.copy_log(record)
         outcome = files.read_json(rd.outcome) or {}
@@ -201,14 +220,14 @@ class RayJobs:
             fields["nodes"] = outcome["nodes"]
         if outcome.get("status"):
             status, error = RunStatus.parse(outcome["status"]), outcome.get("error")
-        elif state == "STOPPED" or record.stop_requested:
+        elif state == JobStatus.STOPPED or record.stop_requested:
             status = RunStatus.STOPPED
             error = (f"did not stop within {record.stop_deadline - record.stop_requested:.3g} s; Ray stopped the "
                      f"job {record.job_id}" if record.stop_requested and record.stop_deadline
                      else f"the Ray job {record.job_id} was stopped outside LoRA Lab")
         else:
             status = RunStatus.FAILED
-            error = (f"the Ray job {record.job_id} ended {state} without recording an end (its training "
+            error = (f"the Ray job {record.job_id} ended {state.value} without recording an end (its training "
                      f"process was killed, or the node was lost): {(message or '').strip()[:400]}")
         try:
             registry.set_status(record.id, status, expect=RunStatus.RUNNING, error=error, **fields)

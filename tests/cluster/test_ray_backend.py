@@ -2,6 +2,7 @@
 authentication on (RAY_AUTH_MODE=token), started once for this module and ended by pid even when a test fails.
 Every run is a real Ray job training tiny-random-gpt2 on a bundled sample; a 2-worker run is Ray Train's
 TorchTrainer placed on both nodes."""
+import json
 import os
 import secrets
 import signal
@@ -10,7 +11,7 @@ import subprocess
 
 import pytest
 
-from helpers import LocalRayCluster, steps_logged, stop_leftovers, tiny_config, wait_for_steps, wait_until
+from helpers import LocalRayCluster, cli, steps_logged, stop_leftovers, tiny_config, wait_for_steps, wait_until
 from lora_core import models
 from lora_core.errors import RunError
 from lora_core.runs import Runs, RunStatus, files
@@ -139,6 +140,18 @@ def test_a_cluster_that_cannot_write_the_runs_dir_is_refused(cluster, tmp_path):
     assert f"cannot use the runs directory {runs_dir}" in message and "mount the same storage" in message
     assert "PermissionError" in message or "Errno" in message  # what the node saw
     assert Runs(runs_dir).list(reconcile=False) == []
+
+
+def test_the_cli_trains_on_the_cluster_and_shows_it(cluster, runs_dir, tmp_path):
+    path = tiny_config(name="ray-cli", **{"train.max_steps": 3}).save(tmp_path / "c.yaml")
+    out = cli("train", str(path), "--backend", "ray", "--ray-address", cluster.address, "--wait", "--json",
+              "--runs-dir", str(runs_dir), timeout=300)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["status"] == "SUCCEEDED" and result["backend"] == "ray" and result["world_size"] == 1
+    status = json.loads(cli("cluster", "status", "--ray-address", cluster.address, "--json",
+                            "--runs-dir", str(runs_dir)).stdout)
+    assert {n["node_id"] for n in status["nodes"]} == node_ids(cluster) and status["cpus"] == 2
+    assert "2 nodes" in cli("cluster", "status", "--ray-address", cluster.address, "--runs-dir", str(runs_dir)).stdout
 
 
 class unwritable:

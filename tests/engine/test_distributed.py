@@ -1,12 +1,13 @@
 """One run on two local processes (DDP over gloo through torchrun's launcher), under the real worker: the same
 results as one process, one metrics stream, and stop / kill / resume for the whole process group."""
+import json
 import os
 import signal
 
 import psutil
 import pytest
 
-from helpers import steps_logged, stop_leftovers, tiny_causal, wait_for_steps, wait_until
+from helpers import cli, steps_logged, stop_leftovers, tiny_causal, wait_for_steps, wait_until
 from lora_core.config import ExperimentConfig
 from lora_core.runs import RunStatus, files, launcher
 
@@ -98,3 +99,11 @@ def test_a_killed_worker_takes_its_ranks_with_it(runs):
     record = wait_until(lambda: (r := runs.get(run_id)).terminal and r, timeout=60, what="the death to be seen")
     assert record.status is FAILED and "SIGKILL" in record.error
     assert_nothing_left(record, pids)
+
+
+def test_the_cli_trains_on_two_processes_and_says_so(runs_dir, tmp_path):
+    path = tiny_causal("cli-ddp", max_steps=2).save(tmp_path / "c.yaml")
+    out = cli("train", str(path), "--workers", "2", "--wait", "--json", "--runs-dir", str(runs_dir), timeout=300)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["status"] == "SUCCEEDED" and result["backend"] == "local" and result["world_size"] == 2
+    assert len(result["nodes"]) == 2 and result["global_batch_size"] == 8

@@ -6,6 +6,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
+from ray.job_submission import JobStatus
 
 from helpers import free_port, tiny_config
 from lora_core.config import ConfigError, ExperimentConfig
@@ -95,7 +96,7 @@ class FakeJobs:
     """What RayJobs uses of JobSubmissionClient, with the job's state set by the test."""
 
     def __init__(self):
-        self.submitted, self.stopped, self.state, self.logs = [], [], "PENDING", "job log line\n"
+        self.submitted, self.stopped, self.state, self.logs = [], [], JobStatus.PENDING, "job log line\n"
         self.message = None
 
     def submit_job(self, **kw):
@@ -151,9 +152,9 @@ def test_a_path_with_spaces_survives_the_entrypoint():
 
 def test_jobs_api_states_reconcile_into_the_registry(runs, fake):
     run_id = runs.launch(ray_config())
-    fake.state = "PENDING"
+    fake.state = JobStatus.PENDING
     assert runs.get(run_id).status is QUEUED  # waiting for the cluster's resources
-    fake.state = "RUNNING"
+    fake.state = JobStatus.RUNNING
     assert runs.get(run_id).status is QUEUED  # the job runs, its training has not started (no job.json)
     rd = runs.dir(run_id)
     files.write_json(rd.job, {"pid": 4242, "host": "node-host"})
@@ -161,7 +162,7 @@ def test_jobs_api_states_reconcile_into_the_registry(runs, fake):
     assert record.status is RUNNING and record.nodes == ["node-a"] and record.pid == 4242
     files.write_json(rd.results, {"eval_loss": 0.5, "backend": "ray", "world_size": 1})
     files.write_json(rd.outcome, {"status": SUCCEEDED.value, "error": None, "nodes": ["node-a"]})
-    fake.state, fake.logs = "SUCCEEDED", "the whole job log\n"
+    fake.state, fake.logs = JobStatus.SUCCEEDED, "the whole job log\n"
     record = runs.get(run_id)
     assert record.status is SUCCEEDED and record.results["eval_loss"] == 0.5
     assert rd.log.read_text() == "the whole job log\n"  # the run folder keeps the job's log
@@ -170,9 +171,9 @@ def test_jobs_api_states_reconcile_into_the_registry(runs, fake):
 def test_a_job_that_dies_without_an_end_fails_with_rays_message(runs, fake):
     run_id = runs.launch(ray_config())
     files.write_json(runs.dir(run_id).job, {"pid": 1})
-    fake.state = "RUNNING"
+    fake.state = JobStatus.RUNNING
     runs.reconcile()
-    fake.state, fake.message = "FAILED", "Job entrypoint command failed with exit code -9"
+    fake.state, fake.message = JobStatus.FAILED, "Job entrypoint command failed with exit code -9"
     fake.logs = "step 1\nstep 2\n"
     record = runs.get(run_id)
     assert record.status is FAILED and "exit code -9" in record.error and "without recording an end" in record.error
@@ -182,7 +183,7 @@ def test_a_job_that_dies_without_an_end_fails_with_rays_message(runs, fake):
 def test_a_job_that_ends_before_it_was_seen_running_still_records_its_end(runs, fake):
     run_id = runs.launch(ray_config())
     files.write_json(runs.dir(run_id).outcome, {"status": STOPPED.value, "error": "stopped on request at step 3"})
-    fake.state = "SUCCEEDED"
+    fake.state = JobStatus.SUCCEEDED
     record = runs.get(run_id)
     assert record.status is STOPPED and record.error == "stopped on request at step 3"
 
@@ -190,14 +191,14 @@ def test_a_job_that_ends_before_it_was_seen_running_still_records_its_end(runs, 
 def test_stop_is_the_stop_file_first_then_stop_job_after_the_deadline(runs, fake):
     run_id = runs.launch(ray_config())
     files.write_json(runs.dir(run_id).job, {"pid": 1})
-    fake.state = "RUNNING"
+    fake.state = JobStatus.RUNNING
     runs.reconcile()
     assert runs.stop(run_id, timeout=0.3, wait=False) is RUNNING
     assert runs.dir(run_id).stop_request.is_file() and fake.stopped == []
     time.sleep(0.4)
     runs.reconcile()
     assert fake.stopped == [ray_jobs.submission_id(run_id)]
-    fake.state = "STOPPED"
+    fake.state = JobStatus.STOPPED
     record = runs.get(run_id)
     assert record.status is STOPPED and "did not stop within" in record.error
 
@@ -246,3 +247,27 @@ def test_an_unreachable_cluster_is_a_clear_error(runs):
     with pytest.raises(RunError, match=f"cannot use the Ray cluster at http://127.0.0.1:{port}"):
         runs.launch(tiny_config(**{"resources.backend": "ray", "resources.ray_address": f"http://127.0.0.1:{port}"}))
     assert runs.list(reconcile=False) == []
+
+
+def test_a_run_whose_cluster_forgot_or_lost_it_fails_instead_of_hanging(runs, fake, monkeypatch):
+    forgotten = runs.launch(ray_config(name="forgotten"))
+    silent = runs.launch(ray_config(name="silent"))
+
+    def info(job_id):
+        if job_id == ray_jobs.submission_id(forgotten):
+            raise RuntimeError("Request failed with status code 404: Job lora-lab-x does not exist.")
+        raise ConnectionError("Failed to connect to Ray")
+    fake.get_job_info = info
+    runs.reconcile()
+    assert runs.get(forgotten, reconcile=False).status is FAILED
+    assert "no longer knows the job" in runs.get(forgotten, reconcile=False).error
+    assert runs.get(silent, reconcile=False).status is QUEUED  # a short outage changes nothing
+    monkeypatch.setattr(ray_jobs, "CLUSTER_LOST_S", 0.0)
+    record = runs.get(silent)
+    assert record.status is FAILED and "has not answered" in record.error
+
+
+def test_deleting_a_queued_ray_run_stops_its_job(runs, fake):
+    run_id = runs.launch(ray_config())
+    runs.delete(run_id)
+    assert fake.stopped == [ray_jobs.submission_id(run_id)] and runs.list(reconcile=False) == []
