@@ -126,9 +126,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# `ray start` turns 127.0.0.1 and localhost into this machine's routable address (resolve_ip_for_localhost), so
+# the nodes take another loopback address: every Ray process then advertises and listens on `lo` only.
+RAY_NODE_IP = "127.0.0.2"
+
+
 class LocalRayCluster:
-    """A head and `nodes - 1` more Ray nodes on 127.0.0.1, each `ray start --block` in its own process session with
-    `cpus` CPUs, free ports and its own temp dir under `root`. `close()` ends every process of those sessions by
+    """A head and `nodes - 1` more Ray nodes on loopback (RAY_NODE_IP), each `ray start --block` in its own process
+    session with `cpus` CPUs, free ports and its own temp dir under `root`. `close()` ends every process of those sessions by
     pid (never `ray stop`, which ends other people's Ray processes by name). Extra environment (e.g. RAY_AUTH_MODE)
     goes to every node through `env`."""
 
@@ -160,7 +165,7 @@ class LocalRayCluster:
     def _start_node(self, head: bool) -> None:
         index = len(self.procs)
         args = [str(Path(sys.executable).parent / "ray"), "start", "--block", "--disable-usage-stats",
-                "--num-cpus", str(self.cpus), "--num-gpus", "0", "--node-ip-address", "127.0.0.1",
+                "--num-cpus", str(self.cpus), "--num-gpus", "0", "--node-ip-address", RAY_NODE_IP,
                 "--object-store-memory", str(100 * 1024 ** 2), "--min-worker-port", "0", "--max-worker-port", "0",
                 "--node-manager-port", str(free_port()), "--object-manager-port", str(free_port()),
                 "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
@@ -175,7 +180,7 @@ class LocalRayCluster:
                      "--dashboard-host", "127.0.0.1", "--include-dashboard", "true",
                      "--ray-client-server-port", str(free_port())]
         else:
-            args += ["--address", f"127.0.0.1:{self.gcs_port}"]
+            args += ["--address", f"{RAY_NODE_IP}:{self.gcs_port}"]
         log = open(self.root / f"ray-node-{index}.log", "ab")
         self.procs.append(subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                            env=self.env, start_new_session=True))
