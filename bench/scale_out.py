@@ -59,7 +59,7 @@ def measure(runs, cfg) -> dict:
     wall = time.perf_counter() - started
     results = runs.results(run_id) or {}
     speeds = [e["samples_per_s"] for e in runs.metrics(run_id) if e.get("samples_per_s")]
-    return {"status": record.status.value, "error": record.error, "wall_s": wall, "first_metric_s": first,
+    return {"status": record.status, "error": record.error, "wall_s": wall, "first_metric_s": first,
             "samples_per_s": statistics.median(speeds) if speeds else None, "eval_loss": results.get("eval_loss"),
             "world_size": results.get("world_size"), "nodes": len(set(results.get("nodes") or [])),
             "train_s": results.get("train_time_s")}
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from helpers import LocalRayCluster
-    from lora_core.runs import Runs
+    from lora_core.runs import Runs, RunStatus
 
     root = Path(tempfile.mkdtemp(prefix="scale-"))
     os.environ["LORA_LAB_MAX_CONCURRENT"] = "2"  # a 2-worker local run takes both slots of this machine
@@ -103,10 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{'backend':<12} {'workers':>7} {'nodes':>5} {'status':<10} {'wall (s)':>9} {'1st metric (s)':>15} "
           f"{'train (s)':>10} {'samples/s':>10} {'eval loss':>10}")
     for backend, workers, m in rows:
-        print(f"{backend:<12} {workers:>7} {m['nodes']:>5} {m['status']:<10} {m['wall_s']:>9.1f} "
+        print(f"{backend:<12} {workers:>7} {m['nodes']:>5} {m['status'].value:<10} {m['wall_s']:>9.1f} "
               f"{fmt(m['first_metric_s'], '.1f'):>15} {fmt(m['train_s'], '.1f'):>10} "
               f"{fmt(m['samples_per_s'], '.1f'):>10} {fmt(m['eval_loss'], '.4f'):>10}")
-        if m["error"] and m["status"] != "SUCCEEDED":
+        if m["error"] and m["status"] is not RunStatus.SUCCEEDED:
             print(f"    {m['error']}")
     base = rows[0][2]["eval_loss"]
     if base:
