@@ -13,9 +13,10 @@ RUN apt-get update && apt-get install -y --no-install-recommends make && rm -rf 
 
 # Same steps as `make app` (README): a venv in .venv, then requirements.txt; torch comes from the
 # variant's wheel index so the CPU image does not pull a multi-GB CUDA build.
-COPY requirements.txt ./
+COPY requirements.txt requirements-nodeps.txt ./
 RUN python -m venv .venv \
  && .venv/bin/pip install --extra-index-url "https://download.pytorch.org/whl/${TORCH_VARIANT}" -r requirements.txt \
+ && .venv/bin/pip install --no-deps -r requirements-nodeps.txt \
  && touch .venv/.req-app
 
 COPY . .

@@ -8,9 +8,11 @@ ADDRESS ?= localhost
 
 .PHONY: app test bench
 
-$(VENV)/.req-app: requirements.txt
+$(VENV)/.req-app: requirements.txt requirements-nodeps.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	# pip cannot say --no-deps for one line of a requirements file: these packages get their own step
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -r requirements-nodeps.txt
 	touch $@
 
 $(VENV)/.req-dev: $(VENV)/.req-app requirements-dev.txt requirements-cluster.txt

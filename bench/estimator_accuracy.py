@@ -214,13 +214,13 @@ def random_batch(cfg, seq):
 
 def largest_batch(cfg, splits, tokenizer):
     """The engine's tokenization and collator; the batch holding the longest row (the run's largest step)."""
-    from lora_core import data
+    from lora_core import tokens
 
-    train, _ = data.tokenize(splits, tokenizer, cfg)
+    train, _ = tokens.tokenize(splits, tokenizer, cfg)
     lengths = [len(ids) for ids in train["input_ids"]]
     longest = max(range(len(lengths)), key=lengths.__getitem__)
     rows = [longest] + [i for i in range(len(lengths)) if i != longest][:cfg.train.batch_size - 1]
-    return data.make_collator(cfg, tokenizer)([train[i] for i in rows]), lengths
+    return tokens.make_collator(cfg, tokenizer)([train[i] for i in rows]), lengths
 
 
 def pct(est, real):

@@ -14,9 +14,10 @@ from typing import Callable
 
 import yaml
 
-from .config import ConfigError, ExperimentConfig, field_choices
+from .config import BUNDLED_MODELS, ConfigError, ExperimentConfig, field_choices
 from .errors import LoraLabError
 from .memory import settings as memory_settings
+from . import recipes
 from .runs import Runs, RunStatus
 
 MODEL_COMMANDS = "lora_core.cli_models"
@@ -137,6 +138,17 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def cmd_recipe(args) -> int:
+    if not args.key:
+        for r in recipes.RECIPES.values():
+            print(f"{r.key:<24} {r.title}\n{'':<24} {r.command()}")
+        return 0
+    sweep_id, run_ids = recipes.launch(args.key, args.runs)
+    emit({"sweep_id": sweep_id, "run_ids": run_ids}, args.json, "\n".join([*([sweep_id] if sweep_id else []),
+                                                                              *run_ids]))
+    return 0
+
+
 def cmd_logs(args) -> int:
     runs: Runs = args.runs
     if not args.follow:
@@ -189,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = cmd("targets", model_command("cmd_targets"),
              "List the adaptable layers of a model and the architecture presets.")
-    sp.add_argument("model", help="minilm, tiny-random-gpt2, tiny-random-llama, a hub id or a local directory")
+    sp.add_argument("model", help=f"a bundled model ({', '.join(BUNDLED_MODELS)}), a hub id or a local directory")
     sp.add_argument("--trust-remote-code", action="store_true")
     sp.add_argument("--json", action="store_true")
 
@@ -253,6 +265,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "Launch one run per combination of varied fields.")))
     sp.add_argument("config")
     sp.add_argument("--vary", action="append", default=[], help="KEY=V1,V2 (repeatable), e.g. lora.r=4,8,16")
+    sp.add_argument("--json", action="store_true")
+
+    sp = with_runs_dir(cmd("recipe", cmd_recipe, "Launch one of the tutorial's challenges (a config and its sweep); "
+                                                 "without a name, list them."))
+    sp.add_argument("key", nargs="?", help="recipe name, e.g. full-vs-lora-vs-frozen")
     sp.add_argument("--json", action="store_true")
 
     sp = with_runs_dir(cmd("logs", cmd_logs, "Print a run's worker log."))

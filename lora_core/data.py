@@ -25,8 +25,8 @@ import pandas as pd
 
 from .config import SAMPLE_DATASETS, ExperimentConfig
 from .errors import DataError
-from .models import load_tokenizer
 from .paths import DATA_SUFFIXES, is_local_path
+from .tokens import IGNORE_INDEX, encode_causal
 
 SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
 SAMPLE_FILES = {
@@ -34,7 +34,6 @@ SAMPLE_FILES = {
     "sample:sentiment-3": "sentiment-3.csv",
     "sample:instructions": "instructions.jsonl",
 }
-IGNORE_INDEX = -100  # label value the loss skips (masked prompt tokens, padding)
 
 
 @dataclass
@@ -408,89 +407,12 @@ def label_counts(spec: str, label_column: str = "label", *, subset: str | None =
     return {str(k): counts[k] for k in sorted(counts)}
 
 
-# -- tokenization -----------------------------------------------------------------------------------------------
+# -- what the model will see --------------------------------------------------------------------------------
 
-def tokenize(splits: Splits, tokenizer, cfg: ExperimentConfig):
-    """(train, eval) datasets of token ids ready for `make_collator`; the text columns are dropped."""
-    import datasets
-
-    datasets.disable_progress_bars()  # a worker's log is for events, not progress bars
-    max_length = cfg.data.max_length
-    if cfg.task == "seq-cls":
-        def encode(batch):
-            enc = tokenizer(batch["text"], truncation=True, max_length=max_length)
-            enc["labels"] = batch["label"]
-            return enc
-        drop = ["text", "label"]
-    else:
-        def encode(batch):
-            return encode_causal(tokenizer, batch["prompt"], batch["response"], max_length, cfg.data.mask_prompt)
-        drop = ["prompt", "response"]
-    return tuple(ds.map(encode, batched=True, remove_columns=drop, load_from_cache_file=False,
-                        desc=None) for ds in (splits.train, splits.eval))
-
-
-def _eos_id(tokenizer) -> int | None:
-    for name in ("eos_token_id", "sep_token_id"):
-        value = getattr(tokenizer, name, None)
-        if value is not None:
-            return value
-    return None
-
-
-def encode_causal(tokenizer, prompts: list[str], responses: list[str], max_length: int,
-                  mask_prompt: bool) -> dict[str, list]:
-    """prompt + "\\n" + response + EOS; labels copy the ids with the prompt part set to -100 when masked.
-    Too long: the response keeps at least half of max_length and the prompt loses its start (the end of a
-    prompt is what the response follows), so every example keeps some tokens in the loss."""
-    eos = _eos_id(tokenizer)
-    prompt_ids = tokenizer([p.rstrip() + "\n" for p in prompts], add_special_tokens=True)["input_ids"]
-    response_ids = tokenizer(list(responses), add_special_tokens=False)["input_ids"]
-    out: dict[str, list] = {"input_ids": [], "attention_mask": [], "labels": []}
-    for p, r in zip(prompt_ids, response_ids):
-        r = list(r) + ([eos] if eos is not None else [])
-        r = r[:max(max_length - min(len(p), max_length // 2), 1)]
-        p = p[len(p) - (max_length - len(r)):] if len(p) + len(r) > max_length else p
-        ids = list(p) + r
-        out["input_ids"].append(ids)
-        out["attention_mask"].append([1] * len(ids))
-        out["labels"].append(([IGNORE_INDEX] * len(p) if mask_prompt else list(p)) + r)
-    return out
-
-
-def make_collator(cfg: ExperimentConfig, tokenizer):
-    """Dynamic padding to the longest example in the batch."""
-    if cfg.task == "seq-cls":
-        from transformers import DataCollatorWithPadding
-
-        return DataCollatorWithPadding(tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (_eos_id(tokenizer) or 0)
-    return CausalCollator(pad_id)
-
-
-class CausalCollator:
-    """Right-pads input_ids (pad id), attention_mask (0) and labels (-100) to the longest example."""
-
-    def __init__(self, pad_id: int):
-        self.pad_id = pad_id
-
-    def __call__(self, features: list[dict]) -> dict:
-        import torch
-
-        width = max(len(f["input_ids"]) for f in features)
-
-        def pad(key, value):
-            return torch.tensor([list(f[key]) + [value] * (width - len(f[key])) for f in features])
-
-        return {"input_ids": pad("input_ids", self.pad_id), "attention_mask": pad("attention_mask", 0),
-                "labels": pad("labels", IGNORE_INDEX)}
-
-
-def tokenized_preview(cfg: ExperimentConfig, n: int = 3, tokenizer=None) -> list[dict]:
+def tokenized_preview(cfg: ExperimentConfig, tokenizer, n: int = 3) -> list[dict]:
     """What the model will see for the first n training rows: tokens, and which of them the loss is computed on
-    (causal-lm with mask_prompt: the response only). For checking a dataset config before launching."""
-    if tokenizer is None:
-        tokenizer = load_tokenizer(cfg.model.source, cfg.model.trust_remote_code, cfg.model.revision)
+    (causal-lm with mask_prompt: the response only). For checking a dataset config before launching; the
+    tokenizer is the model's (`models.load_tokenizer`)."""
     splits = load_splits(cfg)
     rows = splits.train.select(range(min(n, len(splits.train))))
     out = []
@@ -502,6 +424,7 @@ def tokenized_preview(cfg: ExperimentConfig, n: int = 3, tokenizer=None) -> list
         return out
     enc = encode_causal(tokenizer, rows["prompt"], rows["response"], cfg.data.max_length, cfg.data.mask_prompt)
     for ids, labels in zip(enc["input_ids"], enc["labels"]):
-        out.append({"tokens": tokenizer.convert_ids_to_tokens(ids), "in_loss": [x != IGNORE_INDEX for x in labels]})
+        out.append({"tokens": tokenizer.convert_ids_to_tokens(ids),
+                    "in_loss": [x != IGNORE_INDEX for x in labels]})
     return out
 

@@ -87,6 +87,7 @@ class EventStream:
 
     def begin(self, state) -> None:
         self.started = self.mark = time.perf_counter()
+        self.paused_s = self.eval_s = 0.0  # an evaluation before training is no part of training time
         self.first_step = state.global_step
         self.last = (state.global_step, self.started, state.num_input_tokens_seen)
 
@@ -95,7 +96,7 @@ class EventStream:
         elapsed = now - (self.started or now)
         done = state.global_step - self.first_step
         remaining = max(state.max_steps - state.global_step, 0)
-        return {"kind": kind, "time": time.time(), "step": state.global_step, "epoch": state.epoch,
+        return {"kind": kind, "time": time.time(), "step": state.global_step, "epoch": state.epoch or 0.0,
                 "progress": state.global_step / state.max_steps if state.max_steps else None,
                 "elapsed_s": elapsed, "eta_s": elapsed / done * remaining if done else None,
                 "peak_mem_bytes": self.peak}

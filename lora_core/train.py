@@ -18,7 +18,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
-from . import data, metrics, models
+from . import data, metrics, models, tokens
 from .config import OPTIMIZERS, ConfigError, ExperimentConfig
 from .errors import RunError
 from .events import Event, EventStream, MemoryMeter, event_callback
@@ -60,7 +60,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: Path, *, on_event: Callable[[
         stream.phase("loading_model")
         model, tokenizer = models.load_for_training(cfg, splits.num_labels or 2, splits.id2label)
         memory.hold(model)
-        train_ds, eval_ds = data.tokenize(splits, tokenizer, cfg)
+        train_ds, eval_ds = tokens.tokenize(splits, tokenizer, cfg)
         estimate = memory_estimate(cfg, splits.num_labels or 2, train_ds)  # the run's real batch shapes
         before = generations(cfg, model, tokenizer) if rank() == 0 else None
         if stop_requested():
@@ -71,6 +71,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: Path, *, on_event: Callable[[
                                 memory)
         if prepare_trainer is not None:
             trainer = prepare_trainer(trainer)
+        baseline = None if resume_from else evaluate_before(cfg, trainer)  # every rank: evaluation is collective
         tensor_peak = StepPeakMeter()  # exact live-tensor bytes of the largest steps, beside RSS
         trainer.add_callback(tensor_peak.callback())
 
@@ -92,7 +93,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: Path, *, on_event: Callable[[
     return collect_results(cfg, splits=splits, model=trainer.model, memory=memory, stopped=stream.stopping,
                            resume_from=resume_from, trainer=trainer, train_time=train_time, final=final,
                            artifact_dir=artifact_dir, stream=stream, generations=pairs, estimate=estimate,
-                           tensor_peak=tensor_peak.results())
+                           tensor_peak=tensor_peak.results(), baseline=baseline)
 
 
 # -- setup helpers ---------------------------------------------------------------------------------------------
@@ -197,7 +198,7 @@ def build_trainer(cfg, model, tokenizer, train_ds, eval_ds, checkpoint_dir: Path
         args=training_arguments(cfg, checkpoint_dir),
         train_dataset=train_ds,
         eval_dataset=eval_ds,
-        data_collator=data.make_collator(cfg, tokenizer),
+        data_collator=tokens.make_collator(cfg, tokenizer),
         processing_class=tokenizer,
         compute_metrics=metrics.classification_metrics if cfg.task == "seq-cls" else None,
         callbacks=callbacks,
@@ -209,6 +210,15 @@ def generations(cfg: ExperimentConfig, model, tokenizer) -> list[str] | None:
     if cfg.task != "causal-lm" or not cfg.generate.prompts:
         return None
     return models.generate_texts(model, tokenizer, cfg.generate.prompts, cfg.generate.max_new_tokens)
+
+
+def evaluate_before(cfg: ExperimentConfig, trainer) -> dict | None:
+    """causal-lm: the eval loss and perplexity of the model before its first step, the "before" of the run's
+    before/after (logged as an eval event at step 0, so the eval curve starts there). Resumed runs skip it."""
+    if cfg.task != "causal-lm":
+        return None
+    loss = trainer.evaluate().get("eval_loss")
+    return {"eval_loss_before": loss, "eval_perplexity_before": metrics.perplexity(loss) if loss is not None else None}
 
 
 # -- train end ---------------------------------------------------------------------------------------------------
@@ -291,7 +301,7 @@ def collect_results(cfg: ExperimentConfig, *, splits, memory: MemoryMeter, stopp
                     model=None, trainer=None, train_time: float = 0.0, final: dict | None = None,
                     artifact_dir: Path | None = None, stream: EventStream | None = None,
                     generations: list | None = None, estimate: tuple | None = None,
-                    tensor_peak: dict | None = None) -> dict:
+                    tensor_peak: dict | None = None, baseline: dict | None = None) -> dict:
     """The results dict: final eval metrics, time, params, artifact size, memory (measured + estimated),
     versions, device, data fingerprint, seed. Runs stopped before training carry what they have."""
     trainable = total = None
@@ -305,10 +315,12 @@ def collect_results(cfg: ExperimentConfig, *, splits, memory: MemoryMeter, stopp
         "global_batch_size": cfg.train.batch_size * cfg.train.gradient_accumulation_steps * world_size(),
         "stopped": stopped,
         **(final or {}),
+        **(baseline or {}),
         "train_time_s": train_time,
         "eval_time_s": stream.eval_s if stream else 0.0,
         "checkpoint_time_s": stream.save_s if stream else 0.0,
         "event_errors": stream.errors if stream else 0,
+        "learning_rate": cfg.learning_rate,
         "steps": trainer.state.global_step if trainer else 0,
         "epochs": trainer.state.epoch if trainer else 0.0,
         "train_loss": _train_loss(trainer),

@@ -1,7 +1,7 @@
 """The estimate a run records beside its measured peak, in the run's own terms.
 
 The recipe calls `estimate_for_experiment` after tokenizing, with the class count its data really has and the
-token length of every training row: batches are padded to their longest row (`data.make_collator`), so the
+token length of every training row: batches are padded to their longest row (`tokens.make_collator`), so the
 largest step the run will take is a full batch padded to the longest row, not `data.max_length`. Before a launch
 (the Config builder) the lengths are unknown and `data.max_length` bounds the estimate.
 """

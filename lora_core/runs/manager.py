@@ -278,7 +278,7 @@ def prepare(cfg: ExperimentConfig | dict) -> ExperimentConfig:
         path = Path(source).expanduser()
         if not path.is_dir() or not (path / MODEL_CONFIG).is_file():
             raise ConfigError("model.source", f"{path.resolve()} is not a model directory (it needs a "
-                                              f"{MODEL_CONFIG}); use minilm, tiny-random-gpt2, tiny-random-llama, "
+                                              f"{MODEL_CONFIG}); use a bundled model ({', '.join(BUNDLED_MODELS)}), "
                                               "a hub id or a saved model directory")
         changes["model.source"] = str(path.resolve())
     check_local_resources(cfg)

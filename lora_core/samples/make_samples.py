@@ -6,7 +6,8 @@
 Files:
 - sentiment-2.csv   text,label   600 short reviews, labels negative / positive (300 each)
 - sentiment-3.csv   text,label   600 short reviews, labels negative / neutral / positive (200 each)
-- instructions.jsonl prompt,response  200 small instruction/answer pairs (8 task kinds, 25 each)
+- instructions.jsonl prompt,response  200 small instruction/answer pairs (8 task kinds, 25 each), every answer
+  one line of JSON: {"task": <kind>, "answer": <text>} (a format SmolLM2-Instruct does not use by itself)
 
 The sentiment rows mix easy sentences ("the plot was dull.") with negations ("the plot was not dull.") and
 contrasts ("the cast was superb, but the ending was tedious.") whose label follows the clause after "but",
@@ -155,29 +156,61 @@ PHRASES = ["good morning", "see you soon", "happy birthday", "thank you very muc
            "stay warm", "good night", "see you later", "have fun"]
 
 
+# The format the instruction sample teaches: every answer is one line of JSON naming the kind of task and the
+# answer. A chat model answers these prompts in free prose, so one epoch's change shows at a glance.
+FORMAT_KEYS = ("task", "answer")
+# Held out of the sample (no row uses these words, names or sums): the fixed prompts generated before and after.
+EVAL_PROMPTS = (
+    "What is 17 plus 25?",
+    "Give the opposite of 'heavy'.",
+    "What color is a ripe cherry?",
+    "Write a short greeting for Alex.",
+    "Is this review positive or negative? The soundtrack was wonderful and the ending made me smile.",
+)
+
+
+def _answer(task: str, answer: str) -> str:
+    return json.dumps({"task": task, "answer": answer}, ensure_ascii=False)
+
+
 def instruction_rows(seed: int) -> list[dict]:
     rng = random.Random(seed)
     rows: list[dict] = []
+
+    def add(prompt: str, task: str, answer: str) -> None:
+        rows.append({"prompt": prompt, "response": _answer(task, answer)})
+
     for w in WORDS:
-        rows.append({"prompt": f"Reverse the word '{w}'.", "response": w[::-1]})
-        rows.append({"prompt": f"How many letters are in '{w}'?", "response": f"'{w}' has {len(w)} letters."})
-    for _ in range(25):
+        add(f"Reverse the word '{w}'.", "reverse", w[::-1])
+        add(f"How many letters are in '{w}'?", "count", f"'{w}' has {len(w)} letters.")
+    sums = set()
+    while len(sums) < 25:
         a, b = rng.randint(1, 50), rng.randint(1, 50)
-        rows.append({"prompt": f"What is {a} plus {b}?", "response": f"{a} plus {b} is {a + b}."})
+        if (a, b) != (17, 25) and (a, b) not in sums:
+            sums.add((a, b))
+    for a, b in sorted(sums):
+        add(f"What is {a} plus {b}?", "arithmetic", f"{a} plus {b} is {a + b}.")
     for word, opposite in OPPOSITES.items():
-        rows.append({"prompt": f"Give the opposite of '{word}'.", "response": f"The opposite of '{word}' is "
-                                                                                f"'{opposite}'."})
+        add(f"Give the opposite of '{word}'.", "opposite", opposite)
     for thing, color in COLORS.items():
-        rows.append({"prompt": f"What color is {thing}?", "response": f"{_cap(thing)} is {color}."})
+        add(f"What color is {thing}?", "color", f"{_cap(thing)} is {color}.")
     for name in NAMES:
-        rows.append({"prompt": f"Write a short greeting for {name}.",
-                     "response": f"Hello, {name}! It is lovely to see you today."})
+        add(f"Write a short greeting for {name}.", "greeting", f"Hello, {name}! It is lovely to see you today.")
     for phrase in PHRASES:
-        rows.append({"prompt": f"Write in capital letters: {phrase}", "response": phrase.upper()})
+        add(f"Write in capital letters: {phrase}", "capitals", phrase.upper())
     for text, label in sentiment_rows(("negative", "positive"), 13, seed + 1)[:25]:
-        rows.append({"prompt": f"Is this review positive or negative? {text}", "response": _cap(label) + "."})
+        add(f"Is this review positive or negative? {text}", "sentiment", label)
     rng.shuffle(rows)
     return rows
+
+
+def follows_format(text: str) -> bool:
+    """Whether an answer is in the sample's format: one JSON object with exactly the keys task and answer."""
+    try:
+        value = json.loads(text.strip())
+    except ValueError:
+        return False
+    return isinstance(value, dict) and tuple(value) == FORMAT_KEYS and all(isinstance(v, str) for v in value.values())
 
 
 # -- writing ----------------------------------------------------------------------------------------------------

@@ -55,8 +55,6 @@ def test_light_pages_do_not_import_torch(use_seeded):
     assert heavy_modules_seen(LIGHT_PAGES, use_seeded) == {page: [] for page in LIGHT_PAGES}
 
 
-@pytest.mark.xfail(strict=True, reason="needs the engine's torch-free model structure for a model seen before "
-                                       "(issue #8 item 8, the memory work): remove this mark when it lands")
 def test_config_builder_needs_no_torch_for_a_model_seen_before(runs_dir):
     heavy_modules_seen(["config_builder"], runs_dir)  # the first visit may import torch and fill the disk cache
     assert heavy_modules_seen(["config_builder"], runs_dir) == {"config_builder": []}

@@ -152,12 +152,15 @@ def test_stop_checkpoints_and_resume_continues(tmp_path):
     assert (ckpt / "trainer_state.json").is_file() and (ckpt / "adapter_model.safetensors").is_file()
     assert (tmp_path / "a" / "adapter" / "adapter_model.safetensors").is_file()
     assert max(e.get("step", 0) for e in events) == 2
-    assert not [e for e in events if e["kind"] == "eval"], "a stop must not wait for an evaluation"
+    evals = [e["step"] for e in events if e["kind"] == "eval"]
+    assert evals == [0], "a stop must not wait for an evaluation (step 0 is the causal-lm 'before' eval)"
+    assert first["eval_loss_before"] > 0
 
     resumed, events = train(cfg, tmp_path / "b", resume_from=ckpt)
     steps = [e["step"] for e in events if e["kind"] == "log" and "loss" in e]
     assert steps == [3, 4, 5]
     assert resumed["steps"] == 5 and resumed["resumed_from_step"] == 2 and resumed["stopped"] is False
+    assert "eval_loss_before" not in resumed  # the parent run measured it
 
     straight, _ = train(cfg, tmp_path / "c")
     # same data order, same optimizer state: the resumed run ends where an uninterrupted one does

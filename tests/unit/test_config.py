@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from lora_core.config import ConfigError, ExperimentConfig, field_choices, field_help, get_dotted
+from lora_core.config import (DEFAULT_LEARNING_RATES, ConfigError, ExperimentConfig, TrainConfig, field_choices,
+                              field_help, get_dotted)
 
 ISSUE_EXAMPLE = """
 name: agnews-lora-r8
@@ -89,8 +90,11 @@ def test_replace_uses_dotted_keys_and_validates():
 
 
 def test_derived_values():
-    assert ExperimentConfig(method="full").learning_rate == 5e-5
-    assert ExperimentConfig().learning_rate == 1e-3
+    for method, lr in DEFAULT_LEARNING_RATES.items():  # one default per method, from one table
+        assert ExperimentConfig(method=method).learning_rate == lr
+        assert f"{method} {lr:g}" in field_help("train.learning_rate")
+    assert ExperimentConfig(method="full", train=TrainConfig(learning_rate=3e-4)).learning_rate == 3e-4
+    assert set(DEFAULT_LEARNING_RATES) == set(field_choices("method"))
     cfg = ExperimentConfig.from_dict({"lora": {"r": 16, "alpha": 32, "use_rslora": True}})
     assert cfg.lora_scaling == pytest.approx(32 / 4)
 

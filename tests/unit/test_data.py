@@ -5,7 +5,7 @@ import shutil
 import pandas as pd
 import pytest
 
-from lora_core import data
+from lora_core import data, tokens
 from lora_core.config import ExperimentConfig
 from lora_core.data import DataError, load_splits
 from lora_core.samples import make_samples
@@ -286,10 +286,10 @@ def test_hub_dataset_splits_and_class_names(monkeypatch):
 
 def test_seq_cls_truncates_and_pads_dynamically(tokenizer):
     c = cfg(train="sample:sentiment-2", max_length=8, max_train_samples=16, max_eval_samples=4)
-    train, evals = data.tokenize(load_splits(c), tokenizer, c)
+    train, evals = tokens.tokenize(load_splits(c), tokenizer, c)
     assert max(len(x) for x in train["input_ids"]) == 8
     assert "text" not in train.column_names and set(train["labels"]) <= {0, 1}
-    collate = data.make_collator(c, tokenizer)
+    collate = tokens.make_collator(c, tokenizer)
     short = [{"input_ids": [101, 7, 102], "attention_mask": [1, 1, 1], "labels": 1},
              {"input_ids": [101, 102], "attention_mask": [1, 1], "labels": 0}]
     batch = collate(short)
@@ -298,20 +298,41 @@ def test_seq_cls_truncates_and_pads_dynamically(tokenizer):
 
 def test_causal_lm_masks_the_prompt_and_appends_eos(tokenizer):
     prompts, responses = ["Say hello.", "Reverse 'abc'."], ["hello there", "cba"]
-    masked = data.encode_causal(tokenizer, prompts, responses, max_length=64, mask_prompt=True)
+    masked = tokens.encode_causal(tokenizer, prompts, responses, max_length=64, mask_prompt=True)
     eos = tokenizer.sep_token_id  # MiniLM's tokenizer has no eos token: [SEP] ends a text
     for ids, labels, prompt, response in zip(masked["input_ids"], masked["labels"], prompts, responses):
         n_prompt = len(tokenizer(prompt + "\n")["input_ids"])
         response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
         assert labels[:n_prompt] == [-100] * n_prompt
         assert labels[n_prompt:] == response_ids + [eos] == ids[n_prompt:]
-    unmasked = data.encode_causal(tokenizer, prompts, responses, max_length=64, mask_prompt=False)
+    unmasked = tokens.encode_causal(tokenizer, prompts, responses, max_length=64, mask_prompt=False)
     assert unmasked["labels"] == unmasked["input_ids"] == masked["input_ids"]
+
+
+# A template in the style of ChatML: each turn is "<|role|>content[SEP]", and the generation prompt opens the
+# assistant's turn.
+CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}[SEP]{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+def test_causal_lm_with_a_chat_template_masks_the_whole_prompt_turn(tokenizer):
+    import copy
+
+    chat = copy.deepcopy(tokenizer)
+    chat.chat_template = CHAT_TEMPLATE
+    prompts, responses = ["Say hello.", "Reverse abc."], ["hello there", "cba"]
+    out = tokens.encode_causal(chat, prompts, responses, max_length=64, mask_prompt=True)
+    heads = tokens.encode_prompts(chat, prompts)  # what generation feeds the model: the same framing
+    for ids, labels, prompt, response, head in zip(out["input_ids"], out["labels"], prompts, responses, heads):
+        assert chat.decode(head) == f"< | user | > {prompt.lower()} [SEP] < | assistant | >"
+        tail = chat(response + "[SEP]", add_special_tokens=False)["input_ids"]  # the template's end of turn
+        assert ids == head + tail  # no [CLS] in front, no second [SEP] after: the template writes both
+        assert labels == [-100] * len(head) + tail
 
 
 def test_causal_lm_truncation_keeps_response_tokens(tokenizer):
     long_prompt = " ".join(["word"] * 100)
-    out = data.encode_causal(tokenizer, [long_prompt], ["the answer is here"], max_length=16, mask_prompt=True)
+    out = tokens.encode_causal(tokenizer, [long_prompt], ["the answer is here"], max_length=16, mask_prompt=True)
     ids, labels = out["input_ids"][0], out["labels"][0]
     assert len(ids) == 16
     assert sum(1 for x in labels if x != -100) == len(tokenizer("the answer is here", add_special_tokens=False)
@@ -320,9 +341,9 @@ def test_causal_lm_truncation_keeps_response_tokens(tokenizer):
 
 def test_causal_collator_pads_labels_with_ignore_index(tokenizer):
     c = cfg(task="causal-lm", max_train_samples=8, max_eval_samples=2, max_length=32)
-    train, _ = data.tokenize(load_splits(c), tokenizer, c)
+    train, _ = tokens.tokenize(load_splits(c), tokenizer, c)
     assert train.column_names == ["input_ids", "attention_mask", "labels"]
-    collate = data.make_collator(c, tokenizer)
+    collate = tokens.make_collator(c, tokenizer)
     long = {"input_ids": [101, 5, 6, 7, 102], "attention_mask": [1] * 5, "labels": [-100, -100, 6, 7, 102]}
     short = {"input_ids": [101, 5, 102], "attention_mask": [1] * 3, "labels": [-100, 5, 102]}
     batch = collate([long, short])
@@ -333,10 +354,10 @@ def test_causal_collator_pads_labels_with_ignore_index(tokenizer):
 
 
 def test_tokenized_preview_shows_what_the_loss_sees(tokenizer):
-    seq = data.tokenized_preview(cfg(train="sample:sentiment-2", max_length=8), n=2, tokenizer=tokenizer)
+    seq = data.tokenized_preview(cfg(train="sample:sentiment-2", max_length=8), tokenizer, n=2)
     assert len(seq) == 2 and seq[0]["tokens"][0] == "[CLS]" and len(seq[0]["tokens"]) <= 8
     assert seq[0]["label"] in ("negative", "positive")
-    causal = data.tokenized_preview(cfg(task="causal-lm"), n=1, tokenizer=tokenizer)[0]
+    causal = data.tokenized_preview(cfg(task="causal-lm"), tokenizer, n=1)[0]
     flags = causal["in_loss"]
     assert len(flags) == len(causal["tokens"]) and not flags[0] and flags[-1]
     assert flags == sorted(flags)  # prompt tokens first (masked), then the response (in the loss)

@@ -2,6 +2,8 @@
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER_INSTRUCTIONS = {"FROM", "ARG", "ENV", "WORKDIR", "RUN", "COPY", "ADD", "VOLUME", "EXPOSE", "HEALTHCHECK",
                        "CMD", "ENTRYPOINT", "LABEL", "USER", "SHELL", "STOPSIGNAL", "ONBUILD"}
@@ -27,8 +29,9 @@ def dockerfile_instructions(text: str) -> list[tuple[str, str]]:
     return out
 
 
-def test_requirements_are_pinned_exactly():
-    for line in (ROOT / "requirements.txt").read_text().splitlines():
+@pytest.mark.parametrize("name", ["requirements.txt", "requirements-nodeps.txt"])
+def test_requirements_are_pinned_exactly(name):
+    for line in (ROOT / name).read_text().splitlines():
         line = line.split("#")[0].strip()
         if line:
             assert re.fullmatch(r"[A-Za-z0-9_.\-]+==[0-9][0-9A-Za-z.+\-]*", line), f"not pinned: {line}"
@@ -40,6 +43,14 @@ def test_the_cluster_extra_is_pinned_and_tested_in_ci():
         assert re.fullmatch(r"[A-Za-z0-9_.\-]+(\[[a-z,]+\])?==[0-9][0-9A-Za-z.+\-]*", line), f"not pinned: {line}"
     assert "-r requirements-cluster.txt" in (ROOT / "requirements-dev.txt").read_text().splitlines()
     assert "ray" not in (ROOT / "requirements.txt").read_text()  # `make app` does not need it
+
+
+def test_no_deps_packages_are_installed_by_make_app_and_the_dockerfile():
+    make = (ROOT / "Makefile").read_text()
+    assert "--no-deps -r requirements-nodeps.txt" in make
+    assert re.search(r"^\$\(VENV\)/\.req-app: .*requirements-nodeps\.txt$", make, re.M)  # an edit reinstalls
+    runs = " ".join(args for kind, args in dockerfile_instructions((ROOT / "Dockerfile").read_text()) if kind == "RUN")
+    assert "--no-deps -r requirements-nodeps.txt" in runs
 
 
 def test_dockerfile_parses_and_mirrors_make_app():
