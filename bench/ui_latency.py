@@ -114,7 +114,7 @@ def time_pages(repeats: int) -> list[tuple[str, float, float]]:
 def first_visits(runs_dir: Path, visits: int) -> list[float]:
     """Seconds from opening /config_builder in a fresh `streamlit run` until its summary shows, once per server
     (after one unmeasured visit that lets the engine see the model)."""
-    sys.path.insert(0, str(ROOT / "tests" / "browser"))
+    sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "browser")]  # browser_helpers imports helpers
     from browser_helpers import BROWSER_ARGS, CHROMIUM, streamlit_server
     from playwright.sync_api import sync_playwright
 

@@ -2,12 +2,20 @@
 
 Every field carries help text (`field_help`) that the dashboard shows as tooltips. Types and allowed values
 come from the annotations, so the check in `_convert` is the only place a value is accepted or refused.
-Errors are `ConfigError("section.field", message)` and name the allowed values.
+Errors are `ConfigError("section.field", message)` and name the allowed values; they quote at most a short
+excerpt of a bad value (`excerpt`), so a huge or hostile value never becomes a huge message.
+
+Config text is read strictly: YAML aliases (the "billion laughs" expansion) and duplicate keys are refused, as are
+empty files, files over `MAX_CONFIG_BYTES` and bytes that are not UTF-8 (the error names the file and the line).
+Numbers must be finite; whole numbers stay below `MAX_INT` unless a field says less; text fields are bounded.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import os
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -31,6 +39,14 @@ SAMPLE_FOR_TASK = {"seq-cls": "sample:sentiment-2", "causal-lm": "sample:instruc
 Backend = Literal["local", "ray"]
 BACKENDS = ("local", "ray")
 
+MAX_CONFIG_BYTES = 1 << 20   # a config is a page of settings; anything near this size is not one
+MAX_INT = 2**31 - 1          # whole numbers above this overflow torch/numpy arguments somewhere downstream
+MAX_TEXT = 1024              # default bound on a text field (paths and prompts say more)
+MAX_PATH = 4096              # PATH_MAX on Linux
+MAX_PATH_PART = 255          # bytes in one file or folder name (NAME_MAX)
+MAX_LIST = 256               # items in a list field
+MAX_CLASSES = 1000           # classes a seq-cls run may have; integer labels are class ids below this
+
 # The learning rate each method trains with when train.learning_rate is empty. Full, LoRA and head-only were
 # chosen on a validation split carved from the training rows of sample:sentiment-3 (never its eval split) with
 # MiniLM and the default epochs: bench/choose_lr.py reruns the choice. QLoRA takes LoRA's rate. LoRA needs a far
@@ -52,7 +68,7 @@ class ModelConfig:
     source: str = _f("minilm", "Model to fine-tune: 'minilm' (bundled MiniLM-L6 encoder), 'smollm2-135m-instruct' "
                      "(bundled SmolLM2-135M-Instruct, a pretrained chat model), 'tiny-random-gpt2' or "
                      "'tiny-random-llama' (tiny random causal LMs), a Hugging Face hub id, or a local directory. "
-                     "Bundled models work offline.")
+                     "Bundled models work offline.", max_len=MAX_PATH, path=True)
     revision: Optional[str] = _f(None, "Hub revision (branch, tag or commit) when `source` is a hub id.")
     trust_remote_code: bool = _f(False, "Run model code shipped with a hub repo. Off unless you trust the repo.")
 
@@ -85,8 +101,10 @@ class QuantConfig:
 @dataclass
 class DataConfig:
     train: str = _f("sample:sentiment-2", "Training data: a bundled sample (sample:sentiment-2, sample:sentiment-3, "
-                    "sample:instructions), a local csv/tsv/json/jsonl/parquet file, or a hub dataset id.")
-    eval: Optional[str] = _f(None, "Evaluation data (same forms as `train`). Empty: split off `eval_fraction` of train.")
+                    "sample:instructions), a local csv/tsv/json/jsonl/parquet file, or a hub dataset id.",
+                    max_len=MAX_PATH, path=True)
+    eval: Optional[str] = _f(None, "Evaluation data (same forms as `train`). Empty: split off `eval_fraction` of train.",
+                             max_len=MAX_PATH, path=True)
     subset: Optional[str] = _f(None, "Hub dataset configuration name (e.g. 'sst2' for 'glue').")
     train_split: str = _f("train", "Split of a hub dataset used for training.")
     eval_split: Optional[str] = _f(None, "Split of a hub dataset used for evaluation (e.g. 'validation').")
@@ -104,10 +122,10 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: float = _f(5.0, "Passes over the training data.", min_excl=0)
+    epochs: float = _f(5.0, "Passes over the training data.", min_excl=0, max=10_000.0)
     max_steps: Optional[int] = _f(None, "Stop after this many optimizer steps (overrides epochs).", min=1)
     batch_size: int = _f(32, "Examples per device step.", min=1, max=4096)
-    eval_batch_size: Optional[int] = _f(None, "Examples per eval step (defaults to batch_size).", min=1)
+    eval_batch_size: Optional[int] = _f(None, "Examples per eval step (defaults to batch_size).", min=1, max=4096)
     gradient_accumulation_steps: int = _f(1, "Steps whose gradients are summed before each optimizer step.", min=1)
     learning_rate: Optional[float] = _f(None, "Peak learning rate. Empty: the method's default ("
                                         + ", ".join(f"{m} {lr:g}" for m, lr in DEFAULT_LEARNING_RATES.items())
@@ -120,7 +138,7 @@ class TrainConfig:
     gradient_checkpointing: bool = _f(False, "Recompute activations in backward to save memory (~30% slower).")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = _f(
         "auto", "Training precision. auto: bf16 mixed precision on GPUs that support it, else fp32.")
-    seed: int = _f(0, "Seed for data shuffling, the eval split and weight init.", min=0)
+    seed: int = _f(0, "Seed for data shuffling, the eval split and weight init.", min=0, max=2**32 - 1)  # numpy's range
     logging_steps: int = _f(5, "Log train loss every N optimizer steps.", min=1)
     eval_steps: Optional[int] = _f(None, "Evaluate every N steps. Empty: at the end of each epoch.", min=1)
     save_steps: Optional[int] = _f(None, "Checkpoint every N steps (for resume). Empty: at each evaluation.", min=1)
@@ -147,7 +165,7 @@ OPTIMIZERS = {
 class GenerateConfig:
     prompts: list[str] = _f(list(EVAL_PROMPTS), "causal-lm: prompts answered before and after training (greedy, "
                             "with the chat template when the model has one), stored with the results. The defaults "
-                            "are held out of sample:instructions.")
+                            "are held out of sample:instructions.", max_items=64, max_len=16384)
     max_new_tokens: int = _f(48, "Tokens to generate per prompt.", min=1, max=1024)
 
 
@@ -170,7 +188,7 @@ class ResourcesConfig:
 
 @dataclass
 class ExperimentConfig:
-    name: str = _f("experiment", "A label for the run (any text; the run id is derived safely from it).")
+    name: str = _f("experiment", "A label for the run (any text; the run id is derived safely from it).", max_len=200)
     task: Task = _f("seq-cls", "seq-cls: sequence classification; causal-lm: language modelling / instruction tuning.")
     method: Method = _f("lora", "full: every weight; lora: low-rank adapters; qlora: LoRA on a 4-bit base; "
                         "head-only: frozen backbone, train the classifier head.")
@@ -193,21 +211,51 @@ class ExperimentConfig:
     @classmethod
     def from_file(cls, path: str | Path) -> "ExperimentConfig":
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError("", f"config file not found: {path}")
-        text = path.read_text(encoding="utf-8")
-        return cls.from_text(text, fmt="json" if path.suffix.lower() == ".json" else "yaml", source=str(path))
+        try:
+            if not path.is_file():
+                raise ConfigError("", f"config file not found: {excerpt(str(path))}")
+            if path.stat().st_size > MAX_CONFIG_BYTES:
+                raise ConfigError("", f"{path}: {path.stat().st_size:,} bytes is too big for a config "
+                                      f"(at most {MAX_CONFIG_BYTES:,})")
+            raw = path.read_bytes()
+        except OSError as exc:  # a name too long, a folder, no permission: say which file
+            raise ConfigError("", f"cannot read the config file {excerpt(str(path))}: {exc.strerror or exc}") from None
+        return cls.from_bytes(raw, fmt="json" if path.suffix.lower() == ".json" else "yaml", source=str(path))
+
+    @classmethod
+    def from_bytes(cls, raw: bytes, fmt: str = "yaml", source: str = "config") -> "ExperimentConfig":
+        """A config from the bytes of a file (an upload, a file read by from_file): checked for size and UTF-8."""
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError("", f"{source}: {len(raw):,} bytes is too big for a config (at most "
+                                  f"{MAX_CONFIG_BYTES:,})")
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            line = raw.count(b"\n", 0, exc.start) + 1
+            raise ConfigError("", f"{source}: line {line} (byte {exc.start}) is not valid UTF-8 "
+                                  f"({raw[exc.start:exc.start + 4]!r}); save the file as UTF-8") from None
+        return cls.from_text(text, fmt=fmt, source=source)
 
     @classmethod
     def from_text(cls, text: str, fmt: str = "yaml", source: str = "config") -> "ExperimentConfig":
+        """A config from YAML or JSON text. Empty text, aliases, duplicate keys and non-finite numbers are refused:
+        a config that does not say what it means never launches the defaults or the last of two values."""
+        if len(text) > MAX_CONFIG_BYTES:
+            raise ConfigError("", f"{source}: too big for a config (at most {MAX_CONFIG_BYTES:,} characters)")
+        if not text.strip():
+            raise ConfigError("", f"{source} is empty; a config needs at least one setting (an empty file would "
+                                  "silently launch the defaults)")
         try:
-            if fmt == "json":
-                data = json.loads(text)
-            else:
-                data = yaml.safe_load(text)
+            data = _load_json(text) if fmt == "json" else yaml.load(text, Loader=_StrictLoader)  # noqa: S506
+        except ConfigError as exc:
+            raise ConfigError(exc.field, f"{source}: {exc.message}") from None
+        except RecursionError:
+            raise ConfigError("", f"{source} is nested too deeply to be a config") from None
         except Exception as exc:  # yaml.YAMLError / json.JSONDecodeError: say where
-            raise ConfigError("", f"{source} is not valid {fmt.upper()}: {exc}") from None
-        if data is not None and not isinstance(data, dict):
+            raise ConfigError("", f"{source} is not valid {fmt.upper()}: {excerpt(str(exc), 300)}") from None
+        if data is None:
+            raise ConfigError("", f"{source} has no settings (only comments or an empty document)")
+        if not isinstance(data, dict):
             raise ConfigError("", f"{source} must be a mapping of keys to values, got {type(data).__name__}")
         return cls.from_dict(data)
 
@@ -221,8 +269,15 @@ class ExperimentConfig:
         return json.dumps(self.to_dict(), indent=2)
 
     def save(self, path: str | Path) -> Path:
+        """Write the config (YAML or JSON by suffix) under a temporary name and rename it into place, so a reader
+        never sees half a config."""
         path = Path(path)
-        path.write_text(self.to_json() if path.suffix.lower() == ".json" else self.to_yaml(), encoding="utf-8")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(self.to_json() if path.suffix.lower() == ".json" else self.to_yaml(), encoding="utf-8")
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
         return path
 
     def replace(self, **dotted: Any) -> "ExperimentConfig":
@@ -236,8 +291,6 @@ class ExperimentConfig:
     def validate(self) -> None:
         if not self.name.strip():
             raise ConfigError("name", "must not be empty")
-        if len(self.name) > 200:
-            raise ConfigError("name", "must be at most 200 characters")
         if not self.model.source.strip():
             raise ConfigError("model.source", f"must not be empty; use one of {', '.join(BUNDLED_MODELS)}, "
                                               "a hub id or a local directory")
@@ -251,10 +304,10 @@ class ExperimentConfig:
             raise ConfigError("data.train", "a sentiment sample has no prompt/response columns; for causal-lm use "
                                             "sample:instructions or a file with prompt and response columns")
         if self.data.train.startswith("sample:") and self.data.train not in SAMPLE_DATASETS:
-            raise ConfigError("data.train", f"unknown bundled sample {self.data.train!r}; allowed: "
+            raise ConfigError("data.train", f"unknown bundled sample {excerpt(self.data.train)}; allowed: "
                                             f"{', '.join(SAMPLE_DATASETS)}")
         if self.data.eval and self.data.eval.startswith("sample:") and self.data.eval not in SAMPLE_DATASETS:
-            raise ConfigError("data.eval", f"unknown bundled sample {self.data.eval!r}; allowed: "
+            raise ConfigError("data.eval", f"unknown bundled sample {excerpt(self.data.eval)}; allowed: "
                                            f"{', '.join(SAMPLE_DATASETS)}")
         targets = self.lora.target_modules
         if isinstance(targets, list) and any(not t.strip() for t in targets):
@@ -265,7 +318,7 @@ class ExperimentConfig:
             # "query, value" from a form or the CLI means a list of names
             self.lora.target_modules = targets = [t.strip() for t in targets.split(",") if t.strip()]
         if isinstance(targets, str) and targets.startswith("preset:") and targets[7:] not in LORA_PRESETS:
-            raise ConfigError("lora.target_modules", f"unknown preset {targets!r}; allowed: "
+            raise ConfigError("lora.target_modules", f"unknown preset {excerpt(targets)}; allowed: "
                                                      + ", ".join(f"preset:{p}" for p in LORA_PRESETS))
         if isinstance(targets, list) and not targets:
             self.lora.target_modules = targets = None
@@ -393,10 +446,13 @@ def _build(cls, data: Any, prefix: str):
         raise ConfigError(prefix.rstrip("."), f"must be a mapping, got {type(data).__name__}")
     hints = _HINTS(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted((k for k in data if k not in fields), key=repr)  # keys may be numbers or None in YAML
     if unknown:
         where = prefix.rstrip(".") or "config"
-        raise ConfigError(f"{prefix}{unknown[0]}", f"unknown key in {where}; allowed keys: {', '.join(fields)}")
+        key = unknown[0]
+        shown = key if isinstance(key, str) and key.isprintable() and 0 < len(key) <= 60 else excerpt(key, 40)
+        raise ConfigError(f"{prefix}{shown}", f"unknown key {excerpt(key, 40)} in {where}; allowed keys: "
+                                              f"{', '.join(fields)}")
     kwargs = {}
     for name, value in data.items():
         path = f"{prefix}{name}"
@@ -410,6 +466,18 @@ def _build(cls, data: Any, prefix: str):
 
 def _type_name(hint) -> str:
     return getattr(hint, "__name__", str(hint))
+
+
+_SHORT = reprlib.Repr()  # Python 3.11's Repr takes no arguments
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxlong, _SHORT.maxother = 2, 60, 40, 60
+_SHORT.maxtuple = _SHORT.maxlist = _SHORT.maxarray = _SHORT.maxdict = _SHORT.maxset = _SHORT.maxfrozenset = 4
+
+
+def excerpt(value: Any, limit: int = 80) -> str:
+    """A short repr of a value for an error message: a bad value quoted in full could be megabytes (a YAML alias
+    bomb, a pasted file). Never walks more than a few items of a big structure."""
+    text = _SHORT.repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _convert(path: str, value: Any, hint, meta) -> Any:
@@ -432,8 +500,8 @@ def _convert(path: str, value: Any, hint, meta) -> Any:
         raise ConfigError(path, " or ".join(dict.fromkeys(errors)))
     literal = _literal_args(hint)
     if literal is not None:
-        if value not in literal:
-            raise ConfigError(path, f"{value!r} is not allowed; allowed: {', '.join(map(str, literal))}")
+        if isinstance(value, (dict, list)) or value not in literal:
+            raise ConfigError(path, f"{excerpt(value)} is not allowed; allowed: {', '.join(map(str, literal))}")
         return value
     if origin is list:
         (item,) = typing.get_args(hint)
@@ -441,27 +509,37 @@ def _convert(path: str, value: Any, hint, meta) -> Any:
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(path, f"must be a list, got {type(value).__name__}")
-        return [_convert(f"{path}[{i}]", v, item, {}) for i, v in enumerate(value)]
+        most = meta.get("max_items", MAX_LIST)
+        if len(value) > most:
+            raise ConfigError(path, f"at most {most} items, got {len(value):,}")
+        return [_convert(f"{path}[{i}]", v, item, {k: v for k, v in meta.items() if k == "max_len"})
+                for i, v in enumerate(value)]
     if hint is bool:
         if not isinstance(value, bool):
-            raise ConfigError(path, f"must be true or false, got {value!r}")
+            raise ConfigError(path, f"must be true or false, got {excerpt(value)}")
         return value
     if hint is int:
         if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
-            raise ConfigError(path, f"must be a whole number, got {value!r}")
+            raise ConfigError(path, f"must be a whole number, got {excerpt(value)}")
         value = int(value)
     elif hint is float:
         if isinstance(value, str):
             try:
                 value = float(value)  # YAML reads 1e-3 (no dot) as a string
             except ValueError:
-                raise ConfigError(path, f"must be a number, got {value!r}") from None
+                raise ConfigError(path, f"must be a number, got {excerpt(value)}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(path, f"must be a number, got {value!r}")
-        value = float(value)
+            raise ConfigError(path, f"must be a number, got {excerpt(value)}")
+        try:
+            value = float(value)
+        except OverflowError:  # an int too big for a float
+            raise ConfigError(path, f"must be a finite number, got {excerpt(value)}") from None
+        if not math.isfinite(value):  # NaN fails every `<` and `>` test below, so it must be caught here
+            raise ConfigError(path, f"must be a finite number, got {value}")
     elif hint is str:
         if not isinstance(value, str):
-            raise ConfigError(path, f"must be text, got {value!r}")
+            raise ConfigError(path, f"must be text, got {excerpt(value)}")
+        _check_text(path, value, meta)
         return value
     else:
         raise ConfigError(path, f"unsupported type {_type_name(hint)}")
@@ -469,12 +547,72 @@ def _convert(path: str, value: Any, hint, meta) -> Any:
     return value
 
 
+def _check_text(path: str, value: str, meta) -> None:
+    most = meta.get("max_len", MAX_TEXT)
+    if len(value) > most:
+        raise ConfigError(path, f"at most {most:,} characters, got {len(value):,} ({excerpt(value, 40)})")
+    if meta.get("path"):  # a file name the OS would refuse is refused here, naming the field
+        if any(ord(c) < 32 for c in value):
+            raise ConfigError(path, f"must not contain control characters such as newlines ({excerpt(value, 40)})")
+        part = max(value.replace("\\", "/").split("/"), key=lambda p: len(p.encode("utf-8", "replace")))
+        size = len(part.encode("utf-8", "replace"))
+        if size > MAX_PATH_PART:
+            raise ConfigError(path, f"a file or folder name of {size} bytes is too long (at most {MAX_PATH_PART}): "
+                                    f"{excerpt(part, 40)}")
+
+
 def _check_range(path: str, value: float, meta) -> None:
     if "min" in meta and value < meta["min"]:
-        raise ConfigError(path, f"must be >= {meta['min']}, got {value}")
+        raise ConfigError(path, f"must be >= {meta['min']}, got {excerpt(value)}")
     if "min_excl" in meta and value <= meta["min_excl"]:
-        raise ConfigError(path, f"must be > {meta['min_excl']}, got {value}")
+        raise ConfigError(path, f"must be > {meta['min_excl']}, got {excerpt(value)}")
     if "max" in meta and value > meta["max"]:
-        raise ConfigError(path, f"must be <= {meta['max']}, got {value}")
+        raise ConfigError(path, f"must be <= {meta['max']}, got {excerpt(value)}")
     if "max_excl" in meta and value >= meta["max_excl"]:
-        raise ConfigError(path, f"must be < {meta['max_excl']}, got {value}")
+        raise ConfigError(path, f"must be < {meta['max_excl']}, got {excerpt(value)}")
+    if isinstance(value, int) and "max" not in meta and value > MAX_INT:
+        raise ConfigError(path, f"must be <= {MAX_INT}, got {excerpt(value)}")
+
+
+# -- strict parsing: no aliases, no duplicate keys ---------------------------------------------------------------
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses aliases and duplicate keys. An alias lets a few hundred bytes expand into
+    gigabytes (each level repeats the previous one); a config never needs one, so we refuse rather than bound."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise ConfigError("", f"line {mark.line + 1}: YAML aliases (*name) are not allowed in a config; "
+                                  "write the value out")
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<:` merges are resolved by SafeLoader itself
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                duplicate = key in seen
+            except TypeError:  # an unhashable key (a list or a mapping)
+                raise ConfigError("", f"line {line}: a key must be a name, got {excerpt(key)}") from None
+            if duplicate:
+                raise ConfigError("", f"line {line}: duplicate key {excerpt(key)} (first at line {seen[key]}); "
+                                      "a config says each setting once")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _no_duplicates(pairs: list) -> dict:
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise ConfigError("", f"duplicate key {excerpt(key)}; a config says each setting once")
+        out[key] = value
+    return out
+
+
+def _load_json(text: str) -> Any:
+    return json.loads(text, object_pairs_hook=_no_duplicates)

@@ -12,6 +12,7 @@ pandas is imported at module level (pages use `preview`); `datasets` and `torch`
 """
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import json
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .config import SAMPLE_DATASETS, ExperimentConfig
+from .config import MAX_CLASSES, SAMPLE_DATASETS, ExperimentConfig
 from .errors import DataError
 from .paths import DATA_SUFFIXES, is_local_path
 from .tokens import IGNORE_INDEX, encode_causal
@@ -34,6 +35,21 @@ SAMPLE_FILES = {
     "sample:sentiment-3": "sentiment-3.csv",
     "sample:instructions": "instructions.jsonl",
 }
+
+
+@dataclass
+class Rows:
+    """The checked rows of a config's data, before they become datasets: canonical columns ({text, label} or
+    {prompt, response}), labels as ids. What the pre-launch check reads, without importing `datasets`."""
+    train: dict[str, list]
+    eval: dict[str, list]
+    label_map: dict[str, int] | None
+    train_source: str
+    eval_source: str
+
+    @property
+    def num_labels(self) -> int:
+        return max(self.label_map.values()) + 1 if self.label_map else 0
 
 
 @dataclass
@@ -125,35 +141,47 @@ def _read_json(path: Path, text: str) -> pd.DataFrame:
 
 
 def read_file(path: Path) -> pd.DataFrame:
-    """Read a local data file into a DataFrame (strings stay strings: CSV cells are read as text)."""
+    """Read a local data file into a DataFrame (strings stay strings: CSV cells are read as text). Whatever the
+    bytes are, the answer is a DataFrame or a DataError naming the file."""
+    try:
+        df = _read_file(path)
+    except DataError:
+        raise
+    except (ValueError, TypeError, OverflowError, RecursionError, csv.Error) as exc:  # parsers' other refusals
+        raise DataError(f"{path}: cannot read as {path.suffix.lstrip('.').upper() or 'data'}: "
+                        f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the file: {exc.strerror or exc}") from None
+    if len(df) == 0:
+        columns = ", ".join(map(str, df.columns)) or "none"
+        raise DataError(f"{path}: the file is empty (no data rows; columns: {columns[:300]})")
+    return df.reset_index(drop=True)
+
+
+def _read_file(path: Path) -> pd.DataFrame:
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         try:
-            df = pd.read_parquet(path)
+            return pd.read_parquet(path)
         except Exception as exc:  # pyarrow raises several types for a corrupt file
             raise DataError(f"{path}: cannot read as Parquet: {exc}") from None
-    else:
-        raw = path.read_bytes()
-        if not raw.strip():
-            raise DataError(f"{path}: the file is empty")
-        text = _decode(path, raw, header_lines=1 if suffix in (".csv", ".tsv") else 0)
-        if suffix in (".csv", ".tsv"):
-            try:
-                df = pd.read_csv(io.StringIO(text), sep="," if suffix == ".csv" else "\t", dtype=str,
-                                 keep_default_na=False, quoting=3 if suffix == ".tsv" else 0)
-            except pd.errors.EmptyDataError:
-                raise DataError(f"{path}: the file is empty") from None
-            except pd.errors.ParserError as exc:
-                raise DataError(f"{path}: cannot parse as {suffix[1:].upper()}: {exc}") from None
-            df.columns = [str(c).strip() for c in df.columns]
-        elif suffix == ".jsonl":
-            df = _read_jsonl(path, text)
-        else:
-            df = _read_json(path, text)
-    if len(df) == 0:
-        columns = ", ".join(map(str, df.columns)) or "none"
-        raise DataError(f"{path}: the file is empty (no data rows; columns: {columns})")
-    return df.reset_index(drop=True)
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise DataError(f"{path}: the file is empty")
+    text = _decode(path, raw, header_lines=1 if suffix in (".csv", ".tsv") else 0)
+    if suffix in (".csv", ".tsv"):
+        try:
+            df = pd.read_csv(io.StringIO(text), sep="," if suffix == ".csv" else "\t", dtype=str,
+                             keep_default_na=False, quoting=3 if suffix == ".tsv" else 0)
+        except pd.errors.EmptyDataError:
+            raise DataError(f"{path}: the file is empty") from None
+        except pd.errors.ParserError as exc:
+            raise DataError(f"{path}: cannot parse as {suffix[1:].upper()}: {exc}") from None
+        df.columns = [str(c).strip() for c in df.columns]
+        return df
+    if suffix == ".jsonl":
+        return _read_jsonl(path, text)
+    return _read_json(path, text)
 
 
 def read_hub(dataset_id: str, subset: str | None, split: str) -> pd.DataFrame:
@@ -245,6 +273,10 @@ def check_labels(df: pd.DataFrame, source: str, column: str) -> list:
         if negative is not None:
             raise DataError(f"{source}: column {column!r}, row {negative + 1}: label {as_int[negative]} is negative "
                             f"(hub test splits often use -1 for 'no label'; evaluate on a labelled split)")
+        big = next((i for i, v in enumerate(as_int) if v >= MAX_CLASSES), None)
+        if big is not None:  # integer labels are class ids: the head gets max + 1 outputs
+            raise DataError(f"{source}: column {column!r}, row {big + 1}: label {as_int[big]} is out of range; "
+                            f"integer labels are class ids 0..{MAX_CLASSES - 1} (use names for other values)")
         return as_int
     return [str(v).strip() for v in values]
 
@@ -325,14 +357,18 @@ def fingerprint(train: dict[str, list], evals: dict[str, list], label_map: dict 
     return h.hexdigest()[:16]
 
 
-def load_splits(cfg: ExperimentConfig) -> Splits:
-    """Read, check, split and sample the data of a config; labels mapped to ids."""
-    import datasets
-
+def check_rows(cfg: ExperimentConfig) -> Rows:
+    """Read, check, split and sample the data of a config; labels mapped to ids. Everything a run does with its
+    data before tokenizing, so the pre-launch check refuses what the worker would (DataError names the file,
+    the column and the row)."""
     d, seed = cfg.data, cfg.train.seed
     train_df, train_src = read_table(d.train, subset=d.subset, split=d.train_split)
     train = _canonical(train_df, train_src, cfg)
     class_names = (train_df.attrs.get("class_names") or {}).get(d.label_column)
+    classes = len(set(train["label"])) if cfg.task == "seq-cls" else 0
+    if classes > MAX_CLASSES:  # before splitting: a class per row would otherwise fail as "too few rows"
+        raise DataError(f"{train_src}: column {d.label_column!r} has {classes:,} classes; at most {MAX_CLASSES} are "
+                        f"supported (is {d.label_column!r} really the label column?)")
 
     eval_table = _load_eval_table(cfg)
     if eval_table is not None:
@@ -353,10 +389,17 @@ def load_splits(cfg: ExperimentConfig) -> Splits:
     label_map = None
     if cfg.task == "seq-cls":
         label_map = _map_labels(train, evals, train_src, eval_src, d.label_column, class_names)
+    return Rows(train, evals, label_map, train_src, eval_src)
 
-    fp = fingerprint(train, evals, label_map)
-    return Splits(datasets.Dataset.from_dict(train), datasets.Dataset.from_dict(evals), label_map, fp,
-                  train_src, eval_src)
+
+def load_splits(cfg: ExperimentConfig) -> Splits:
+    """The checked rows (check_rows) as datasets, with the fingerprint of the rows actually used."""
+    import datasets
+
+    rows = check_rows(cfg)
+    fp = fingerprint(rows.train, rows.eval, rows.label_map)
+    return Splits(datasets.Dataset.from_dict(rows.train), datasets.Dataset.from_dict(rows.eval), rows.label_map, fp,
+                  rows.train_source, rows.eval_source)
 
 
 def _map_labels(train: dict, evals: dict, train_src: str, eval_src: str, column: str,

@@ -40,3 +40,7 @@ class RunError(LoraLabError):
 
 class StatusError(RunError):
     """An illegal status change, e.g. from a terminal state."""
+
+
+class StorageError(RunError):
+    """The runs directory cannot be written or read: a full disk, an I/O error. The message names the file."""

@@ -23,6 +23,7 @@ from . import models
 from .config import ExperimentConfig
 from .errors import ModelError
 from .paths import dir_bytes
+from .runs.files import replace_dir
 from .runs.layout import ADAPTER_CONFIG, Artifacts, adapter_config, adapter_weights
 
 # Fixed inputs for the equivalence check: different lengths so padding is exercised too.
@@ -107,7 +108,7 @@ def merge_adapter(cfg: ExperimentConfig, adapter_dir: Path, out_dir: Path, *, ov
     staging = out_dir.with_name(f".{out_dir.name}.merging-{secrets.token_hex(3)}")
     try:
         report = _merge_into(cfg, adapter_dir, staging)
-        _replace_dir(staging, out_dir)
+        replace_dir(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     report["out_dir"] = str(out_dir)
@@ -146,16 +147,3 @@ def _merge_into(cfg: ExperimentConfig, adapter_dir: Path, out_dir: Path) -> dict
     report["ok"] = max_diff < TOLERANCE and not lora_left
     return report
 
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Move `new` to `target`; an existing `target` is set aside first and removed only after the move."""
-    old = target.with_name(f".{target.name}.replaced-{secrets.token_hex(3)}")
-    if target.exists():
-        target.rename(old)
-    try:
-        new.rename(target)
-    except OSError:
-        if old.exists():
-            old.rename(target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)

@@ -19,19 +19,24 @@ def tokenize(splits, tokenizer, cfg: ExperimentConfig):
     import datasets
 
     datasets.disable_progress_bars()  # a worker's log is for events, not progress bars
+    drop = ["text", "label"] if cfg.task == "seq-cls" else ["prompt", "response"]
+    return tuple(ds.map(encoder(tokenizer, cfg), batched=True, remove_columns=drop, load_from_cache_file=False,
+                        desc=None) for ds in (splits.train, splits.eval))
+
+
+def encoder(tokenizer, cfg: ExperimentConfig):
+    """The batch function `tokenize` maps over a split: canonical columns -> input ids (and labels)."""
     max_length = cfg.data.max_length
     if cfg.task == "seq-cls":
         def encode(batch):
             enc = tokenizer(batch["text"], truncation=True, max_length=max_length)
             enc["labels"] = batch["label"]
             return enc
-        drop = ["text", "label"]
-    else:
-        def encode(batch):
-            return encode_causal(tokenizer, batch["prompt"], batch["response"], max_length, cfg.data.mask_prompt)
-        drop = ["prompt", "response"]
-    return tuple(ds.map(encode, batched=True, remove_columns=drop, load_from_cache_file=False,
-                        desc=None) for ds in (splits.train, splits.eval))
+        return encode
+
+    def encode_pairs(batch):
+        return encode_causal(tokenizer, batch["prompt"], batch["response"], max_length, cfg.data.mask_prompt)
+    return encode_pairs
 
 
 def _eos_id(tokenizer) -> int | None:

@@ -7,12 +7,17 @@ and tokenizes. Train runs `transformers.Trainer` with one callback (events.py) t
 an event dict for `on_event` and polls `should_stop` after each optimizer step. Save writes the method's
 artifacts into `out_dir`, laid out as `runs.layout.Artifacts` says (the weights, the label map, the generations;
 Trainer checkpoints for resume). The returned dict is the run's results (see `collect_results`).
+
+Nothing is left half-written: weights are saved into a staging folder and renamed into place, small files are
+replaced atomically, and a Trainer checkpoint counts for resume only once its completeness marker is written
+after the save returned. A full disk ends the run with a StorageError naming what was being written.
 """
 from __future__ import annotations
 
 import json
 import os
 import platform
+import shutil
 import time
 from importlib import metadata
 from pathlib import Path
@@ -20,11 +25,15 @@ from typing import Any, Callable
 
 from . import data, metrics, models, tokens
 from .config import OPTIMIZERS, ConfigError, ExperimentConfig
-from .errors import RunError
+from .errors import RunError, StorageError
 from .events import Event, EventStream, MemoryMeter, event_callback
 from .memory import StepPeakMeter, estimate_for_experiment
 from .paths import dir_bytes
-from .runs.layout import CHECKPOINT_STATE, Artifacts, checkpoint_state, is_complete_checkpoint
+from .runs import files
+from .runs.layout import (CHECKPOINT_DONE, Artifacts, checkpoint_state, is_complete_checkpoint,
+                          mark_checkpoint_complete)
+
+NEARLY_FULL_BYTES = 1 << 20  # a write error with less than this free on the run's disk is a full disk
 
 
 def run_experiment(cfg: ExperimentConfig, out_dir: Path, *, on_event: Callable[[Event], None] | None = None,
@@ -38,10 +47,26 @@ def run_experiment(cfg: ExperimentConfig, out_dir: Path, *, on_event: Callable[[
     prepare_trainer: a backend's Trainer wrapper (Ray Train's). In a multi-process run (distributed.py) every
     rank calls this; rank 0 alone writes files.
     """
-    from transformers import set_seed
-
     out = Artifacts(out_dir)
     out.path.mkdir(parents=True, exist_ok=True)
+    writing = {"what": f"the run's files in {out.path}"}  # named in the error when the disk fills up
+    try:
+        return _run(cfg, out, writing, on_event, should_stop, resume_from, prepare_trainer)
+    except Exception as exc:
+        if files.is_no_space(exc) or (_nearly_full(out.path) and "writ" in str(exc).lower()):
+            raise StorageError(f"no space left on device while writing {writing['what']}") from exc
+        raise
+
+
+def _nearly_full(path: Path) -> bool:
+    free = files.free_bytes(path)
+    return free is not None and free < NEARLY_FULL_BYTES
+
+
+def _run(cfg: ExperimentConfig, out: Artifacts, writing: dict, on_event, should_stop, resume_from,
+         prepare_trainer) -> dict:
+    from transformers import set_seed
+
     resume_from = check_checkpoint(resume_from) if resume_from else None
     precision_flags(cfg.train.precision)  # fp16 without a GPU fails here, before anything loads
     stop_requested = should_stop or (lambda: False)
@@ -53,7 +78,8 @@ def run_experiment(cfg: ExperimentConfig, out_dir: Path, *, on_event: Callable[[
         stream.phase("loading_data")
         splits = data.load_splits(cfg)
         if splits.label_map and rank() == 0:
-            out.label_map.write_text(json.dumps(splits.label_map, indent=2), encoding="utf-8")
+            writing["what"] = str(out.label_map)
+            files.write_json(out.label_map, splits.label_map)
         if stop_requested():
             return collect_results(cfg, splits=splits, memory=memory, stopped=True, resume_from=resume_from)
 
@@ -71,6 +97,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: Path, *, on_event: Callable[[
                                 memory)
         if prepare_trainer is not None:
             trainer = prepare_trainer(trainer)
+        trainer.add_callback(checkpoint_marker(out, writing))
         baseline = None if resume_from else evaluate_before(cfg, trainer)  # every rank: evaluation is collective
         tensor_peak = StepPeakMeter()  # exact live-tensor bytes of the largest steps, beside RSS
         trainer.add_callback(tensor_peak.callback())
@@ -84,12 +111,14 @@ def run_experiment(cfg: ExperimentConfig, out_dir: Path, *, on_event: Callable[[
 
         # -- save --------------------------------------------------------------------------------------------
         stream.phase("saving")
+        writing["what"] = f"the trained weights ({out.weights(cfg.method)})"
         artifact_dir = save_artifacts(cfg, trainer.model, tokenizer, out, splits) if rank() == 0 else None
         pairs = None
         if before is not None:
             after = generations(cfg, trainer.model, tokenizer)
             pairs = [{"prompt": p, "before": b, "after": a} for p, b, a in zip(cfg.generate.prompts, before, after)]
-            out.generations.write_text(json.dumps(pairs, indent=2, ensure_ascii=False), encoding="utf-8")
+            writing["what"] = str(out.generations)
+            files.atomic_write(out.generations, json.dumps(pairs, indent=2, ensure_ascii=False))
     return collect_results(cfg, splits=splits, model=trainer.model, memory=memory, stopped=stream.stopping,
                            resume_from=resume_from, trainer=trainer, train_time=train_time, final=final,
                            artifact_dir=artifact_dir, stream=stream, generations=pairs, estimate=estimate,
@@ -115,9 +144,35 @@ def world_size() -> int:
 def check_checkpoint(path: Path) -> Path:
     path = Path(path)
     if not is_complete_checkpoint(path):
-        raise RunError(f"resume_from: {path} is not a Trainer checkpoint (no {CHECKPOINT_STATE}); give a "
-                       "checkpoint folder of an earlier run (`Runs.checkpoints(run_id)` lists them)")
+        raise RunError(f"resume_from: {path} is not a complete checkpoint (no {CHECKPOINT_DONE} marker, or a file "
+                       "it lists is missing or cut short); give a checkpoint folder of an earlier run "
+                       "(`Runs.checkpoints(run_id)` lists the complete ones)")
     return path
+
+
+def checkpoint_marker(out: Artifacts, writing: dict):
+    """A TrainerCallback that marks each checkpoint complete once the Trainer's save has returned (resume only
+    trusts marked ones) and keeps `writing` naming the checkpoint while it is saved."""
+    from transformers import TrainerCallback
+
+    class CheckpointMarker(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if control.should_save:  # decided by now: the save follows this step
+                writing["what"] = f"checkpoint {out.checkpoint(state.global_step)}"
+
+        def on_epoch_end(self, args, state, control, **kwargs):
+            if control.should_save:
+                writing["what"] = f"checkpoint {out.checkpoint(state.global_step)}"
+
+        def on_save(self, args, state, control, **kwargs):
+            if not state.is_world_process_zero:  # rank 0 saved the checkpoint; it alone marks it
+                return
+            folder = out.checkpoint(state.global_step)
+            if folder.is_dir():
+                mark_checkpoint_complete(folder)
+            writing["what"] = f"the metrics and checkpoints in {out.path}"
+
+    return CheckpointMarker()
 
 
 def precision_flags(precision: str) -> dict:
@@ -247,26 +302,38 @@ def _trained_tensors(model) -> dict:
 
 def save_artifacts(cfg: ExperimentConfig, model, tokenizer, out: Artifacts, splits) -> Path:
     """The trained weights: the adapter (lora, qlora), the whole model (full) or the head (head-only); returns
-    their folder."""
+    their folder. Saved into a staging folder and renamed into place, so the folder is whole or absent."""
     target = out.weights(cfg.method)
+    staging = out.staging(target)
+    try:
+        _save_weights(cfg, model, tokenizer, staging, splits)
+        files.replace_dir(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _save_weights(cfg: ExperimentConfig, model, tokenizer, folder: Path, splits) -> None:
     if cfg.uses_lora:
-        model.save_pretrained(target)  # PEFT's adapter config + weights
+        model.save_pretrained(folder)  # PEFT's adapter config + weights
     elif cfg.method == "full":
-        model.save_pretrained(target)
-        tokenizer.save_pretrained(target)
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
     else:
         from safetensors.torch import save_file
 
-        target.mkdir(parents=True, exist_ok=True)
+        head = Artifacts(folder.parent)  # the head's file names, inside the staging folder
+        weights, info_file = folder / head.head_weights.name, folder / head.head_info.name
+        folder.mkdir(parents=True, exist_ok=True)
         tensors = _trained_tensors(model)
-        save_file(tensors, str(out.head_weights))
+        save_file(tensors, str(weights))
         info = {"base_model": cfg.model.source, "task": cfg.task, "num_labels": splits.num_labels,
                 "id2label": splits.id2label, "tensors": {k: list(v.shape) for k, v in tensors.items()},
                 "how_to_load": "load the base with AutoModelForSequenceClassification (same num_labels), then "
-                               f"model.load_state_dict(safetensors.torch.load_file('{out.head_weights.name}'), "
+                               f"model.load_state_dict(safetensors.torch.load_file('{weights.name}'), "
                                "strict=False)"}
-        out.head_info.write_text(json.dumps(info, indent=2), encoding="utf-8")
-    return target
+        info_file.write_text(json.dumps(info, indent=2), encoding="utf-8")
 
 
 def versions() -> dict:

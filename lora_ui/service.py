@@ -26,7 +26,7 @@ from typing import Any
 import streamlit as st
 
 from lora_core import data, inference, memory, merge, models, qlora
-from lora_core.config import BUNDLED_MODELS, ExperimentConfig
+from lora_core.config import ExperimentConfig
 from lora_core.errors import LoraLabError, RunError
 from lora_core.paths import dir_bytes
 from lora_core.runs import Runs, RunStatus, default_runs_dir, ray_jobs
@@ -68,6 +68,11 @@ def live_runs() -> tuple[list, list]:
     return manager.list(status=RunStatus.RUNNING), manager.queue()
 
 
+def registry_notices() -> list[str]:
+    """One line for each repair or failure of the run registry seen by this dashboard (a rebuild, a full disk)."""
+    return _runs().notices()
+
+
 def get_run(run_id: str):
     """A run's record (RunError for an unknown id)."""
     return _runs().get(run_id, reconcile=False)
@@ -98,8 +103,8 @@ def log_tail(run_id: str, n: int = 50) -> str:
 
 
 def can_resume(run_id: str) -> bool:
-    """True when the run has a complete checkpoint to continue from."""
-    return bool(_runs().checkpoints(run_id))
+    """True when the run has a complete checkpoint to continue from (its own, or the one it was resumed from)."""
+    return _runs().resume_point(run_id) is not None
 
 
 def artifact_files(run_id: str) -> tuple[Path, list[tuple[str, int]]]:
@@ -314,18 +319,10 @@ def _who_acts(action: str, run_id: str | None = None) -> str:
     return acting_user()
 
 
-def _preflight(cfg: ExperimentConfig) -> None:
-    """What a worker would fail on, checked here so the error lands on the page: data columns and labels
-    (DataError), the model and its target names (ModelError). A bundled model with a preset cannot fail the
-    model check, so the first launch of the default config does not wait for torch in this process."""
-    data_preview(cfg)
-    if cfg.model.source not in BUNDLED_MODELS or isinstance(cfg.lora.target_modules, list):
-        count_params(cfg, num_labels(cfg))
-
-
 def launch(cfg: ExperimentConfig) -> ActionResult:
+    """Launch through the engine, whose one pre-launch check (data, model, memory; shared with the CLI) refuses
+    what a worker would fail on with an error naming the field, file, column and row."""
     actor = _who_acts("launch")
-    _preflight(cfg)
     run_id = _runs().launch(cfg)
     return ActionResult("launch", actor, f"Launched **{run_id}** — it trains in its own process; closing the tab "
                                          "does not stop it.", run_id, (run_id,))
@@ -333,7 +330,6 @@ def launch(cfg: ExperimentConfig) -> ActionResult:
 
 def sweep(cfg: ExperimentConfig, vary: dict[str, list]) -> ActionResult:
     actor = _who_acts("sweep")
-    _preflight(cfg)
     sweep_id, run_ids = _runs().sweep(cfg, vary)
     return ActionResult("sweep", actor, f"Sweep **{sweep_id}**: {len(run_ids)} runs queued. They start by "
                                         "themselves as slots free up; see them below and on Compare.",

@@ -59,10 +59,10 @@ def load_section() -> None:
             S["loaded_file"] = upload.file_id
             try:
                 fmt = "json" if upload.name.lower().endswith(".json") else "yaml"
-                loaded = ExperimentConfig.from_text(upload.getvalue().decode("utf-8"), fmt=fmt, source=upload.name)
+                loaded = ExperimentConfig.from_bytes(upload.getvalue(), fmt=fmt, source=upload.name)
                 apply_config(loaded)  # the widgets are drawn below, so their state may still change
                 S.post("success", f"Loaded {upload.name}: {loaded.name}")
-            except (ConfigError, UnicodeDecodeError) as exc:
+            except ConfigError as exc:
                 S.post("error", f"{upload.name}: {error_text(exc)}")
         if upload is None and S.pop("loaded_file") is not None:  # the file was removed: forget its message
             S.dismiss()

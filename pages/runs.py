@@ -185,6 +185,8 @@ def main() -> None:
     except Exception as exc:  # noqa: BLE001 - an unreadable runs dir is reported, not raised
         show_error(exc)
         return
+    for notice in service.registry_notices():  # e.g. a damaged registry rebuilt from the run directories
+        st.warning(notice, icon=":material/build:")
     if not runs:
         st.info("No runs yet. Launch one from the Train page.")
         st.page_link("pages/train.py", label="Go to Train", icon=":material/rocket_launch:")

@@ -8,6 +8,7 @@ a Llama-like stand-in with exact totals.
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from ..paths import is_local_path
 from ..structure import ModelStructure
 from .presets import MODEL_PRESETS, preset_config, preset_key
 
+MAX_PARAMS = 1e15  # far beyond any model; bounds the arithmetic on a typo like 1e999
 _PARAM_COUNT = re.compile(r"^\s*(\d+(?:\.\d+)?(?:e\d+)?)\s*([kmbt]?)\s*$", re.I)
 
 
@@ -81,15 +83,14 @@ def model_ref(model) -> ModelRef:
             raise EstimateError("model: a config dict needs a 'model_type' key (as in config.json)")
         return ModelRef(str(model.get("_name_or_path") or model["model_type"]), config=dict(model))
     if isinstance(model, (int, float)) and not isinstance(model, bool):
-        return ModelRef(f"{format_count(int(model))} params", count=int(model))
+        return _count_ref(model)
     text = str(model or "").strip()
     if not text:
         raise EstimateError("model: must not be empty; give a preset (" + ", ".join(MODEL_PRESETS) + "), a "
                             "config.json or model directory, a hub id, or a parameter count like 7e9")
     match = _PARAM_COUNT.match(text)
     if match:
-        count = int(float(match.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "t": 1e12}[match.group(2).lower()])
-        return ModelRef(f"{format_count(count)} params", count=count)
+        return _count_ref(float(match.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "t": 1e12}[match.group(2).lower()])
     key = preset_key(text)
     if key is not None:
         return ModelRef(key, config=preset_config(key))
@@ -104,6 +105,12 @@ def model_ref(model) -> ModelRef:
     if is_local_path(text) and not path.exists():
         raise EstimateError(f"model: {text!r} does not exist")
     return ModelRef(path.name if path.is_dir() else text, source=str(path) if path.is_dir() else text)
+
+
+def _count_ref(count: float) -> ModelRef:
+    if not math.isfinite(count) or not 1 <= count <= MAX_PARAMS:
+        raise EstimateError(f"model: a parameter count must be from 1 to {MAX_PARAMS:.0e}, got {count:g}")
+    return ModelRef(f"{format_count(int(count))} params", count=int(count))
 
 
 def format_count(n: int) -> str:

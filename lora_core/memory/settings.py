@@ -7,13 +7,15 @@ The estimator's own knobs (attention kernel, device, weights dtype, CUDA overhea
 from __future__ import annotations
 
 import importlib.metadata
+import math
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import OPTIMIZERS, ExperimentConfig, LoraSettings, field_choices, get_dotted
+from ..config import (MAX_CLASSES, MAX_INT, OPTIMIZERS, ExperimentConfig, LoraSettings, excerpt, field_choices,
+                      get_dotted)
 from ..errors import EstimateError
 
 GB = 1e9
@@ -106,15 +108,17 @@ def choice(name: str, value, allowed) -> Any:
     return value
 
 
-def _whole(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise EstimateError(f"{name}: must be a whole number >= 1, got {value!r}")
+def _whole(name: str, value, most: int = MAX_INT) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
+        raise EstimateError(f"{name}: must be a whole number >= 1 and <= {most}, got {excerpt(value)}")
     return value
 
 
 def _number(name: str, value, below_one: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (below_one and value >= 1):
-        raise EstimateError(f"{name}: must be a number >= 0{' and < 1' if below_one else ''}, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 \
+            or (below_one and value >= 1):
+        raise EstimateError(f"{name}: must be a finite number >= 0{' and < 1' if below_one else ''}, got "
+                            f"{excerpt(value)}")
     return float(value)
 
 
@@ -176,7 +180,7 @@ def resolve(method: str, batch_size, seq_len, knobs: dict, default_task: str) ->
         modules_to_save=_names("lora.modules_to_save", k["lora.modules_to_save"]))
     return Settings(
         method="full" if method.startswith("full") else method, task=task,
-        num_labels=_whole("num_labels", k["num_labels"]), device=device, precision=precision, autocast=autocast,
+        num_labels=_whole("num_labels", k["num_labels"], MAX_CLASSES), device=device, precision=precision, autocast=autocast,
         weights_dtype=stored, optimizer=optimizer,
         adamw_impl=choice("adamw_impl", k["adamw_impl"] or engine, ADAMW_IMPLS),
         momentum=_number("momentum", k["momentum"]), checkpointing=bool(k["train.gradient_checkpointing"]),

@@ -1,14 +1,21 @@
-"""Reading and writing run files safely while other processes read them: atomic rewrites, the append-only event
-stream (whole lines only), and log tails. Which files these are is layout.py's business; this is how."""
+"""Reading and writing run files safely while other processes read them: atomic rewrites (temp name + rename),
+write-once files, folders swapped in whole, the append-only event stream (whole lines only), tails of logs and
+streams read without reading the whole file, and telling a full disk from other write errors. Which files these
+are is layout.py's business; this is how."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
+import shutil
 from pathlib import Path
 from typing import Any
 
 LOG_TAIL_LINES = 40
+TAIL_BYTES = 64 * 1024          # first window of a tail read; doubled until it finds what it looks for
+TAIL_MAX_BYTES = 8 * 1024 * 1024
+_NO_SPACE_TEXT = ("no space left on device", "storagefull", "database or disk is full", "disk quota exceeded")
 
 
 def jsonable(value: Any) -> Any:
@@ -23,14 +30,32 @@ def jsonable(value: Any) -> Any:
     return str(value)
 
 
-def atomic_write(path: Path, text: str) -> None:
-    """Write a whole file so that readers see the old or the new content, never a mix."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(3)}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def _temp(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(3)}.tmp")
+
+
+def _write_temp(path: Path, text: str) -> Path:
+    tmp = _temp(path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # on a full disk the half-written temp file must not hold the space
+        raise
+    return tmp
+
+
+def atomic_write(path: Path, text: str, *, once: bool = False) -> None:
+    """Write a whole file so that readers see the old or the new content, never a mix. `once`: create it, never
+    replacing one that exists (FileExistsError): the temporary file is hard-linked into place, which fails if
+    the name is taken, instead of renamed over it."""
+    tmp = _write_temp(path, text)
+    try:
+        (os.link if once else os.replace)(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -38,20 +63,67 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def read_json(path: Path) -> Any | None:
-    """The parsed file, or None when it does not exist (yet)."""
+    """The parsed file, or None when it does not exist (yet) or cannot be read whole (a file cut short by a
+    crash or edited by hand): a damaged file never makes a run disappear or a page fail."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    except (OSError, ValueError):
+        return None
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replace_dir(new: Path, target: Path) -> None:
+    """Move the finished folder `new` to `target`, replacing what is there only once `new` is in place: a
+    reader sees the old folder or the new one, and a crash in between leaves the old one beside a copy."""
+    old = target.with_name(f".{target.name}.replaced-{secrets.token_hex(3)}")
+    if target.exists():
+        target.rename(old)
+    try:
+        new.rename(target)
+    except BaseException:
+        if old.exists():
+            old.rename(target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def is_no_space(exc: BaseException | None) -> bool:
+    """True when an error (or one it was raised from) says the disk is full. torch, safetensors and SQLite each
+    phrase it their own way, and not all of them raise OSError."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(text in str(exc).lower() for text in _NO_SPACE_TEXT):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def free_bytes(path: Path) -> int | None:
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
         return None
 
 
 def append_event(path: Path, event: dict) -> None:
     """Append one event as one line with a single write() (O_APPEND), then fsync: a reader sees whole lines,
-    and a crash loses at most the line being written."""
+    a crash loses at most the line being written, and a full disk leaves no part of a line behind."""
     line = (json.dumps(event, default=jsonable, allow_nan=True) + "\n").encode("utf-8")
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, line)
+        start = os.fstat(fd).st_size
+        if os.write(fd, line) != len(line):  # a nearly full disk takes part of a line: take it back whole
+            os.ftruncate(fd, start)
+            raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (short write)", str(path))
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -84,6 +156,27 @@ def read_events(path: Path, offset: int = 0) -> tuple[list[dict], int]:
         return [], offset
     events, used = parse_events(data)
     return events, offset + used
+
+
+def tail_events(path: Path, enough) -> list[dict]:
+    """Events from the end of a stream, reading a growing window from the end until `enough(events)` is true,
+    the whole file has been read, or TAIL_MAX_BYTES: a status read costs the same at 100 events and at 1e6."""
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            window = TAIL_BYTES
+            while True:
+                start = max(0, size - window)
+                f.seek(start)
+                data = f.read(size - start)
+                if start:
+                    data = data[data.find(b"\n") + 1:]  # the first line in the window may be cut: skip it
+                events, _ = parse_events(data)
+                if start == 0 or window >= TAIL_MAX_BYTES or enough(events):
+                    return events
+                window *= 4
+    except OSError:
+        return []
 
 
 def log_tail(path: Path, n: int = LOG_TAIL_LINES, max_bytes: int = 256_000) -> str:

@@ -19,7 +19,8 @@ exits, so the queue drains by itself with no browser open.
 
 Concurrency limit (local runs only: a cluster queues its own): $LORA_LAB_MAX_CONCURRENT slots, else one per
 visible GPU, else one on a CPU-only machine. A run of N training processes (resources.num_workers) holds N slots;
-with several GPUs it is pinned to its slots' GPUs through CUDA_VISIBLE_DEVICES.
+with several GPUs it is pinned to its slots' GPUs through CUDA_VISIBLE_DEVICES. Queue cap: $LORA_LAB_MAX_QUEUED
+runs waiting at once (default 100) per runs directory; `max_queued(user)` is where a per-user cap plugs in.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ import psutil
 
 from ..config import ConfigError
 from ..errors import StatusError
-from . import layout
+from . import files, layout
 from .store import LOCAL, Registry, RunRecord, RunStatus
 
 WORKER_MODULE = "lora_core.runs.worker"
@@ -68,12 +69,23 @@ def visible_gpus() -> list[str]:
 
 
 def max_concurrent() -> int:
-    env = os.environ.get("LORA_LAB_MAX_CONCURRENT", "").strip()
-    if env:
-        if not env.isdigit() or int(env) < 1:
-            raise ConfigError("LORA_LAB_MAX_CONCURRENT", f"must be a whole number >= 1, got {env!r}")
-        return int(env)
-    return max(1, len(visible_gpus()))
+    return _env_count("LORA_LAB_MAX_CONCURRENT", max(1, len(visible_gpus())))
+
+
+def max_queued(user: str | None = None) -> int:
+    """How many runs may wait in the queue at once: $LORA_LAB_MAX_QUEUED, default 100. `user` is the seam for a
+    per-user cap (the team server passes the acting user and counts that user's runs); today the cap is the
+    runs directory's, whoever launches."""
+    return _env_count("LORA_LAB_MAX_QUEUED", 100)
+
+
+def _env_count(name: str, default: int) -> int:
+    env = os.environ.get(name, "").strip()
+    if not env:
+        return default
+    if not env.isdigit() or not 1 <= int(env) <= 1_000_000:
+        raise ConfigError(name, f"must be a whole number from 1 to 1000000, got {env[:20]!r}")
+    return int(env)
 
 
 # -- the local backend: start, is-alive, stop, kill ---------------------------------------------------------------
@@ -130,6 +142,9 @@ class LocalProcesses:
                 self.kill(record)
                 return f"the worker stopped responding (no heartbeat for {beat_age:.0f} s) and was killed"
             return None
+        said = files.read_json(record.dir.exit)  # the worker's own word, when the registry could not take it
+        if isinstance(said, dict) and said.get("error"):
+            return str(said["error"])[:1000]
         code = _exit_code(record.pid)
         how = f" (exit code {code}{_signal_name(code)})" if code is not None else ""
         return (f"the worker process {record.pid} ended without recording an end{how}: killed (SIGKILL or the "

@@ -1,6 +1,10 @@
 """Every run and artifact file and folder name, and the run-id rules. Nothing else in LoRA Lab spells them.
 
-    <runs>/registry.sqlite                  the index of all runs (store.Registry)
+    <runs>/registry.sqlite                  the index of all runs (store.Registry), rebuilt from the run dirs
+    <runs>/registry.sqlite.broken-<time>    a registry found corrupt, moved aside (kept, never deleted;
+                                            `.reindexed-<time>` when `reindex` replaced it on request)
+    <runs>/registry.lock                    serializes moving a corrupt registry aside
+    <runs>/.deleted-<run_id>/               a run being deleted (renamed first, so nothing can re-import it)
     <runs>/<run_id>/                        RunDir
         config.yaml                         the experiment config, written once
         status.json                         a mirror of the run's registry row
@@ -10,13 +14,16 @@
         stop.request                        a stop asked for: every rank of a multi-process run polls it
         job.json                            a Ray job's side of the run: training pids, hosts and node ids
         outcome.json                        how a Ray job ended (status, reason), for the dashboard to record
+        exit.json                           the worker's end, when the registry could not take it (disk full)
+        space.reserve                       space a live worker holds back to record its end on a full disk
         artifacts/                          Artifacts: what the recipe writes (train.run_experiment's out_dir)
             adapter/                        lora, qlora: PEFT's adapter_config.json + adapter_model.safetensors
             model/                          full: a plain saved model
             head/                           head-only: head.safetensors + head.json
             label_map.json  generations.json
-            checkpoints/checkpoint-N/       Trainer checkpoints for resume
+            checkpoints/checkpoint-N/       Trainer checkpoints for resume; complete once checkpoint.done is in it
             merged/                         where the dashboard merges an adapter into its base
+            .adapter.saving-<hex>/          weights being saved; renamed to adapter/ (model/, head/) when whole
             ray-train/                      Ray Train's own storage for a multi-worker Ray run
     <runs>/cluster-probe/<nonce>/<node>     files a probe job wrote from each node of a Ray cluster
     <runs>/clusters.json                    clusters whose nodes were probed (address -> node ids, time)
@@ -26,6 +33,7 @@ CLI and the pages get every path from here.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -35,13 +43,16 @@ from pathlib import Path
 
 from ..config import LORA_METHODS
 from ..errors import RunError
+from . import files
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REGISTRY_FILE = "registry.sqlite"
 CLUSTERS_FILE = "clusters.json"
 PROBE_DIR = "cluster-probe"
+REGISTRY_LOCK = "registry.lock"
+DELETED_PREFIX = ".deleted-"
 
-RUN_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,95}$")
+RUN_ID_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,95}")  # used with fullmatch: `$` would accept a trailing newline
 SLUG_MAX = 40
 
 # PEFT's and the Trainer's own file names: what proves a folder holds a saved adapter / a complete checkpoint.
@@ -49,7 +60,8 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 MODEL_CONFIG = "config.json"
 CHECKPOINT_PREFIX = "checkpoint-"
-CHECKPOINT_STATE = "trainer_state.json"  # written last by the Trainer: a checkpoint without it was cut off
+CHECKPOINT_STATE = "trainer_state.json"  # the Trainer's own state file (global step, log history)
+CHECKPOINT_DONE = "checkpoint.done"      # written by us after the Trainer's save returns: the completeness marker
 
 
 # -- where runs live, and their ids ---------------------------------------------------------------------------
@@ -81,6 +93,31 @@ def probe_path(runs_dir: Path, nonce: str) -> Path:
     return runs_dir / PROBE_DIR / check_run_id(nonce)
 
 
+def registry_lock(runs_dir: Path) -> Path:
+    return runs_dir / REGISTRY_LOCK
+
+
+def registry_aside(runs_dir: Path, why: str = "broken") -> Path:
+    """Where a registry is moved aside (`why`: broken, reindexed): a new name each time, never overwriting."""
+    return runs_dir / f"{REGISTRY_FILE}.{why}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+def registries_aside(runs_dir: Path) -> list[Path]:
+    """Registries moved aside so far, oldest first (their -wal/-shm companions are not listed)."""
+    return sorted((p for p in runs_dir.glob(f"{REGISTRY_FILE}.*-*") if not p.name.endswith(("-wal", "-shm"))),
+                  key=lambda p: p.stat().st_mtime)
+
+
+def sqlite_companions(path: Path) -> list[Path]:
+    """SQLite's write-ahead log and shared-memory files beside a database file."""
+    return [path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")]
+
+
+def tombstone(runs_dir: Path, run_id: str) -> Path:
+    """Where a run directory is renamed while it is being deleted (not a run id, so never re-imported)."""
+    return runs_dir / f"{DELETED_PREFIX}{run_id}-{secrets.token_hex(2)}"
+
+
 def slugify(name: str) -> str:
     """A strict file-name-safe form of a user's run name: [a-z0-9-] only, length-capped, never empty."""
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:SLUG_MAX].strip("-")
@@ -94,8 +131,9 @@ def new_run_id(name: str, prefix: str = "") -> str:
 
 
 def check_run_id(run_id: str) -> str:
-    if not isinstance(run_id, str) or not RUN_ID_RE.match(run_id):
-        raise RunError(f"invalid run id {run_id!r}: run ids use only a-z, 0-9 and '-'")
+    if not isinstance(run_id, str) or not RUN_ID_RE.fullmatch(run_id):
+        shown = repr(run_id[:60] + ("..." if len(run_id) > 60 else "")) if isinstance(run_id, str) else repr(run_id)
+        raise RunError(f"invalid run id {shown}: run ids use only a-z, 0-9 and '-'")
     return run_id
 
 
@@ -180,6 +218,16 @@ class Artifacts:
     def checkpoint(self, step: int) -> Path:
         return self.checkpoints / f"{CHECKPOINT_PREFIX}{step}"
 
+    def staging(self, target: Path) -> Path:
+        """A temporary folder beside `target` to save weights into before renaming them into place."""
+        return target.with_name(f".{target.name}.saving-{secrets.token_hex(3)}")
+
+    def incomplete_checkpoints(self) -> list[Path]:
+        """Checkpoint folders without the completeness marker (cut off mid-save), and staging folders left over."""
+        found = [p for p in self.checkpoints.glob(f"{CHECKPOINT_PREFIX}*") if not is_complete_checkpoint(p)] \
+            if self.checkpoints.is_dir() else []
+        return found + [p for p in self.path.glob(".*.saving-*") if p.is_dir()]
+
     def complete_checkpoints(self) -> list[tuple[int, Path]]:
         """Complete Trainer checkpoints as (step, path), oldest first; one cut off mid-save is left out."""
         found = []
@@ -191,7 +239,25 @@ class Artifacts:
 
 
 def is_complete_checkpoint(path: Path) -> bool:
-    return (Path(path) / CHECKPOINT_STATE).is_file()
+    """True when the checkpoint's marker exists and every file it lists is there at its recorded size. The
+    marker is written after the Trainer's save has returned, so a save cut off by a kill, a crash or a full
+    disk never counts, and neither does a file truncated later."""
+    try:
+        marker = json.loads((Path(path) / CHECKPOINT_DONE).read_text(encoding="utf-8"))
+        return all((Path(path) / name).stat().st_size == size for name, size in marker["files"].items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def mark_checkpoint_complete(path: Path) -> None:
+    """Write the completeness marker of a checkpoint folder: its files and sizes, fsynced first so the marker
+    never outlives the data it vouches for."""
+    path = Path(path)
+    sizes = {}
+    for f in sorted(p for p in path.rglob("*") if p.is_file() and p.name != CHECKPOINT_DONE):
+        files.fsync_file(f)
+        sizes[f.relative_to(path).as_posix()] = f.stat().st_size
+    files.write_json(path / CHECKPOINT_DONE, {"files": sizes, "time": time.time()})
 
 
 def checkpoint_state(path: Path) -> Path:
@@ -248,10 +314,23 @@ class RunDir:
         return self.path / "outcome.json"
 
     @property
+    def exit(self) -> Path:
+        return self.path / "exit.json"
+
+    @property
+    def reserve(self) -> Path:
+        return self.path / "space.reserve"
+
+    @property
     def artifacts(self) -> Artifacts:
         return Artifacts(self.path / "artifacts")
 
 
-def status_files(runs_dir: Path) -> list[Path]:
-    """Every run's status.json mirror (to rebuild a lost registry)."""
-    return sorted(rd.status for rd in map(RunDir, runs_dir.iterdir()) if rd.status.is_file())
+def run_dirs(runs_dir: Path) -> list[RunDir]:
+    """Every folder in the runs dir named like a run (a run being deleted is not)."""
+    try:
+        entries = list(os.scandir(runs_dir))
+    except OSError:
+        return []
+    return sorted((RunDir(Path(e.path)) for e in entries if RUN_ID_RE.fullmatch(e.name) and e.is_dir()),
+                  key=lambda rd: rd.id)

@@ -9,23 +9,36 @@ one runs directory and the process backend that runs the workers.
     runs.stop(run_id); runs.resume(run_id)
 
 Readers that show status (`get`, `list`, `wait`) reconcile first unless told not to (`reconcile=False`: a plain
-registry read with no side effects, which also never starts queued runs). Unknown run ids raise RunError.
+registry read with no side effects, which also never starts queued runs); when the disk is full they still
+answer, from the registry as it is. Unknown run ids raise RunError. Destructive actions (stop, cancel, delete)
+take a whole run id; the others also take a unique prefix.
+
+Every launch (`launch`, `sweep`, `resume`) passes the same checks first: the concurrency limit is readable,
+the queue has room (`launcher.max_queued`), the config's paths exist (`prepare`), and the data, the model and
+the memory estimate pass `lora_core.preflight`. Nothing is created for a config that fails.
 """
 from __future__ import annotations
 
+import os
+import re
 import shutil
+import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..config import BUNDLED_MODELS, ConfigError, ExperimentConfig, get_dotted, set_dotted
-from ..errors import RunError
+from ..config import BUNDLED_MODELS, ConfigError, ExperimentConfig, excerpt, get_dotted, set_dotted
+from ..errors import RunError, StorageError
 from ..paths import DATA_SUFFIXES, is_local_path
 from . import files, launcher, layout, ray_jobs
 from .layout import MODEL_CONFIG, RunDir
 from .ray_jobs import RayJobs
 from .store import LOCAL, Registry, RunRecord, RunStatus
 from .sweep import sweep_configs
+
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}(/[A-Za-z0-9][A-Za-z0-9_.-]{0,95})?", re.ASCII)
+STREAM_CACHE_RUNS = 16  # metrics streams kept in memory for incremental reads (the dashboard's live runs)
 
 
 class Events(list):
@@ -44,23 +57,39 @@ class Runs:
         self.root = self.registry.runs_dir
         self.backend = launcher.LocalProcesses()
         self.backends = {LOCAL: self.backend, RayJobs.name: RayJobs()}  # resources.backend -> its process seam
+        self._streams = _Streams()
 
     def __repr__(self) -> str:
         return f"Runs({str(self.root)!r})"
 
     # -- reading ---------------------------------------------------------------------------------------------
-    def get(self, run_id: str, *, reconcile: bool = True) -> RunRecord:
-        """A run's record (by id or unique id prefix)."""
+    def get(self, run_id: str, *, reconcile: bool = True, exact: bool = False) -> RunRecord:
+        """A run's record (by id, or unique id prefix unless `exact`)."""
         if reconcile:
-            self.reconcile()
-        return self.registry.get(run_id)
+            self._look()
+        return self.registry.get(run_id, exact=exact)
 
     def list(self, status: RunStatus | list[RunStatus] | None = None, sweep_id: str | None = None,
              parent_id: str | None = None, backend: str | None = None, *, reconcile: bool = True) -> list[RunRecord]:
         """Runs newest first (QUEUED alone: in queue order), from the registry alone: no run file is read."""
         if reconcile:
-            self.reconcile()
+            self._look()
         return self.registry.list(status=status, sweep_id=sweep_id, parent_id=parent_id, backend=backend)
+
+    def notices(self) -> list[str]:
+        """One line per thing this manager had to repair or could not do (a registry rebuilt, a full disk)."""
+        return list(self.registry.notices)
+
+    def reindex(self) -> str:
+        """Rebuild the registry from the run directories (the old file is kept beside it); returns the notice."""
+        return self.registry.reindex()
+
+    def _look(self) -> None:
+        """Reconcile before showing statuses; on a full disk show the registry as it is, with a notice."""
+        try:
+            self.reconcile()
+        except StorageError as exc:
+            self.registry.notify(f"statuses not updated: {exc}")
 
     def queue(self) -> list[RunRecord]:
         """QUEUED runs in the order they will start."""
@@ -74,8 +103,23 @@ class Runs:
         return ExperimentConfig.from_file(self.dir(run_id).config)
 
     def metrics(self, run_id: str, since: int = 0) -> Events:
-        """Events appended after byte `since`, tolerant of a half-written or corrupt line."""
-        return Events(*files.read_events(self.dir(run_id).metrics, since))
+        """Events appended after byte `since`, tolerant of a half-written or corrupt line. The whole stream
+        (since=0) is kept per run and extended with what was appended since the last read, so a dashboard
+        redrawing a long run every few seconds reads only the new lines."""
+        path = self.dir(run_id).metrics
+        if since:
+            return Events(*files.read_events(path, since))
+        return self._streams.read(path)
+
+    def latest(self, run_id: str) -> dict:
+        """{"last": the last log or eval event, "phase", "progress"} from the end of the metrics stream, read
+        backwards until a log or eval event shows up: a status read costs the same at any stream length."""
+        events = files.tail_events(self.dir(run_id).metrics,
+                                   lambda evs: any(e.get("kind") in ("log", "eval") for e in evs))
+        last = next((e for e in reversed(events) if e.get("kind") in ("log", "eval")), {})
+        phase = next((e.get("phase") for e in reversed(events) if e.get("kind") == "phase"), None)
+        progress = next((e["progress"] for e in reversed(events) if e.get("progress") is not None), None)
+        return {"last": last, "phase": phase or ("training" if last else None), "progress": progress}
 
     def results(self, run_id: str) -> dict | None:
         """results.json, or None until the run has ended."""
@@ -92,6 +136,18 @@ class Runs:
     def checkpoints(self, run_id: str) -> list[tuple[int, Path]]:
         """Complete Trainer checkpoints as (step, path), oldest first."""
         return self.dir(run_id).artifacts.complete_checkpoints()
+
+    def resume_point(self, run_id: str) -> tuple[int, Path] | None:
+        """Where a resume of this run would start: its newest complete checkpoint, else (a resumed run that
+        died before saving one of its own) the complete checkpoint it was itself resumed from; None if neither."""
+        own = self.checkpoints(run_id)
+        if own:
+            return own[-1]
+        start = self.registry.get(run_id).resume_checkpoint
+        if start is not None and layout.is_complete_checkpoint(start):
+            step = start.name[len(layout.CHECKPOINT_PREFIX):]
+            return (int(step), start) if step.isdigit() else None
+        return None
 
     def follow_log(self, run_id: str, poll: float = 0.2) -> Iterator[str]:
         """Yield the worker log's lines as they are written, until the run has ended and the log is drained."""
@@ -152,12 +208,11 @@ class Runs:
         res = cfg.resources
         cluster = self.backends[res.backend].prepare(self.registry, cfg) if res.backend != LOCAL else None
         path = layout.run_path(self.root, layout.new_run_id(cfg.name))
-        path.mkdir()
         try:
+            path.mkdir()
             rd = RunDir(path)
             rd.artifacts.path.mkdir()
-            with open(rd.config, "x", encoding="utf-8") as f:  # "x": written once, never overwritten
-                f.write(cfg.to_yaml())
+            files.atomic_write(rd.config, cfg.to_yaml(), once=True)  # whole or absent, and never overwritten
             rd.metrics.touch()
             rd.log.touch()
             for event in initial_metrics or []:
@@ -168,14 +223,37 @@ class Runs:
                 sweep_id=sweep_id, parent_id=parent_id, runs_dir=str(self.root), backend=res.backend,
                 world_size=res.num_workers, cluster=cluster,
                 resume_from=Path(resume_from).resolve().relative_to(self.root).as_posix() if resume_from else None)
-            return self.registry.insert(record)
+            return self.registry.insert(record, queue_limit=launcher.max_queued())
+        except OSError as exc:
+            shutil.rmtree(path, ignore_errors=True)
+            what = "no space left on device" if files.is_no_space(exc) else (exc.strerror or str(exc))
+            raise StorageError(f"{what} while creating the run directory {path}") from None
         except BaseException:
             shutil.rmtree(path, ignore_errors=True)
             raise
 
-    def launch(self, cfg: ExperimentConfig | dict, *, sweep_id: str | None = None) -> str:
-        """Validate, create the run as QUEUED and start it if a slot is free. Returns the run id at once."""
-        record = self.create(prepare(cfg), sweep_id=sweep_id)
+    def _admit(self, configs: list, *, ignore_memory: bool = False) -> list[ExperimentConfig]:
+        """The checks every launch passes before anything is created: a readable concurrency limit, room in the
+        queue for all the runs, existing paths, and the pre-launch check of data, model and memory."""
+        from .. import preflight  # reads data (pandas) and model configs: not for `list` and `status`
+
+        launcher.max_concurrent()  # a bad LORA_LAB_MAX_CONCURRENT is refused before a run is created
+        room = launcher.max_queued() - self.registry.count(RunStatus.QUEUED)
+        if len(configs) > room:
+            raise RunError(f"the queue has room for {max(room, 0)} more runs (LORA_LAB_MAX_QUEUED="
+                           f"{launcher.max_queued()}), not {len(configs)}; cancel some or wait for them to start")
+        checked = [prepare(c) for c in configs]
+        checker = preflight.Preflight()
+        for cfg in checked:  # a cluster's nodes, not this machine, hold a ray run's memory
+            checker.check(cfg, ignore_memory=ignore_memory or cfg.resources.backend != LOCAL)
+        return checked
+
+    def launch(self, cfg: ExperimentConfig | dict, *, sweep_id: str | None = None,
+               ignore_memory: bool = False) -> str:
+        """Check (see the module docstring), create the run as QUEUED and start it if a slot is free. Returns the
+        run id at once. `ignore_memory` launches a run whose memory estimate exceeds this machine's memory."""
+        (checked,) = self._admit([cfg], ignore_memory=ignore_memory)
+        record = self.create(checked, sweep_id=sweep_id)
         self.reconcile()
         return record.id
 
@@ -183,18 +261,20 @@ class Runs:
         """The validated configs `sweep` would launch, without launching anything."""
         return [prepare(c) for c in sweep_configs(prepare(cfg), vary)]
 
-    def sweep(self, cfg: ExperimentConfig | dict, vary: dict[str, list]) -> tuple[str, list[str]]:
+    def sweep(self, cfg: ExperimentConfig | dict, vary: dict[str, list], *,
+              ignore_memory: bool = False) -> tuple[str, list[str]]:
         """Launch one run per sweep config (see sweep.sweep_configs), grouped under one sweep id. Every config is
-        validated before the first run is created."""
+        checked before the first run is created."""
         base = prepare(cfg)
-        configs = self.plan_sweep(base, vary)
+        configs = self._admit(self.plan_sweep(base, vary), ignore_memory=ignore_memory)
         sweep_id = "sweep-" + layout.new_run_id(base.name)
         run_ids = [self.create(c, sweep_id=sweep_id).id for c in configs]
         self.reconcile()
         return sweep_id, run_ids
 
-    def resume(self, run_id: str) -> str:
-        """Resume a STOPPED or FAILED run from its latest complete checkpoint as a NEW run; returns its id.
+    def resume(self, run_id: str, *, ignore_memory: bool = False) -> str:
+        """Resume a STOPPED or FAILED run from its newest complete checkpoint (see `resume_point`) as a NEW run;
+        returns its id.
 
         The old run keeps its final status (terminal states are final). The new run has the same config,
         `parent_id` = the old run, starts from the checkpoint, and its metrics stream begins with the old run's
@@ -202,15 +282,16 @@ class Runs:
         parent = self.get(run_id)
         if parent.status not in (RunStatus.STOPPED, RunStatus.FAILED):
             raise RunError(f"run {parent.id} is {parent.status}; only STOPPED or FAILED runs can be resumed")
-        found = self.checkpoints(parent.id)
-        if not found:
+        found = self.resume_point(parent.id)
+        if found is None:
             raise RunError(f"run {parent.id} has no checkpoint to resume from (checkpoints are saved every "
                            "train.save_steps steps, at each evaluation, and when a run is stopped)")
-        step, checkpoint = found[-1]
+        step, checkpoint = found
+        (cfg,) = self._admit([self.config(parent.id)], ignore_memory=ignore_memory)  # the data may have changed
         inherited = [dict(e, inherited_from=parent.id) for e in self.metrics(parent.id)
                      if e.get("kind") != "phase" and isinstance(e.get("step"), (int, float)) and e["step"] <= step]
-        record = self.create(self.config(parent.id), parent_id=parent.id, sweep_id=parent.sweep_id,
-                             resume_from=checkpoint, initial_metrics=inherited)
+        record = self.create(cfg, parent_id=parent.id, sweep_id=parent.sweep_id, resume_from=checkpoint,
+                             initial_metrics=inherited)
         self.reconcile()
         return record.id
 
@@ -236,51 +317,61 @@ class Runs:
 
     def stop(self, run_id: str, timeout: float = 15.0, wait: bool = True) -> RunStatus:
         """Graceful stop (the worker saves the adapter and a checkpoint), then kill after `timeout` s; a queued
-        run is cancelled. See launcher.stop."""
-        return launcher.stop(self.registry, self.backends, run_id, timeout=timeout, wait=wait)
+        run is cancelled. Takes the whole run id. See launcher.stop."""
+        return launcher.stop(self.registry, self.backends, self.registry.get(run_id, exact=True).id,
+                             timeout=timeout, wait=wait)
 
     def cancel(self, run_id: str) -> RunStatus:
-        """Cancel a QUEUED run (STOPPED, reason 'cancelled'); StatusError once it has started."""
-        return launcher.cancel(self.registry, self.backends, run_id)
+        """Cancel a QUEUED run (STOPPED, reason 'cancelled'); StatusError once it has started. Whole id only."""
+        return launcher.cancel(self.registry, self.backends, self.registry.get(run_id, exact=True).id)
 
     def move(self, run_id: str, position: int) -> list[str]:
         """Reorder the queue: put a QUEUED run at `position` (0 = starts next). Returns the queue in order."""
         return self.registry.move(self.registry.get(run_id).id, position)
 
     def delete(self, run_id: str) -> None:
-        """Remove a run's row and directory; refuses a RUNNING run (stop it first)."""
-        self.reconcile()
-        record = self.registry.get(run_id)
-        self.registry.delete(record.id)
+        """Remove a run's row and directory; refuses a RUNNING run (stop it first). Takes the whole run id: a
+        prefix that happens to be unique today must not delete a run."""
+        self._look()
+        record = self.registry.get(run_id, exact=True)
+        gone = self.registry.delete(record.id)
         if record.status == RunStatus.QUEUED:  # a job waiting on a cluster goes too
             launcher.backend_of(self.backends, record).cancelled(record)
-        shutil.rmtree(record.dir.path, ignore_errors=True)
+        if gone is not None:
+            shutil.rmtree(gone, ignore_errors=True)
 
 
 # -- checking a config before anything launches ---------------------------------------------------------------
 
 def prepare(cfg: ExperimentConfig | dict) -> ExperimentConfig:
     """A validated copy of the config with local paths checked and made absolute, so the worker (started from
-    any directory, possibly by another process draining the queue) reads the same files."""
+    any directory, possibly by another process draining the queue) reads the same files; hub ids must be
+    well-formed. Links are kept as given (not resolved): a link's name carries the file's suffix."""
     data = cfg.to_dict() if isinstance(cfg, ExperimentConfig) else dict(cfg)
     cfg = ExperimentConfig.from_dict(data)
     changes: dict[str, Any] = {}
     for field in ("data.train", "data.eval"):
         value = get_dotted(cfg, field)
-        if value and not value.startswith("sample:") and is_local_path(value, DATA_SUFFIXES):
-            path = Path(value).expanduser()
-            if not path.is_file():
-                raise ConfigError(field, f"file not found: {path.resolve()} (give an existing csv/tsv/json/jsonl/"
-                                         "parquet file, a bundled sample:..., or a hub dataset id)")
-            changes[field] = str(path.resolve())
+        if not value or value.startswith("sample:"):
+            continue
+        if is_local_path(value, DATA_SUFFIXES):
+            path = _absolute(field, value)
+            if not _is(path, "file"):
+                raise ConfigError(field, f"file not found: {excerpt(str(path), 300)} (give an existing csv/tsv/json/"
+                                         "jsonl/parquet file, a bundled sample:..., or a hub dataset id)")
+            changes[field] = str(path)
+        else:
+            _check_hub_id(field, value)
     source = cfg.model.source
     if source not in BUNDLED_MODELS and is_local_path(source):
-        path = Path(source).expanduser()
-        if not path.is_dir() or not (path / MODEL_CONFIG).is_file():
-            raise ConfigError("model.source", f"{path.resolve()} is not a model directory (it needs a "
+        path = _absolute("model.source", source)
+        if not _is(path, "dir") or not _is(path / MODEL_CONFIG, "file"):
+            raise ConfigError("model.source", f"{excerpt(str(path), 300)} is not a model directory (it needs a "
                                               f"{MODEL_CONFIG}); use a bundled model ({', '.join(BUNDLED_MODELS)}), "
                                               "a hub id or a saved model directory")
-        changes["model.source"] = str(path.resolve())
+        changes["model.source"] = str(path)
+    elif source not in BUNDLED_MODELS:
+        _check_hub_id("model.source", source)
     check_local_resources(cfg)
     if not changes:
         return cfg
@@ -303,3 +394,51 @@ def check_local_resources(cfg: ExperimentConfig) -> None:
         raise ConfigError("resources.num_workers", f"{res.num_workers} workers need one GPU each and this machine "
                                                    f"shows {len(gpus)} ({', '.join(gpus)}); lower it, or use "
                                                    "backend ray")
+
+
+def _absolute(field: str, value: str) -> Path:
+    path = Path(os.path.abspath(Path(value).expanduser()))
+    if len(str(path).encode("utf-8", "replace")) > 4000:
+        raise ConfigError(field, f"the path is too long once made absolute ({excerpt(str(path), 60)})")
+    return path
+
+
+def _is(path: Path, kind: str) -> bool:
+    try:
+        return path.is_file() if kind == "file" else path.is_dir()
+    except (OSError, ValueError):  # a name the filesystem refuses is no file
+        return False
+
+
+def _check_hub_id(field: str, value: str) -> None:
+    if not HUB_ID.fullmatch(value) or "--" in value or ".." in value:
+        raise ConfigError(field, f"{excerpt(value, 60)} is neither an existing local path nor a hub id ('name' or "
+                                 "'org/name': letters, digits, '-', '_', '.', at most 96 characters each)")
+
+
+class _Streams:
+    """Whole metrics streams kept per run and extended with what was appended since the last read, for the
+    STREAM_CACHE_RUNS most recently read runs. Readers get a list they may keep: it is never changed later."""
+
+    def __init__(self):
+        self._entries: OrderedDict[str, tuple[int, int, list]] = OrderedDict()  # path -> (inode, offset, events)
+        self._lock = threading.Lock()
+
+    def read(self, path: Path) -> Events:
+        try:
+            stat = os.stat(path)
+        except OSError:
+            return Events([], 0)
+        with self._lock:
+            inode, offset, events = self._entries.get(str(path), (stat.st_ino, 0, []))
+        if inode != stat.st_ino or stat.st_size < offset:  # a different file under the same name
+            inode, offset, events = stat.st_ino, 0, []
+        if stat.st_size > offset:
+            new, offset = files.read_events(path, offset)
+            events = events + new
+        with self._lock:
+            self._entries[str(path)] = (inode, offset, events)
+            self._entries.move_to_end(str(path))
+            while len(self._entries) > STREAM_CACHE_RUNS:
+                self._entries.popitem(last=False)
+        return Events(events, offset)

@@ -10,22 +10,35 @@ Terminal states are final. A FAILED run always carries a reason (`error`) and th
 The registry `<runs>/registry.sqlite` indexes the runs so that listing them reads no run files. It runs in WAL
 mode with a busy timeout; every call opens its own short-lived connection (Streamlit serves each session from its
 own thread) and every write is one short `BEGIN IMMEDIATE` transaction, so several dashboards and workers can use
-it at once without "database is locked". (WAL needs a local filesystem; do not put the runs dir on NFS.) Each run
-directory's status.json mirrors its row, so a lost registry is rebuilt from the run directories.
+it at once without "database is locked". (WAL needs a local filesystem; do not put the runs dir on NFS.)
+
+The run directories are the truth; the registry is an index (each run dir's status.json mirrors its row). A
+registry missing, empty or corrupt (found by SQLite, or by a quick check on a process's first open) is moved
+aside, kept, and rebuilt from the run dirs with a one-line notice (`notices`, stderr); a run whose status.json
+is damaged too is rebuilt from its config and results. A full disk is a `StorageError`, never a sqlite3 error.
 """
 from __future__ import annotations
 
 import dataclasses
+import fcntl
+import functools
 import json
 import math
+import os
 import sqlite3
+import sys
+import threading
 import time
+import urllib.parse
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
-from ..errors import RunError, StatusError
+import yaml
+
+from ..config import LORA_METHODS
+from ..errors import RunError, StatusError, StorageError
 from . import files, layout
 from .layout import RunDir
 
@@ -178,6 +191,62 @@ def _row(record: RunRecord) -> list:
 
 _READY: set[str] = set()  # registries this process has already created or brought up to date
 _INSERT = f"INSERT INTO runs ({','.join(_COLUMNS)}) VALUES ({','.join('?' * len(_COLUMNS))})"
+_THREAD = threading.local()       # .immutable: this thread reads a registry it cannot write (see _reading)
+_CORRUPT_CODES = {11, 26}        # SQLITE_CORRUPT, SQLITE_NOTADB: the file is damaged; rebuild it
+_FULL_CODES = {13}               # SQLITE_FULL
+CREATE_GRACE_S = 60.0            # a run dir without status.json younger than this may still be being created
+
+
+class _Damaged(sqlite3.DatabaseError):
+    """Damage SQLite itself does not report: an empty file, a failed quick check."""
+
+
+def _damaged(exc: sqlite3.Error) -> bool:
+    if isinstance(exc, _Damaged) or "no such table: runs" in str(exc):  # the file was replaced under us
+        return True
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _CORRUPT_CODES
+    text = str(exc).lower()
+    return "not a database" in text or "malformed" in text
+
+
+def _guarded(method: Callable) -> Callable:
+    """A registry call that survives a damaged registry (moved aside, rebuilt, the call tried once more) and
+    turns a full disk or an I/O error into a StorageError naming the file."""
+    @functools.wraps(method)
+    def call(self: "Registry", *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.DatabaseError as exc:
+            if not _damaged(exc):
+                raise self._storage_error(exc) from None
+            self.recover(str(exc))
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.DatabaseError as exc:
+            raise self._storage_error(exc) from None
+    return call
+
+
+def _reading(method: Callable) -> Callable:
+    """A guarded read that still answers when the registry cannot be written (a full disk: SQLite's WAL mode
+    needs to write its shared-memory file even to read): the file is then read as it is on disk, immutable."""
+    guarded = _guarded(method)
+
+    @functools.wraps(method)
+    def call(self: "Registry", *args, **kwargs):
+        try:
+            return guarded(self, *args, **kwargs)
+        except StorageError:
+            if getattr(_THREAD, "immutable", False) or not self.path.exists():
+                raise
+        _THREAD.immutable = True
+        try:
+            return guarded(self, *args, **kwargs)
+        finally:
+            _THREAD.immutable = False
+    return call
 
 
 # -- the registry ----------------------------------------------------------------------------------------------
@@ -189,25 +258,155 @@ class Registry:
     def __init__(self, runs_dir: str | Path | None = None):
         self.runs_dir = layout.runs_root(runs_dir)
         self.path = layout.registry_path(self.runs_dir)
+        self.notices: list[str] = []  # one line per registry rebuilt by this object
         self._ensure_schema()
 
     # connections: one per call, closed right after (threads and processes never share one)
     def _open(self) -> sqlite3.Connection:
-        con = sqlite3.connect(str(self.path), timeout=60.0, isolation_level=None, check_same_thread=False)
+        target, uri = str(self.path), False
+        if getattr(_THREAD, "immutable", False):  # no locks, no WAL: the main file as it is on disk
+            target, uri = f"file:{urllib.parse.quote(str(self.path))}?immutable=1", True
+        con = sqlite3.connect(target, timeout=60.0, isolation_level=None, check_same_thread=False, uri=uri)
         con.row_factory = sqlite3.Row
         con.execute("PRAGMA busy_timeout = 60000")
         con.execute("PRAGMA synchronous = NORMAL")
         return con
 
     def _connect(self) -> sqlite3.Connection:
-        self._ensure_schema()
+        if not getattr(_THREAD, "immutable", False):
+            self._ensure_schema()
         return self._open()
 
     def _ensure_schema(self) -> None:
-        # also when the file was deleted under a long-lived manager: it is rebuilt from the run dirs
-        if str(self.path) not in _READY or not self.path.exists():
-            self._init_schema()
-            _READY.add(str(self.path))
+        """On a process's first look (and whenever the file has gone): check the file, create or migrate the
+        table, and index run directories the registry lacks; a damaged file is moved aside and rebuilt. Under
+        the registry lock, so creating, checking and rebuilding never interleave across processes."""
+        if str(self.path) in _READY and self.path.exists():
+            return
+        with self._locked():
+            missing = not self.path.exists()
+            try:
+                if not missing:
+                    self._check_integrity()
+                self._init_schema()
+                _READY.add(str(self.path))
+                count = self._import_runs()
+            except sqlite3.DatabaseError as exc:
+                _READY.discard(str(self.path))
+                if not _damaged(exc):
+                    raise self._storage_error(exc) from None
+                self._rebuild_damaged(str(exc))
+                return
+        if missing and count:
+            self.notify(f"the run registry was missing; rebuilt it from {count} run directories")
+
+    def _check_integrity(self) -> None:
+        """_Damaged unless the file is a readable registry (an empty file would pass as a new database)."""
+        if self.path.stat().st_size == 0:
+            raise _Damaged("the file is empty (0 bytes)")
+        con = self._open()
+        try:
+            row = con.execute("PRAGMA quick_check(1)").fetchone()
+            if not row or row[0] != "ok":
+                raise _Damaged(f"database disk image is malformed (quick_check: {row and row[0]})")
+            con.execute("SELECT COUNT(*) FROM runs").fetchone()  # "no such table": not our registry (any more)
+        finally:
+            con.close()
+
+    def _storage_error(self, exc: sqlite3.Error) -> StorageError:
+        code = getattr(exc, "sqlite_errorcode", 0) or 0
+        if code & 0xFF in _FULL_CODES or files.is_no_space(exc):
+            return StorageError(f"no space left on device while writing the run registry {self.path}; free "
+                                f"space there ({files.free_bytes(self.runs_dir) or 0:,} bytes free)")
+        return StorageError(f"the run registry {self.path} cannot be used: {exc}")
+
+    # -- recovery: the run directories are the truth -------------------------------------------------------------
+    def recover(self, reason: str) -> str | None:
+        """Move a damaged registry aside (kept, never deleted) and rebuild it from the run directories; returns the
+        notice, or None when another process had already repaired it. Serialized across processes by a lock
+        file, and the damage is checked again under the lock, so two processes never rebuild twice."""
+        with self._locked():
+            try:
+                self._check_integrity()
+                return None
+            except (OSError, sqlite3.Error):
+                return self._rebuild_damaged(reason)
+
+    def _rebuild_damaged(self, reason: str) -> str:
+        aside, count = self._rebuild("broken")
+        return self.notify(f"the run registry was unreadable ({reason.splitlines()[0][:120]}); "
+                           + (f"moved it aside to {aside.name} and " if aside else "")
+                           + f"rebuilt it from {count} run directories")
+
+    def reindex(self) -> str:
+        """Rebuild the registry from the run directories on demand; the old file is moved aside and kept."""
+        with self._locked():
+            aside, count = self._rebuild("reindexed")
+        return self.notify(f"rebuilt the run registry from {count} run directories"
+                           + (f"; the old one is kept as {aside.name}" if aside else ""))
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        with open(layout.registry_lock(self.runs_dir), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _rebuild(self, why: str) -> tuple[Path | None, int]:
+        """Move the registry file (and its -wal/-shm) aside, then index every run directory into a new one."""
+        aside = layout.registry_aside(self.runs_dir, why) if self.path.exists() else None
+        for part, kept in zip([self.path, *layout.sqlite_companions(self.path)],
+                              [aside, *layout.sqlite_companions(aside)] if aside else []):
+            if part.exists():
+                os.replace(part, kept)
+        _READY.discard(str(self.path))
+        self._init_schema()
+        _READY.add(str(self.path))
+        return aside, self._import_runs()
+
+    def notify(self, notice: str) -> str:
+        """Keep a one-line notice for callers (the dashboard shows them) and print it on stderr, once."""
+        if notice not in self.notices:
+            self.notices.append(notice)
+            print(f"lora-lab: {notice}", file=sys.stderr, flush=True)
+        return notice
+
+    def _import_runs(self) -> int:
+        """Index every run directory the registry does not have (all of them after a rebuild), in one
+        transaction. Returns how many runs the registry now holds. Deletes rename a run dir away inside their
+        own transaction, so a run being deleted is never brought back."""
+        with self._write() as con:
+            have = {row[0] for row in con.execute("SELECT id FROM runs")}
+            for rd in layout.run_dirs(self.runs_dir):
+                if rd.id in have:
+                    continue
+                record = self._record_from_dir(rd)
+                if record is not None:
+                    con.execute(_INSERT.replace("INSERT", "INSERT OR IGNORE", 1), _row(record))
+                    have.add(rd.id)
+            return len(have)
+
+    def _record_from_dir(self, rd: RunDir) -> RunRecord | None:
+        """A run's row from its status.json mirror; when that is damaged, from its config and results."""
+        data = files.read_json(rd.status)
+        if isinstance(data, dict) and data.get("id") == rd.id:
+            for old, new in _RENAMED.items():  # a mirror written before a column was renamed
+                data.setdefault(new, data.get(old))
+            try:
+                record = RunRecord(**{c: data.get(c) for c in _COLUMNS}, runs_dir=str(self.runs_dir))
+                record.results = record.results if isinstance(record.results, dict) else {}
+                return record
+            except (ValueError, TypeError):
+                pass
+        try:
+            made = rd.config.stat().st_mtime
+        except OSError:
+            return None  # not a run (or one being created: its config comes first)
+        if not rd.status.exists() and time.time() - made < CREATE_GRACE_S:
+            return None  # status.json is written right after the row: this run may be being created now
+        return _record_from_files(rd, made, str(self.runs_dir))
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -236,7 +435,6 @@ class Registry:
     def _init_schema(self) -> None:
         """Create the table, or bring a registry made by an older version up to date (renamed and added
         columns), in one transaction so concurrent processes migrate it once."""
-        fresh = not self.path.exists()
         con = self._open()
         try:
             con.execute("PRAGMA journal_mode = WAL")
@@ -255,38 +453,24 @@ class Registry:
             con.execute("COMMIT")
         finally:
             con.close()
-        if fresh:
-            self._import_orphans()
-
-    def _import_orphans(self) -> None:
-        """A lost or deleted registry is rebuilt from the runs' status.json files, so no run is ever lost."""
-        for status_file in layout.status_files(self.runs_dir):
-            try:
-                data = json.loads(status_file.read_text(encoding="utf-8"))
-                for old, new in _RENAMED.items():  # a mirror written before a column was renamed
-                    data.setdefault(new, data.get(old))
-                if data.get("id") != status_file.parent.name:
-                    continue
-                record = RunRecord(**{c: data.get(c) for c in _COLUMNS}, runs_dir=str(self.runs_dir))
-                record.results = record.results or {}
-                with self._write() as con:
-                    con.execute(_INSERT.replace("INSERT", "INSERT OR IGNORE", 1), _row(record))
-            except (OSError, ValueError, TypeError, sqlite3.Error):
-                continue
 
     # reads
-    def get(self, run_id: str) -> RunRecord:
-        """A run by id, or by a unique prefix of its id (like git and docker ids)."""
+    @_reading
+    def get(self, run_id: str, *, exact: bool = False) -> RunRecord:
+        """A run by id, or (unless `exact`: destructive actions) by a unique prefix of its id, like git's."""
         layout.check_run_id(run_id)
         with self._read() as con:
             row = con.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
-            if row is None:
-                rows = con.execute("SELECT * FROM runs WHERE id LIKE ? LIMIT 2", (run_id + "%",)).fetchall()
-                row = rows[0] if len(rows) == 1 else None
+            rows = [] if row is not None else \
+                con.execute("SELECT * FROM runs WHERE id LIKE ? LIMIT 2", (run_id + "%",)).fetchall()
+        if row is None and len(rows) == 1 and not exact:
+            row = rows[0]
         if row is None:
-            raise RunError(f"unknown run id {run_id!r} in {self.runs_dir}")
+            hint = f"; did you mean {rows[0]['id']}? (this action takes the whole id)" if len(rows) == 1 else ""
+            raise RunError(f"unknown run id {run_id!r} in {self.runs_dir}{hint}")
         return _record(row, self.runs_dir)
 
+    @_reading
     def list(self, status: RunStatus | list[RunStatus] | None = None, sweep_id: str | None = None,
              parent_id: str | None = None, backend: str | None = None) -> list[RunRecord]:
         """Newest first; QUEUED-only listings come in queue order."""
@@ -310,6 +494,7 @@ class Registry:
             rows = con.execute(sql, args).fetchall()
         return [_record(r, self.runs_dir) for r in rows]
 
+    @_reading
     def count(self, status: RunStatus, backend: str | None = None) -> int:
         sql, args = "SELECT COUNT(*) FROM runs WHERE status = ?", [status.value]
         if backend:
@@ -318,14 +503,24 @@ class Registry:
             return con.execute(sql, args).fetchone()[0]
 
     # writes
-    def insert(self, record: RunRecord) -> RunRecord:
+    @_guarded
+    def insert(self, record: RunRecord, *, queue_limit: int | None = None) -> RunRecord:
+        """Add a run's row. With `queue_limit`, a QUEUED run is refused (RunError) when that many are queued
+        already; counted inside the write transaction, so concurrent launchers cannot overshoot it."""
         with self._write() as con:
+            if record.status == RunStatus.QUEUED and queue_limit is not None:
+                queued = con.execute("SELECT COUNT(*) FROM runs WHERE status = ?",
+                                     (RunStatus.QUEUED.value,)).fetchone()[0]
+                if queued >= queue_limit:
+                    raise RunError(f"the queue is full: {queued} runs are waiting (at most {queue_limit}, "
+                                   "LORA_LAB_MAX_QUEUED); cancel some or wait for them to start")
             if record.status == RunStatus.QUEUED and record.queue_pos is None:
                 record = dataclasses.replace(record, queue_pos=con.execute(
                     "SELECT COALESCE(MAX(queue_pos), -1) + 1 FROM runs").fetchone()[0])
             con.execute(_INSERT, _row(record))
         return self._mirror(record.id)
 
+    @_guarded
     def update(self, run_id: str, *, only_if_status: RunStatus | None = None, **fields: Any) -> bool:
         """Set non-status fields. Returns False when the run is not (any longer) in `only_if_status`."""
         bad = set(fields) - _UPDATABLE
@@ -340,6 +535,7 @@ class Registry:
         with self._write() as con:
             return con.execute(sql, args).rowcount == 1
 
+    @_guarded
     def set_status(self, run_id: str, status: RunStatus, *, expect: RunStatus | None = None,
                    **fields: Any) -> RunRecord:
         """Change the status; with `expect`, only if the run is still in that status (else StatusError)."""
@@ -379,6 +575,7 @@ class Registry:
         con.execute(f"UPDATE runs SET {', '.join(f'{k} = ?' for k in values)} WHERE id = ?",
                     [*values.values(), run_id])
 
+    @_guarded
     def claim_next(self, limit: int) -> RunRecord | None:
         """Atomically move the first local QUEUED run to RUNNING if its slots are free.
 
@@ -403,6 +600,7 @@ class Registry:
             self._transition(con, row[0], RunStatus.RUNNING, {"slot": slot})
         return self._mirror(row[0])
 
+    @_guarded
     def heartbeat(self, run_id: str, progress: float | None = None, step: int | None = None) -> bool:
         """Record that the worker is alive; returns True when the worker should stop: someone asked for it,
         or the run is no longer RUNNING (e.g. force-stopped while its worker was still starting)."""
@@ -417,6 +615,7 @@ class Registry:
             row = con.execute("SELECT stop_requested, status FROM runs WHERE id = ?", (run_id,)).fetchone()
         return row is None or bool(row[0]) or row[1] != RunStatus.RUNNING
 
+    @_guarded
     def move(self, run_id: str, position: int) -> list[str]:
         """Put a QUEUED run at `position` (0 = next to start) and renumber the queue; returns the new order."""
         queued = RunStatus.QUEUED.value
@@ -435,8 +634,11 @@ class Registry:
                 con.execute("UPDATE runs SET queue_pos = ? WHERE id = ?", (base + i, rid))
         return queue
 
-    def delete(self, run_id: str) -> None:
-        """Remove the row; refuses a RUNNING run and a run whose checkpoint an unfinished resumed run needs."""
+    @_guarded
+    def delete(self, run_id: str) -> Path | None:
+        """Remove the row and rename the run directory out of the way, in one transaction (so a rebuild running
+        at the same time cannot bring it back); returns the renamed folder for the caller to remove. Refuses a
+        RUNNING run and a run whose checkpoint an unfinished resumed run needs."""
         with self._write() as con:
             row = con.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
             if row is None:
@@ -448,14 +650,55 @@ class Registry:
             if child:
                 raise RunError(f"run {run_id} has a resumed run {child[0]} that still needs its checkpoint; "
                                "stop or delete that run first")
-            con.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+            folder = layout.run_path(self.runs_dir, run_id)
+            gone = layout.tombstone(self.runs_dir, run_id) if folder.is_dir() else None
+            if gone is not None:
+                folder.rename(gone)
+            try:
+                con.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+            except BaseException:
+                if gone is not None:
+                    gone.rename(folder)
+                raise
+        return gone
 
     def _mirror(self, run_id: str) -> RunRecord:
-        """Rewrite status.json from the row (atomically), so a run dir describes itself without the registry."""
+        """Rewrite status.json from the row (atomically), so a run dir describes itself without the registry.
+        Best effort: the row is committed already, and a full disk must not turn a recorded end into an error."""
         record = self.get(run_id)
         if record.dir.path.is_dir():
-            files.write_json(record.dir.status, record.to_dict())
+            try:
+                files.write_json(record.dir.status, record.to_dict())
+            except OSError as exc:
+                print(f"lora-lab: could not write {record.dir.status}: {exc}", file=sys.stderr, flush=True)
         return record
+
+
+def _record_from_files(rd: RunDir, created: float, runs_dir: str) -> RunRecord:
+    """A run whose status.json is damaged, rebuilt from what it left: its config (name, model, method) and its
+    results (it ended, and how). Without results its end is unknown, so it is FAILED with that reason."""
+    try:
+        cfg = yaml.safe_load(rd.config.read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):
+        cfg = None
+    cfg = cfg if isinstance(cfg, dict) else {}
+    section = lambda name: cfg.get(name) if isinstance(cfg.get(name), dict) else {}  # noqa: E731
+
+    results = files.read_json(rd.results)
+    method = cfg.get("method") if isinstance(cfg.get("method"), str) else None
+    rank = section("lora").get("r")
+    record = RunRecord(
+        id=rd.id, name=str(cfg.get("name") or rd.id)[:200], status=RunStatus.FAILED, created=created,
+        ended=time.time(), task=cfg.get("task") if isinstance(cfg.get("task"), str) else None,
+        model=str(section("model").get("source") or "") or None, method=method,
+        lora_r=rank if isinstance(rank, int) and method in LORA_METHODS else None, runs_dir=runs_dir,
+        error="its status was lost (status.json and the registry were unreadable); rebuilt from the run "
+              "directory, which has no results, so the run did not finish")
+    if isinstance(results, dict):
+        record.status = RunStatus.STOPPED if results.get("stopped") else RunStatus.SUCCEEDED
+        record.results, record.error = key_results(results), "stopped" if results.get("stopped") else None
+        record.ended = rd.results.stat().st_mtime
+    return record
 
 
 def key_results(results: dict | None) -> dict:

@@ -11,10 +11,16 @@ The launcher starts this in a new session with stdout/stderr going to the run's 
   4. writes results.json and ends the run SUCCEEDED, STOPPED (the recipe returned `stopped: True`) or FAILED
      (the exception and the log tail);
   5. finally reconciles, which starts the next queued run: the queue drains with nobody watching.
+
+A full disk must not leave a run RUNNING forever or blamed on the wrong cause. The worker holds back a little
+space (`RunDir.reserve`) from the start; when the disk fills, it removes the checkpoint it was cutting off and
+the reserve, then records FAILED with "no space left on device while writing ...". If even that cannot be
+recorded, it leaves the reason in `RunDir.exit`, where the next reconcile finds it.
 """
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -31,15 +37,31 @@ if __name__ == "__main__":
     signal.signal(signal.SIGTERM, lambda signum, frame: STOP.set())
 
 from ..distributed import train_run  # noqa: E402
-from ..errors import StatusError  # noqa: E402
+from ..errors import LoraLabError, StatusError, StorageError  # noqa: E402
 from . import files, launcher  # noqa: E402
 from .layout import RunDir  # noqa: E402
 from .manager import Runs  # noqa: E402
 from .store import Registry, RunStatus, key_results  # noqa: E402
 
 HEARTBEAT_S = 2.0
+RESERVE_BYTES = 1 << 20   # enough for the registry's write-ahead log to record the end, and exit.json
+RECORD_TRIES = 5
 OOM_HINT = ("out of memory: lower train.batch_size or data.max_length, turn on train.gradient_checkpointing, "
             "or use method qlora; the memory estimator shows which term dominates")
+
+
+def say(text: str = "", *, trace: bool = False) -> None:
+    """Write to the worker log (stdout and stderr go there), or the current traceback; a log on a full disk
+    must not turn into a second error while the first is being recorded."""
+    try:
+        if trace:
+            traceback.print_exc()
+        if text:
+            print(text, file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
 
 
 class Heartbeat(threading.Thread):
@@ -57,11 +79,15 @@ class Heartbeat(threading.Thread):
                 if self.registry.heartbeat(self.run_id, self.latest.get("progress"), self.latest.get("step")):
                     self.stop_flag.set()
             except Exception as exc:  # a busy disk must not kill training; the next beat tries again
-                print(f"[worker] heartbeat failed: {exc}", file=sys.stderr, flush=True)
+                say(f"[worker] heartbeat failed: {exc}")
             self.done.wait(HEARTBEAT_S)
 
 
 def failure_reason(exc: BaseException) -> str:
+    if isinstance(exc, LoraLabError):  # the engine's own errors are written for users: no class name
+        return str(exc).splitlines()[0][:500]
+    if files.is_no_space(exc):
+        return f"no space left on device while writing the run's files ({type(exc).__name__}: {exc})"[:500]
     text = f"{type(exc).__name__}: {exc}".strip()
     first = text.splitlines()[0][:500] if text else type(exc).__name__
     if "out of memory" in text.lower() or isinstance(exc, MemoryError):
@@ -79,12 +105,51 @@ def stop_note(results: dict, rd: RunDir) -> str:
     return f"stopped on request at step {results['steps']}" + (f"; saved {' and '.join(kept)}" if kept else "")
 
 
+def hold_space(rd: RunDir) -> None:
+    """Reserve RESERVE_BYTES in the run dir (real blocks, not a sparse file) to free when the disk fills."""
+    try:
+        with open(rd.reserve, "wb") as f:
+            f.write(b"\0" * RESERVE_BYTES)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError:
+        rd.reserve.unlink(missing_ok=True)  # the disk is already full: go on without a reserve
+
+
+def free_space(rd: RunDir) -> None:
+    """Give back what a full disk took: checkpoints cut off mid-save (never resumable), staging folders, the
+    reserve. Complete checkpoints and the metrics stay."""
+    for folder in rd.artifacts.incomplete_checkpoints():
+        shutil.rmtree(folder, ignore_errors=True)
+    rd.reserve.unlink(missing_ok=True)
+
+
+def record_end(registry: Registry, rd: RunDir, status: RunStatus, fields: dict) -> None:
+    """Record the run's end, retrying a full disk a few times; if it still cannot be recorded, leave the reason
+    in exit.json for the next reconcile (which would otherwise blame a kill)."""
+    for attempt in range(RECORD_TRIES):
+        try:
+            registry.set_status(rd.id, status, **fields)
+            return
+        except StatusError as exc:  # e.g. the run was force-stopped meanwhile: that word stands
+            say(f"[worker] could not record {status}: {exc}")
+            return
+        except (StorageError, OSError) as exc:
+            say(f"[worker] recording {status} failed ({exc}); attempt {attempt + 1} of {RECORD_TRIES}")
+            time.sleep(0.5 * (attempt + 1))
+    reason = fields.get("error") or f"the worker ended {status} but could not record it (disk full?)"
+    try:
+        files.write_json(rd.exit, {"status": status.value, "error": reason, "time": time.time()})
+    except OSError as exc:
+        say(f"[worker] could not write {rd.exit.name} either: {exc}")
+
+
 def run(run_path: Path, stop_flag: threading.Event) -> int:
     runs = Runs(run_path.parent)
     registry, run_id = runs.registry, run_path.name
     record = runs.get(run_id, reconcile=False)
     if record.status != RunStatus.RUNNING:
-        print(f"[worker] run {run_id} is {record.status}, not RUNNING; nothing to do", flush=True)
+        say(f"[worker] run {run_id} is {record.status}, not RUNNING; nothing to do")
         return 1
     registry.update(run_id, only_if_status=RunStatus.RUNNING, pid=os.getpid(), pgid=os.getpgrp(),
                     pid_created=psutil.Process().create_time(), host=launcher.this_host(), heartbeat=time.time())
@@ -92,9 +157,10 @@ def run(run_path: Path, stop_flag: threading.Event) -> int:
     beat = Heartbeat(registry, run_id, stop_flag, latest)
     beat.start()
     rd = record.dir
+    hold_space(rd)
     resume_from = record.resume_checkpoint
-    print(f"[worker] run {run_id} pid {os.getpid()} python {sys.executable}"
-          + (f" resuming from {resume_from}" if resume_from else ""), flush=True)
+    say(f"[worker] run {run_id} pid {os.getpid()} python {sys.executable}"
+        + (f" resuming from {resume_from}" if resume_from else ""))
 
     def observe(event: dict) -> None:
         for key in ("progress", "step"):
@@ -111,27 +177,30 @@ def run(run_path: Path, stop_flag: threading.Event) -> int:
     try:
         results = train_run(runs.config(run_id), rd, on_event=on_event, observe=observe, stop_flag=stop_flag,
                             resume_from=resume_from)
-        files.write_json(rd.results, results)
+        try:
+            files.write_json(rd.results, results)
+        except OSError as exc:
+            if not files.is_no_space(exc):
+                raise
+            raise StorageError(f"no space left on device while writing {rd.results}") from exc
         status = RunStatus.STOPPED if results.get("stopped") else RunStatus.SUCCEEDED
         fields = {"results": key_results(results), "nodes": results.get("nodes") or []}
         if status == RunStatus.STOPPED:
             fields["error"] = stop_note(results, rd)
     except BaseException as exc:  # noqa: BLE001 - whatever ends the run is recorded, then we exit
-        traceback.print_exc()
         fields = {"error": failure_reason(exc)}
+        if files.is_no_space(exc):
+            free_space(rd)
+        say(trace=True)
     finally:
         beat.done.set()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        try:
-            registry.set_status(run_id, status, **fields)
-        except StatusError as exc:  # e.g. the run was force-stopped meanwhile: that word stands
-            print(f"[worker] could not record {status}: {exc}", file=sys.stderr, flush=True)
-        print(f"[worker] run {run_id} ended {status}", flush=True)
+        rd.reserve.unlink(missing_ok=True)  # its space is what lets the end be recorded on a full disk
+        record_end(registry, rd, status, fields)
+        say(f"[worker] run {run_id} ended {status}")
         try:
             runs.reconcile()  # start the next queued run
         except Exception:
-            traceback.print_exc()
+            say(trace=True)
     return 0 if status == RunStatus.SUCCEEDED else 1
 
 

@@ -186,7 +186,7 @@ def test_same_seed_same_run(tmp_path):
 
 
 def test_resume_from_a_folder_that_is_not_a_checkpoint(tmp_path):
-    with pytest.raises(RunError, match="not a Trainer checkpoint"):
+    with pytest.raises(RunError, match="not a complete checkpoint"):
         run_experiment(make_cfg(), tmp_path / "out", resume_from=tmp_path)
 
 

@@ -299,12 +299,16 @@ def test_log_tail(runs):
 
 
 def test_checkpoints_are_complete_ones_only(runs):
+    """A checkpoint counts once its marker (written after the save returned) lists its files at their sizes:
+    one cut off mid-save has no marker; one whose state file was truncated later fails the size check."""
     rid = runs.create(cfg()).id
     artifacts = runs.dir(rid).artifacts
-    for step, complete in ((4, True), (8, True), (12, False)):  # 12 was cut off mid-save
+    for step, complete in ((4, True), (8, True), (12, False), (16, True)):  # 12 was cut off mid-save
         artifacts.checkpoint(step).mkdir(parents=True)
+        (artifacts.checkpoint(step) / "trainer_state.json").write_text('{"global_step": %d}' % step)
         if complete:
-            (artifacts.checkpoint(step) / "trainer_state.json").write_text("{}")
+            layout.mark_checkpoint_complete(artifacts.checkpoint(step))
+    (artifacts.checkpoint(16) / "trainer_state.json").write_text('{"glob')  # truncated after the save
     assert runs.checkpoints(rid) == [(4, artifacts.checkpoint(4)), (8, artifacts.checkpoint(8))]
 
 
