@@ -6,6 +6,7 @@ is the one door to the engine (lora_core). Runs train in worker processes, never
 import streamlit as st
 
 from lora_ui import service
+from lora_ui.state import keep_config_in_url, restore_config_from_url
 
 st.set_page_config(page_title="LoRA Lab", page_icon="🧪", layout="wide")
 
@@ -25,6 +26,8 @@ PAGES = {
 }
 
 page = st.navigation(PAGES)
+link_problem = restore_config_from_url()  # a refresh, a new tab or a shared link: the config in the URL
+keep_config_in_url()  # every page keeps it there (a page switch drops query parameters)
 
 with st.sidebar:
     st.markdown("### :material/science: LoRA Lab")
@@ -32,5 +35,7 @@ with st.sidebar:
                "**W' = W + (α/r)·B·A**, with B ∈ ℝ^(d_out×r), A ∈ ℝ^(r×d_in).  \n"
                "Only A and B learn: r·(d_in + d_out) parameters per layer instead of d_in·d_out.")
     st.caption(f"Runs directory: `{service.runs_dir()}`")
+    if link_problem:  # shown on every page until a config is chosen
+        st.warning(link_problem, icon=":material/link_off:")
 
 page.run()

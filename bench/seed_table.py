@@ -43,7 +43,8 @@ for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ.setdefault(var, "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SST2 = ROOT.parent / "shared" / "datasets" / "sst2"
+# ../shared beside the repository; $LORA_LAB_SST2 points elsewhere (e.g. from a git worktree)
+SST2 = Path(os.environ.get("LORA_LAB_SST2") or ROOT.parent / "shared" / "datasets" / "sst2")
 
 # (label, method, rank, learning rate)
 RUNS = [

@@ -19,6 +19,12 @@ rendered its summary ("✅ Valid config", after the parameter counts and the mem
 visit first, so the model counts as "seen before" (the engine may keep what it learnt on disk); then
 `--first-visits` fresh servers, each timed once: `first_visit_s page=config_builder median=...` (goal 1.5 s).
 `--first-visit-only` skips the page table (no training, no fixtures).
+
+Then the idle Train page's server CPU (`--idle-seconds`, default 20; goal under 2% of one core): a fresh
+`streamlit run`, headless Chromium opens Train with a tiny config in its URL and clicks Launch 5 times, waits
+until the 5 runs have finished and their cards show "Finished", then measures the server process's CPU time
+(user + system, from /proc via psutil) over the window while the page sits open with nothing live:
+`idle_cpu page=train finished_runs=5 seconds=20 cpu_pct_of_core=...`. `--idle-only` runs only this.
 """
 from __future__ import annotations
 
@@ -41,6 +47,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 PAGES = ["train", "config_builder", "estimator", "qlora", "runs", "compare", "merge", "playground"]
 GOAL_S = 1.0
 FIRST_VISIT_GOAL_S = 1.5
+IDLE_GOAL_PCT = 2.0
+IDLE_RUNS = 5
+# the tiny config the idle measurement launches, as the URL carries it (lora_ui.state: one parameter per field)
+IDLE_QUERY = ("?name=idle-bench&model.source=tiny-random-gpt2&train.max_steps=2&train.batch_size=8"
+              "&data.max_train_samples=16&data.max_eval_samples=16&data.max_length=32")
 SUMMARY_TEXT = "✅ Valid config"  # the Config builder's summary line, drawn last
 
 
@@ -149,12 +160,66 @@ def print_first_visits(runs_dir: Path, visits: int) -> None:
           f"{'ok' if median <= FIRST_VISIT_GOAL_S else 'SLOW'}")
 
 
+def _server_process(url: str):
+    """The `streamlit run` child of this process serving `url` (psutil.Process)."""
+    import psutil
+
+    port = url.rsplit(":", 1)[1]
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "streamlit" in " ".join(child.cmdline()) and port in child.cmdline():
+                return child
+        except psutil.Error:
+            continue
+    raise SystemExit(f"no streamlit process serving {url}")
+
+
+def idle_train_cpu(runs_dir: Path, seconds: float) -> float:
+    """Percent of one core the server used over `seconds` with the Train page open, IDLE_RUNS finished runs
+    launched from it and nothing live."""
+    sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "browser")]  # browser_helpers imports helpers
+    from browser_helpers import browser_page, settle, streamlit_server
+
+    from lora_core.runs import Runs
+
+    with streamlit_server(runs_dir, runs_dir.parent / "streamlit-idle.log", refresh_s=2.0) as url:
+        with browser_page(url + "/" + IDLE_QUERY) as pg:
+            settle(pg)
+            for _ in range(IDLE_RUNS):
+                pg.get_by_role("button", name="Launch run").click()
+                settle(pg)
+                pg.wait_for_timeout(2500)  # past the double-click guard: each click is a new run
+            runs = Runs(runs_dir)
+            for rec in runs.list(reconcile=False):
+                runs.wait(rec.id, timeout=900)
+            pg.wait_for_function(f"document.body.innerText.split('Finished').length > {IDLE_RUNS}",
+                                 timeout=120_000)
+            settle(pg)
+            pg.wait_for_timeout(3000)  # let the last full rerun (the clock stopping) end
+            server = _server_process(url)
+            before = server.cpu_times()
+            time.sleep(seconds)
+            after = server.cpu_times()
+    used = (after.user - before.user) + (after.system - before.system)
+    return 100.0 * used / seconds
+
+
+def print_idle(runs_dir: Path, seconds: float) -> None:
+    pct = idle_train_cpu(runs_dir, seconds)
+    print(f"\nTrain page open, {IDLE_RUNS} finished runs launched from it, nothing live: server CPU over "
+          f"{seconds:g} s")
+    print(f"idle_cpu page=train finished_runs={IDLE_RUNS} seconds={seconds:g} cpu_pct_of_core={pct:.2f} "
+          f"goal<{IDLE_GOAL_PCT:g} {'ok' if pct < IDLE_GOAL_PCT else 'BUSY'}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--first-visits", type=int, default=5, help="fresh servers timed for the first visit")
     parser.add_argument("--first-visit-only", action="store_true", help="only the Config builder's first visit")
+    parser.add_argument("--idle-seconds", type=float, default=20.0, help="idle Train page CPU window")
+    parser.add_argument("--idle-only", action="store_true", help="only the idle Train page's server CPU")
     parser.add_argument("--time-only", action="store_true", help=argparse.SUPPRESS)  # the fresh child process
     args = parser.parse_args()
     if args.time_only:
@@ -164,6 +229,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         runs_dir = Path(tmp) / "runs"
         os.environ["LORA_LAB_RUNS_DIR"] = str(runs_dir)
+        if args.idle_only:
+            runs_dir.mkdir()
+            print_idle(runs_dir, args.idle_seconds)
+            return 0
         if args.first_visit_only:
             runs_dir.mkdir()
             print_first_visits(runs_dir, args.first_visits)
@@ -182,6 +251,9 @@ def main() -> int:
             raise SystemExit(f"page timing failed:\n{child.stderr[-3000:]}")
         rows = json.loads(child.stdout.strip().splitlines()[-1])
         print_first_visits(runs_dir, args.first_visits)
+        idle_dir = Path(tmp) / "idle-runs"
+        idle_dir.mkdir()
+        print_idle(idle_dir, args.idle_seconds)
 
     print(f"\n{'page':<16}{'first visit (s)':>16}{'warm median (s)':>17}  goal < {GOAL_S:g} s")
     for page, cold, warm in rows:

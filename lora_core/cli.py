@@ -23,7 +23,7 @@ import yaml
 from .config import BUNDLED_MODELS, ConfigError, ExperimentConfig, field_choices
 from .errors import LoraLabError
 from .memory import settings as memory_settings
-from . import recipes
+from . import checks, recipes
 from .runs import Runs, RunStatus
 
 MODEL_COMMANDS = "lora_core.cli_models"
@@ -61,7 +61,8 @@ def with_resources(cfg: ExperimentConfig, args) -> ExperimentConfig:
 
 def cmd_train(args) -> int:
     runs: Runs = args.runs
-    run_id = runs.launch(with_resources(ExperimentConfig.from_file(args.config), args),
+    # every problem of the file at once, as the dashboard reports them
+    run_id = runs.launch(with_resources(checks.load_file(args.config), args),
                          ignore_memory=args.ignore_memory_estimate)
     if not args.wait:
         emit({"run_id": run_id}, args.json, run_id)
@@ -143,7 +144,7 @@ def cmd_resume(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    cfg = with_resources(ExperimentConfig.from_file(args.config), args)
+    cfg = with_resources(checks.load_file(args.config), args)
     vary: dict[str, list] = {}
     for item in args.vary:
         key, sep, values = item.partition("=")
@@ -173,6 +174,14 @@ def cmd_logs(args) -> int:
         return 0
     for line in runs.follow_log(args.run_id):
         print(line, end="", flush=True)
+    return 0
+
+
+def cmd_push(args) -> int:
+    from .hub import push
+
+    url = push(args.runs, args.run_id, args.repo, private=args.private, merged=args.merged)
+    emit({"run_id": args.run_id, "repo": args.repo, "url": url}, args.json, f"pushed {args.run_id} to {url}")
     return 0
 
 
@@ -232,6 +241,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("run_id")
     sp.add_argument("--out", help="output directory for the merged model (default: the run's merged/ folder)")
     sp.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    sp.add_argument("--json", action="store_true")
+
+    sp = cmd("lr-find", model_command("cmd_lr_find"),
+             "Learning-rate range test on the config's training rows (never its eval split): the loss per rate "
+             "and a suggested rate.")
+    sp.add_argument("config")
+    sp.add_argument("--steps", type=int, default=60, help="optimizer steps, the rate growing each step")
+    sp.add_argument("--start", type=float, default=1e-6)
+    sp.add_argument("--end", type=float, default=1.0)
     sp.add_argument("--json", action="store_true")
 
     sp = cmd("estimate", model_command("cmd_estimate"),
@@ -300,6 +318,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("run_id")
     sp.add_argument("--follow", action="store_true", help="keep printing until the run ends")
     sp.add_argument("-n", "--lines", type=int, default=200)
+
+    sp = with_runs_dir(cmd("push", cmd_push, "Upload a finished run's adapter (or merged model) to the Hugging Face "
+                                             "Hub with a model card generated from the run."))
+    sp.add_argument("run_id")
+    sp.add_argument("--repo", required=True, help="Hub repository id, e.g. your-name/minilm-sst2-lora")
+    sp.add_argument("--private", action="store_true", help="create the repository private")
+    sp.add_argument("--merged", action="store_true", help="push the merged model (merge the run first)")
+    sp.add_argument("--json", action="store_true")
 
     sp = with_runs_dir(cmd("delete", cmd_delete, "Delete a finished or queued run and its files (whole run id)."))
     sp.add_argument("run_id")

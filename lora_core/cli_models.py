@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from . import checks
 from .cli import emit
-from .config import ExperimentConfig
 from .data import label_counts
 from .memory import estimate
 from .merge import merge_adapter
@@ -15,7 +15,7 @@ from .runs import Runs
 
 
 def cmd_params(args) -> int:
-    cfg = ExperimentConfig.from_file(args.config)
+    cfg = checks.load_file(args.config, deep=False)  # the data may be unreadable: counts still help
     num_labels = 2
     if cfg.task == "seq-cls":  # the head's size depends on the class count: read it off the data when we can
         try:
@@ -64,4 +64,15 @@ def cmd_estimate(args) -> int:
              if k not in ("func", "json", "command", "model", "method", "batch_size", "seq_len") and v is not None}
     est = estimate(model=args.model, method=args.method, batch_size=args.batch_size, seq_len=args.seq_len, **knobs)
     emit(est.to_dict(), args.json, est.summary())
+    return 0
+
+
+def cmd_lr_find(args) -> int:
+    from .lr_find import lr_find
+
+    cfg = ExperimentConfig.from_file(args.config)
+    res = lr_find(cfg, steps=args.steps, start=args.start, end=args.end)
+    rows = "\n".join(f"  lr {lr:10.3g}  loss {loss:8.4f}" for lr, loss in zip(res["lrs"], res["losses"]))
+    emit(res, args.json, f"{rows}\nsuggested learning rate: {res['suggestion']:.3g} ({res['why']})\n"
+                         f"set it with train.learning_rate: {res['suggestion']:.3g}")
     return 0

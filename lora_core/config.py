@@ -15,7 +15,6 @@ import dataclasses
 import json
 import math
 import os
-import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from urllib.parse import urlparse
 
 import yaml
 
+from .config_text import MAX_CONFIG_BYTES, excerpt, parse_bytes, parse_file, parse_text  # noqa: F401
 from .errors import ConfigError
 from .samples.make_samples import EVAL_PROMPTS
 
@@ -39,7 +39,6 @@ SAMPLE_FOR_TASK = {"seq-cls": "sample:sentiment-2", "causal-lm": "sample:instruc
 Backend = Literal["local", "ray"]
 BACKENDS = ("local", "ray")
 
-MAX_CONFIG_BYTES = 1 << 20   # a config is a page of settings; anything near this size is not one
 MAX_INT = 2**31 - 1          # whole numbers above this overflow torch/numpy arguments somewhere downstream
 MAX_TEXT = 1024              # default bound on a text field (paths and prompts say more)
 MAX_PATH = 4096              # PATH_MAX on Linux
@@ -47,11 +46,17 @@ MAX_PATH_PART = 255          # bytes in one file or folder name (NAME_MAX)
 MAX_LIST = 256               # items in a list field
 MAX_CLASSES = 1000           # classes a seq-cls run may have; integer labels are class ids below this
 
-# The learning rate each method trains with when train.learning_rate is empty. Full, LoRA and head-only were
-# chosen on a validation split carved from the training rows of sample:sentiment-3 (never its eval split) with
-# MiniLM and the default epochs: bench/choose_lr.py reruns the choice. QLoRA takes LoRA's rate. LoRA needs a far
-# higher rate than full fine-tuning: B starts at zero and only r·(d_in + d_out) numbers per layer move.
+# The learning rate each method trains with when train.learning_rate is empty, chosen by bench/choose_lr.py on a
+# validation split carved from the training rows of sample:sentiment-3 (never its eval split). For a config of
+# your own, `python -m lora_core lr-find CONFIG` (lora_core/lr_find.py) suggests a rate from the training rows.
+# QLoRA takes LoRA's rate. LoRA needs a far higher rate than full fine-tuning:
+# B starts at zero and only r·(d_in + d_out) numbers per layer move.
 DEFAULT_LEARNING_RATES = {"full": 1e-4, "lora": 5e-3, "qlora": 5e-3, "head-only": 1e-2}
+
+
+def env_flag(name: str) -> bool:
+    """An on/off environment variable: 1, true, yes or on (any case) means on."""
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _f(default: Any = dataclasses.MISSING, help: str = "", **kw):
@@ -118,6 +123,14 @@ class DataConfig:
     max_length: int = _f(128, "Maximum tokens per example; longer ones are truncated.", min=8, max=32768)
     max_train_samples: Optional[int] = _f(None, "Use at most this many training rows (seeded shuffle).", min=1)
     max_eval_samples: Optional[int] = _f(None, "Use at most this many evaluation rows.", min=1)
+    group_by_length: bool = _f(True, "Batch training rows of similar token length together (much less padding, "
+                               "the same rows every epoch); the batch order stays shuffled and seeded. Evaluation "
+                               "reads its rows longest first. Off: random batches.")
+    packing: bool = _f(False, "causal-lm: pack several examples into each row of up to max_length tokens. Position "
+                       "ids restart per example, so examples never attend to each other; prompt masking is kept. "
+                       "Evaluation stays unpacked.")
+    cache_tokenized: bool = _f(True, "Keep the tokenized data in the model cache, keyed by the data's fingerprint "
+                               "and the tokenizer, so the runs of a sweep tokenize once.")
 
 
 @dataclass
@@ -137,11 +150,15 @@ class TrainConfig:
     max_grad_norm: float = _f(1.0, "Gradient clipping norm (0 turns clipping off).", min=0.0)
     gradient_checkpointing: bool = _f(False, "Recompute activations in backward to save memory (~30% slower).")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = _f(
-        "auto", "Training precision. auto: bf16 mixed precision on GPUs that support it, else fp32.")
+        "auto", "Training precision. auto: bf16 mixed precision where the hardware computes bf16 natively (CUDA "
+                "GPUs with bf16; CPUs with AVX512-BF16 or AMX), else fp32. The run records what it resolved to "
+                "and why.")
     seed: int = _f(0, "Seed for data shuffling, the eval split and weight init.", min=0, max=2**32 - 1)  # numpy's range
     logging_steps: int = _f(5, "Log train loss every N optimizer steps.", min=1)
     eval_steps: Optional[int] = _f(None, "Evaluate every N steps. Empty: at the end of each epoch.", min=1)
     save_steps: Optional[int] = _f(None, "Checkpoint every N steps (for resume). Empty: at each evaluation.", min=1)
+    checkpoints: bool = _f(True, "Save Trainer checkpoints (at each evaluation, or every save_steps) so a failed "
+                           "run can resume. Off: none while training; a stop still checkpoints.")
     early_stopping_patience: Optional[int] = _f(None, "Stop when the eval metric has not improved for N "
                                                 "evaluations.", min=1)
 
@@ -187,6 +204,16 @@ class ResourcesConfig:
 
 
 @dataclass
+class TrackingConfig:
+    mlflow: bool = field(default_factory=lambda: env_flag("LORA_LAB_MLFLOW"), metadata={"help": (
+        "Log the config as params, every train and eval metric with its step, the results and the saved weights "
+        "to MLflow: $MLFLOW_TRACKING_URI, else a local store in the runs directory. Default: $LORA_LAB_MLFLOW.")})
+    tensorboard: bool = field(default_factory=lambda: env_flag("LORA_LAB_TENSORBOARD"), metadata={"help": (
+        "Write TensorBoard event files into the run's folder (`tensorboard --logdir runs`). Default: "
+        "$LORA_LAB_TENSORBOARD.")})
+
+
+@dataclass
 class ExperimentConfig:
     name: str = _f("experiment", "A label for the run (any text; the run id is derived safely from it).", max_len=200)
     task: Task = _f("seq-cls", "seq-cls: sequence classification; causal-lm: language modelling / instruction tuning.")
@@ -200,6 +227,7 @@ class ExperimentConfig:
     generate: GenerateConfig = field(default_factory=GenerateConfig, metadata={"help": "Before/after generations."})
     resources: ResourcesConfig = field(default_factory=ResourcesConfig,
                                        metadata={"help": "Where and on how many processes the run trains."})
+    tracking: TrackingConfig = field(default_factory=TrackingConfig, metadata={"help": "Experiment trackers."})
 
     # -- construction -------------------------------------------------------------------------------------
     @classmethod
@@ -209,55 +237,37 @@ class ExperimentConfig:
         return cfg
 
     @classmethod
+    def problems(cls, data: dict | None) -> list[ConfigError]:
+        """Every problem with `data` at once, each naming its field (empty when `from_dict` would accept it):
+        the type, range and key of every field, then each cross-field rule whose fields all had a valid value."""
+        return cls.checked(data)[1]
+
+    @classmethod
+    def checked(cls, data: dict | None) -> tuple["ExperimentConfig | None", list[ConfigError]]:
+        """(the config with every bad field left at its default, or None when `data` is no mapping; the
+        problems as `problems` lists them): deeper checks can still look at the fields that were fine."""
+        found: list[ConfigError] = []
+        cfg = _build(cls, data if data is not None else {}, "", found)
+        if cfg is None:
+            return None, found
+        bad = {e.field for e in found}
+        cfg.normalize()
+        found += [e for reads, e in cfg.rule_errors() if not bad & set(reads)]
+        return cfg, found
+
+    @classmethod
     def from_file(cls, path: str | Path) -> "ExperimentConfig":
-        path = Path(path)
-        try:
-            if not path.is_file():
-                raise ConfigError("", f"config file not found: {excerpt(str(path))}")
-            if path.stat().st_size > MAX_CONFIG_BYTES:
-                raise ConfigError("", f"{path}: {path.stat().st_size:,} bytes is too big for a config "
-                                      f"(at most {MAX_CONFIG_BYTES:,})")
-            raw = path.read_bytes()
-        except OSError as exc:  # a name too long, a folder, no permission: say which file
-            raise ConfigError("", f"cannot read the config file {excerpt(str(path))}: {exc.strerror or exc}") from None
-        return cls.from_bytes(raw, fmt="json" if path.suffix.lower() == ".json" else "yaml", source=str(path))
+        return cls.from_dict(parse_file(path))
 
     @classmethod
     def from_bytes(cls, raw: bytes, fmt: str = "yaml", source: str = "config") -> "ExperimentConfig":
         """A config from the bytes of a file (an upload, a file read by from_file): checked for size and UTF-8."""
-        if len(raw) > MAX_CONFIG_BYTES:
-            raise ConfigError("", f"{source}: {len(raw):,} bytes is too big for a config (at most "
-                                  f"{MAX_CONFIG_BYTES:,})")
-        try:
-            text = raw.decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            line = raw.count(b"\n", 0, exc.start) + 1
-            raise ConfigError("", f"{source}: line {line} (byte {exc.start}) is not valid UTF-8 "
-                                  f"({raw[exc.start:exc.start + 4]!r}); save the file as UTF-8") from None
-        return cls.from_text(text, fmt=fmt, source=source)
+        return cls.from_dict(parse_bytes(raw, fmt, source))
 
     @classmethod
     def from_text(cls, text: str, fmt: str = "yaml", source: str = "config") -> "ExperimentConfig":
-        """A config from YAML or JSON text. Empty text, aliases, duplicate keys and non-finite numbers are refused:
-        a config that does not say what it means never launches the defaults or the last of two values."""
-        if len(text) > MAX_CONFIG_BYTES:
-            raise ConfigError("", f"{source}: too big for a config (at most {MAX_CONFIG_BYTES:,} characters)")
-        if not text.strip():
-            raise ConfigError("", f"{source} is empty; a config needs at least one setting (an empty file would "
-                                  "silently launch the defaults)")
-        try:
-            data = _load_json(text) if fmt == "json" else yaml.load(text, Loader=_StrictLoader)  # noqa: S506
-        except ConfigError as exc:
-            raise ConfigError(exc.field, f"{source}: {exc.message}") from None
-        except RecursionError:
-            raise ConfigError("", f"{source} is nested too deeply to be a config") from None
-        except Exception as exc:  # yaml.YAMLError / json.JSONDecodeError: say where
-            raise ConfigError("", f"{source} is not valid {fmt.upper()}: {excerpt(str(exc), 300)}") from None
-        if data is None:
-            raise ConfigError("", f"{source} has no settings (only comments or an empty document)")
-        if not isinstance(data, dict):
-            raise ConfigError("", f"{source} must be a mapping of keys to values, got {type(data).__name__}")
-        return cls.from_dict(data)
+        """A config from YAML or JSON text (see parse_text for what is refused)."""
+        return cls.from_dict(parse_text(text, fmt, source))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -289,56 +299,89 @@ class ExperimentConfig:
 
     # -- the cross-field rules (types and ranges are checked while building) --------------------------------
     def validate(self) -> None:
-        if not self.name.strip():
-            raise ConfigError("name", "must not be empty")
-        if not self.model.source.strip():
-            raise ConfigError("model.source", f"must not be empty; use one of {', '.join(BUNDLED_MODELS)}, "
-                                              "a hub id or a local directory")
-        if self.method == "head-only" and self.task != "seq-cls":
-            raise ConfigError("method", "head-only trains a classifier head on a frozen backbone, so it needs "
-                                        "task: seq-cls (allowed for causal-lm: full, lora, qlora)")
-        if self.task == "seq-cls" and self.data.train == "sample:instructions":
-            raise ConfigError("data.train", "sample:instructions is a causal-lm dataset; for seq-cls use "
-                                            "sample:sentiment-2 or sample:sentiment-3")
-        if self.task == "causal-lm" and self.data.train in ("sample:sentiment-2", "sample:sentiment-3"):
-            raise ConfigError("data.train", "a sentiment sample has no prompt/response columns; for causal-lm use "
-                                            "sample:instructions or a file with prompt and response columns")
-        if self.data.train.startswith("sample:") and self.data.train not in SAMPLE_DATASETS:
-            raise ConfigError("data.train", f"unknown bundled sample {excerpt(self.data.train)}; allowed: "
-                                            f"{', '.join(SAMPLE_DATASETS)}")
-        if self.data.eval and self.data.eval.startswith("sample:") and self.data.eval not in SAMPLE_DATASETS:
-            raise ConfigError("data.eval", f"unknown bundled sample {excerpt(self.data.eval)}; allowed: "
-                                           f"{', '.join(SAMPLE_DATASETS)}")
+        self.normalize()
+        for _, error in self.rule_errors():
+            raise error
+
+    def normalize(self) -> None:
+        """The spellings a form or the CLI may use, in the config's own form (target names as a list)."""
         targets = self.lora.target_modules
-        if isinstance(targets, list) and any(not t.strip() for t in targets):
-            raise ConfigError("lora.target_modules", "names must not be empty")
         if isinstance(targets, list) and len(targets) == 1 and _names_a_preset(targets[0]):
             self.lora.target_modules = targets = targets[0]  # [all-linear] means all-linear, as in PEFT
         if isinstance(targets, str) and not _names_a_preset(targets):
             # "query, value" from a form or the CLI means a list of names
-            self.lora.target_modules = targets = [t.strip() for t in targets.split(",") if t.strip()]
-        if isinstance(targets, str) and targets.startswith("preset:") and targets[7:] not in LORA_PRESETS:
-            raise ConfigError("lora.target_modules", f"unknown preset {excerpt(targets)}; allowed: "
-                                                     + ", ".join(f"preset:{p}" for p in LORA_PRESETS))
+            self.lora.target_modules = targets = [t.strip() for t in targets.split(",") if t.strip()] or None
         if isinstance(targets, list) and not targets:
-            self.lora.target_modules = targets = None
-        if self.train.precision == "fp16" and self.method == "qlora" and self.quant.compute_dtype == "bfloat16":
-            raise ConfigError("quant.compute_dtype", "fp16 training needs compute_dtype float16 or float32, "
-                                                     "not bfloat16")
-        self._validate_resources()
+            self.lora.target_modules = None
+        address = self.resources.ray_address
+        if address is not None:  # blank means $LORA_LAB_RAY_ADDRESS; the Jobs API wants no trailing slash
+            self.resources.ray_address = address.strip().rstrip("/") or None
 
-    def _validate_resources(self) -> None:
+    def rule_errors(self):
+        """(the fields a rule reads, its error) for every cross-field rule this config breaks, in field order."""
+        if not self.name.strip():
+            yield ("name",), ConfigError("name", "must not be empty")
+        if len(self.name) > 200:
+            yield ("name",), ConfigError("name", "must be at most 200 characters")
+        if not self.model.source.strip():
+            yield ("model.source",), ConfigError("model.source", f"must not be empty; use one of "
+                                                 f"{', '.join(BUNDLED_MODELS)}, a hub id or a local directory")
+        if self.method == "head-only" and self.task != "seq-cls":
+            yield ("method", "task"), ConfigError(
+                "method", "head-only trains a classifier head on a frozen backbone, so it needs task: seq-cls "
+                          "(allowed for causal-lm: full, lora, qlora)")
+        yield from self._data_rule_errors()
+        targets = self.lora.target_modules
+        if isinstance(targets, list) and any(not t.strip() for t in targets):
+            yield ("lora.target_modules",), ConfigError("lora.target_modules", "names must not be empty")
+        if self.data.packing and self.task != "causal-lm":
+            yield ("data.packing", "task"), ConfigError(
+                "data.packing", "packing joins causal-lm examples into longer rows; seq-cls rows each carry one "
+                                "label, so use packing: false (or task: causal-lm)")
+        if isinstance(targets, str) and targets.startswith("preset:") and targets[7:] not in LORA_PRESETS:
+            yield ("lora.target_modules",), ConfigError(
+                "lora.target_modules", f"unknown preset {excerpt(targets)}; allowed: "
+                                       + ", ".join(f"preset:{p}" for p in LORA_PRESETS))
+        if self.train.precision == "fp16" and self.method == "qlora" and self.quant.compute_dtype == "bfloat16":
+            yield ("quant.compute_dtype", "train.precision", "method"), ConfigError(
+                "quant.compute_dtype", "fp16 training needs compute_dtype float16 or float32, not bfloat16")
+        yield from self._resources_rule_errors()
+
+    def _resources_rule_errors(self):
         res = self.resources
         if res.ray_address is not None:
-            res.ray_address = check_ray_address(res.ray_address) if res.ray_address.strip() else None
+            try:
+                check_ray_address(res.ray_address)
+            except ConfigError as error:
+                yield ("resources.ray_address",), error
         gpus = res.gpus_per_worker
         if gpus > 1 and not float(gpus).is_integer():
-            raise ConfigError("resources.gpus_per_worker", f"{gpus:g}: above 1 a worker takes whole GPUs (Ray "
-                                                           "shares a GPU only as a fraction below 1)")
+            yield ("resources.gpus_per_worker",), ConfigError(
+                "resources.gpus_per_worker", f"{gpus:g}: above 1 a worker takes whole GPUs (Ray shares a GPU only "
+                                             "as a fraction below 1)")
         if res.num_workers > 1 and 0 < gpus < 1:
-            raise ConfigError("resources.gpus_per_worker", f"{gpus:g}: data-parallel workers cannot share a GPU "
-                                                           "(NCCL refuses two ranks on one device); give each "
-                                                           "worker 1 or more GPUs, or 0 to train on CPU")
+            yield ("resources.gpus_per_worker", "resources.num_workers"), ConfigError(
+                "resources.gpus_per_worker", f"{gpus:g}: data-parallel workers cannot share a GPU (NCCL refuses two "
+                                             "ranks on one device); give each worker 1 or more GPUs, or 0 to train "
+                                             "on CPU")
+
+    def _data_rule_errors(self):
+        train, task = self.data.train, ("data.train", "task")
+        if not train.strip():
+            yield ("data.train",), ConfigError("data.train", "must not be empty; use a bundled sample ("
+                                               f"{', '.join(SAMPLE_DATASETS)}), a local file or a hub dataset id")
+        elif self.task == "seq-cls" and train == "sample:instructions":
+            yield task, ConfigError("data.train", "sample:instructions is a causal-lm dataset; for seq-cls use "
+                                                  "sample:sentiment-2 or sample:sentiment-3")
+        elif self.task == "causal-lm" and train in ("sample:sentiment-2", "sample:sentiment-3"):
+            yield task, ConfigError("data.train", "a sentiment sample has no prompt/response columns; for causal-lm "
+                                                  "use sample:instructions or a file with prompt and response columns")
+        elif train.startswith("sample:") and train not in SAMPLE_DATASETS:
+            yield ("data.train",), ConfigError("data.train", f"unknown bundled sample {excerpt(train)}; allowed: "
+                                                             f"{', '.join(SAMPLE_DATASETS)}")
+        if self.data.eval and self.data.eval.startswith("sample:") and self.data.eval not in SAMPLE_DATASETS:
+            yield ("data.eval",), ConfigError("data.eval", f"unknown bundled sample {excerpt(self.data.eval)}; allowed: "
+                                                           f"{', '.join(SAMPLE_DATASETS)}")
 
     # -- derived values ------------------------------------------------------------------------------------
     @property
@@ -441,43 +484,44 @@ def _literal_args(hint) -> list | None:
     return None
 
 
-def _build(cls, data: Any, prefix: str):
+def _build(cls, data: Any, prefix: str, found: list[ConfigError] | None = None):
+    """The dataclass `cls` from `data`. Without `found`, the first bad field raises its ConfigError; with it,
+    every bad field's error is appended there and the field keeps its default (None when `data` is no mapping)."""
+    def refuse(error: ConfigError) -> None:
+        if found is None:
+            raise error
+        found.append(error)
+
     if not isinstance(data, dict):
-        raise ConfigError(prefix.rstrip("."), f"must be a mapping, got {type(data).__name__}")
+        refuse(ConfigError(prefix.rstrip("."), f"must be a mapping, got {type(data).__name__}"))
+        return None
     hints = _HINTS(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted((k for k in data if k not in fields), key=repr)  # keys may be numbers or None in YAML
-    if unknown:
-        where = prefix.rstrip(".") or "config"
-        key = unknown[0]
+    where = prefix.rstrip(".") or "config"
+    for key in sorted((k for k in data if k not in fields), key=repr):  # keys may be numbers or None in YAML
         shown = key if isinstance(key, str) and key.isprintable() and 0 < len(key) <= 60 else excerpt(key, 40)
-        raise ConfigError(f"{prefix}{shown}", f"unknown key {excerpt(key, 40)} in {where}; allowed keys: "
-                                              f"{', '.join(fields)}")
+        refuse(ConfigError(f"{prefix}{shown}", f"unknown key {excerpt(key, 40)} in {where}; allowed keys: "
+                                               f"{', '.join(fields)}"))
     kwargs = {}
     for name, value in data.items():
+        if name not in fields:
+            continue
         path = f"{prefix}{name}"
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value if value is not None else {}, path + ".")
-        else:
+            section = _build(hint, value if value is not None else {}, path + ".", found)
+            if section is not None:
+                kwargs[name] = section
+            continue
+        try:
             kwargs[name] = _convert(path, value, hint, fields[name].metadata)
+        except ConfigError as exc:
+            refuse(exc)
     return cls(**kwargs)
 
 
 def _type_name(hint) -> str:
     return getattr(hint, "__name__", str(hint))
-
-
-_SHORT = reprlib.Repr()  # Python 3.11's Repr takes no arguments
-_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxlong, _SHORT.maxother = 2, 60, 40, 60
-_SHORT.maxtuple = _SHORT.maxlist = _SHORT.maxarray = _SHORT.maxdict = _SHORT.maxset = _SHORT.maxfrozenset = 4
-
-
-def excerpt(value: Any, limit: int = 80) -> str:
-    """A short repr of a value for an error message: a bad value quoted in full could be megabytes (a YAML alias
-    bomb, a pasted file). Never walks more than a few items of a big structure."""
-    text = _SHORT.repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _convert(path: str, value: Any, hint, meta) -> Any:
@@ -572,47 +616,3 @@ def _check_range(path: str, value: float, meta) -> None:
         raise ConfigError(path, f"must be < {meta['max_excl']}, got {excerpt(value)}")
     if isinstance(value, int) and "max" not in meta and value > MAX_INT:
         raise ConfigError(path, f"must be <= {MAX_INT}, got {excerpt(value)}")
-
-
-# -- strict parsing: no aliases, no duplicate keys ---------------------------------------------------------------
-
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses aliases and duplicate keys. An alias lets a few hundred bytes expand into
-    gigabytes (each level repeats the previous one); a config never needs one, so we refuse rather than bound."""
-
-    def compose_node(self, parent, index):
-        if self.check_event(yaml.AliasEvent):
-            mark = self.peek_event().start_mark
-            raise ConfigError("", f"line {mark.line + 1}: YAML aliases (*name) are not allowed in a config; "
-                                  "write the value out")
-        return super().compose_node(parent, index)
-
-    def construct_mapping(self, node, deep=False):
-        seen: dict = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<:` merges are resolved by SafeLoader itself
-                continue
-            key = self.construct_object(key_node, deep=True)
-            line = key_node.start_mark.line + 1
-            try:
-                duplicate = key in seen
-            except TypeError:  # an unhashable key (a list or a mapping)
-                raise ConfigError("", f"line {line}: a key must be a name, got {excerpt(key)}") from None
-            if duplicate:
-                raise ConfigError("", f"line {line}: duplicate key {excerpt(key)} (first at line {seen[key]}); "
-                                      "a config says each setting once")
-            seen[key] = line
-        return super().construct_mapping(node, deep=deep)
-
-
-def _no_duplicates(pairs: list) -> dict:
-    out: dict = {}
-    for key, value in pairs:
-        if key in out:
-            raise ConfigError("", f"duplicate key {excerpt(key)}; a config says each setting once")
-        out[key] = value
-    return out
-
-
-def _load_json(text: str) -> Any:
-    return json.loads(text, object_pairs_hook=_no_duplicates)

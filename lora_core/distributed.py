@@ -1,6 +1,6 @@
 """One run on several training processes: data-parallel training (DDP) of the same recipe on every rank.
 
-    results = train_run(cfg, run_dir, on_event=..., observe=..., stop_flag=..., resume_from=None)
+    results = train_run(cfg, run_dir, on_event=..., observe=..., stop_flag=..., resume_from=None, run_info=...)
 
 `resources.num_workers: 1` is the plain recipe in this process, exactly as before. More workers are launched by
 existing engines, never by a scheduler of ours:
@@ -12,7 +12,8 @@ existing engines, never by a scheduler of ours:
 
 Every rank runs `train.run_experiment` on the same config and seed; the Trainer shards the batches (a global step
 sees num_workers × train.batch_size rows) and averages the gradients. Rank 0 alone writes the metrics stream,
-the results, the adapter and the checkpoints. A stop is asked for through the run's stop.request file; rank 0
+the results, the adapter and the checkpoints, and alone reports to the trackers (`run_info`, tracking.py); a
+resumed run's elapsed time goes on from its parent's on every backend. A stop is asked for through the run's stop.request file; rank 0
 reads it and every rank learns the answer at the same step (an all-reduce), so all of them checkpoint and leave
 together instead of one waiting forever in a collective.
 """
@@ -48,27 +49,49 @@ def node_name() -> str:
 
 
 def train_run(cfg: ExperimentConfig, rd: RunDir, *, on_event: Callable[[dict], None],
-              observe: Callable[[dict], None], stop_flag: threading.Event, resume_from: Path | None) -> dict:
+              observe: Callable[[dict], None], stop_flag: threading.Event, resume_from: Path | None,
+              run_info: dict | None = None) -> dict:
     """Train the run in `rd` on cfg.resources.num_workers processes and return rank 0's results, with
     `nodes` (where each rank ran). One worker: this process, as it always did. `on_event` gets the events of an
     in-process run; with several ranks rank 0 appends them to the metrics stream itself and `observe` sees
-    each one as it is read back. Setting `stop_flag` asks every rank to stop."""
+    each one as it is read back. Setting `stop_flag` asks every rank to stop. `run_info`: who the run is, for
+    the trackers (train.run_experiment)."""
     workers = cfg.resources.num_workers
     if workers == 1:
-        results = train.run_experiment(cfg, rd.artifacts, on_event=on_event, should_stop=stop_flag.is_set,
-                                       resume_from=resume_from)
+        results = train.run_experiment(cfg, rd.artifacts, on_event=continued(on_event, inherited_elapsed(rd)),
+                                       should_stop=stop_flag.is_set, resume_from=resume_from, run_info=run_info)
         results["nodes"] = [node_name()]
         return results
     rd.stop_request.unlink(missing_ok=True)  # a resumed run's folder is new; this guards against reuse
     with RankWatch(rd, stop_flag, observe):
         if cfg.resources.backend == "ray":
-            launch_ray_train(cfg, rd, resume_from)
+            launch_ray_train(cfg, rd, resume_from, run_info)
         else:
-            launch_local(rd, resume_from, workers)
+            launch_local(rd, resume_from, workers, run_info)
     results = files.read_json(rd.results)
     if not results:
         raise RankError(f"the {workers} training processes ended without rank 0 writing its results")
     return results
+
+
+def inherited_elapsed(rd: RunDir) -> float:
+    """The training time a resumed run inherits: the parent's latest elapsed_s up to the checkpoint, from the
+    events copied into this run's stream (0 for a fresh run)."""
+    events, _ = files.read_events(rd.metrics)
+    return max((e["elapsed_s"] for e in events
+                if e.get("inherited_from") and isinstance(e.get("elapsed_s"), (int, float))), default=0.0)
+
+
+def continued(on_event: Callable[[dict], None], elapsed_before: float) -> Callable[[dict], None]:
+    """on_event with elapsed_s going on from the parent's, so a resumed run's curves and clock never go back."""
+    if not elapsed_before:
+        return on_event
+
+    def shifted(event: dict) -> None:
+        if isinstance(event.get("elapsed_s"), (int, float)):
+            event = dict(event, elapsed_s=event["elapsed_s"] + elapsed_before)
+        on_event(event)
+    return shifted
 
 
 class RankWatch(threading.Thread):
@@ -101,10 +124,11 @@ class RankWatch(threading.Thread):
 # -- inside every rank -------------------------------------------------------------------------------------------
 
 def rank_main(run_dir: str, resume_from: str | None, launcher_pid: int | None = None,
-              prepare: Callable | None = None) -> dict | None:
-    """One rank of a multi-process run: the recipe with rank 0 writing events, results and artifacts.
-    `launcher_pid`: exit when that process (the local worker) is gone, so no rank outlives it. `prepare`: the
-    Trainer wrapper of the backend (Ray's prepare_trainer). Returns rank 0's results (None on other ranks)."""
+              prepare: Callable | None = None, run_info: dict | None = None) -> dict | None:
+    """One rank of a multi-process run: the recipe with rank 0 writing events, results and artifacts and
+    reporting to the trackers. `launcher_pid`: exit when that process (the local worker) is gone, so no rank
+    outlives it. `prepare`: the Trainer wrapper of the backend (Ray's prepare_trainer). Returns rank 0's results
+    (None on other ranks)."""
     import torch
     import torch.distributed as dist
 
@@ -126,12 +150,14 @@ def rank_main(run_dir: str, resume_from: str | None, launcher_pid: int | None = 
         files.write_json(rd.job, {"ranks": [{"rank": r, "node": node, "pid": pid} for r, (node, pid) in
                                             enumerate(placed)], "pid": os.getpid(), "time": time.time()})
 
-    def on_event(event: dict) -> None:
+    def write(event: dict) -> None:
         files.append_event(rd.metrics, dict(event, time=event.get("time", time.time())))
 
-    results = train.run_experiment(cfg, rd.artifacts, on_event=on_event if main else None,
+    events = continued(write, inherited_elapsed(rd)) if main else None
+    results = train.run_experiment(cfg, rd.artifacts, on_event=events,
                                    should_stop=agreed(lambda: rd.stop_request.exists() if main else False),
-                                   resume_from=Path(resume_from) if resume_from else None, prepare_trainer=prepare)
+                                   resume_from=Path(resume_from) if resume_from else None, prepare_trainer=prepare,
+                                   run_info=run_info if main else None)
     if not main:
         return None
     results["nodes"] = nodes
@@ -175,7 +201,7 @@ def _exit_with(pid: int) -> None:
 
 # -- local: torchrun's launch API --------------------------------------------------------------------------------
 
-def launch_local(rd: RunDir, resume_from: Path | None, workers: int) -> None:
+def launch_local(rd: RunDir, resume_from: Path | None, workers: int, run_info: dict | None = None) -> None:
     """`workers` ranks on this machine through torchrun's launcher (standalone rendezvous on a free port, no
     restarts). A rank that dies ends the others and raises RankError naming it."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -187,7 +213,8 @@ def launch_local(rd: RunDir, resume_from: Path | None, workers: int) -> None:
                           # SIGTERM stays the worker's "stop gracefully" (the launcher would turn it into a kill)
                           signals_to_handle="SIGHUP,SIGQUIT")
     try:
-        elastic_launch(config, rank_main)(str(rd.path), str(resume_from) if resume_from else None, os.getpid())
+        elastic_launch(config, rank_main)(str(rd.path), str(resume_from) if resume_from else None, os.getpid(),
+                                          None, run_info)
     except ChildFailedError as exc:
         raise RankError(describe_failures(exc.failures)) from None
 
@@ -214,10 +241,11 @@ def _ray_train_loop(config: dict) -> None:
     """The per-worker function of the TorchTrainer: the same rank_main, with Ray's Trainer integration."""
     from ray.train.huggingface.transformers import prepare_trainer
 
-    rank_main(config["run_dir"], config["resume_from"], prepare=prepare_trainer)
+    rank_main(config["run_dir"], config["resume_from"], prepare=prepare_trainer, run_info=config.get("run_info"))
 
 
-def launch_ray_train(cfg: ExperimentConfig, rd: RunDir, resume_from: Path | None) -> None:
+def launch_ray_train(cfg: ExperimentConfig, rd: RunDir, resume_from: Path | None,
+                     run_info: dict | None = None) -> None:
     """cfg.resources.num_workers Ray Train workers, SPREAD over the nodes, no retries (a failure is the run's).
     Checkpoints go where the recipe writes them (the run's folder on shared storage), not through Ray's
     checkpoint reporting, so resume reads the same files on either backend."""
@@ -230,7 +258,8 @@ def launch_ray_train(cfg: ExperimentConfig, rd: RunDir, resume_from: Path | None
         per_worker["GPU"] = res.gpus_per_worker
     trainer = TorchTrainer(
         _ray_train_loop,
-        train_loop_config={"run_dir": str(rd.path), "resume_from": str(resume_from) if resume_from else None},
+        train_loop_config={"run_dir": str(rd.path), "resume_from": str(resume_from) if resume_from else None,
+                           "run_info": run_info},
         scaling_config=ScalingConfig(num_workers=res.num_workers, use_gpu=bool(res.gpus_per_worker),
                                      resources_per_worker=per_worker, placement_strategy="SPREAD"),
         run_config=RunConfig(name=rd.id, storage_path=str(rd.artifacts.ray_storage),

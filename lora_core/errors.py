@@ -14,6 +14,10 @@ class LoraLabError(ValueError):
         self.message = message
         super().__init__(f"{field}: {message}" if field and not message.startswith(f"{field}:") else message)
 
+    def __reduce__(self):
+        # subclasses take other constructor arguments: rebuild from the state, so errors pickle (caches, queues)
+        return _rebuild, (type(self), self.args, self.__dict__)
+
 
 class ConfigError(LoraLabError):
     """A config value is wrong. `field` is the dotted path, e.g. `lora.r`."""
@@ -42,5 +46,40 @@ class StatusError(RunError):
     """An illegal status change, e.g. from a terminal state."""
 
 
+class ConfigProblems(ConfigError):
+    """Every problem with one config, found at once (`lora_core.checks`). `problems` holds each (a LoraLabError
+    naming its field); the message is the one problem, or a count and every problem one a line, so a terminal
+    shows every bad field of a file in one go. `field` is the first problem's."""
+
+    def __init__(self, problems: list[LoraLabError], source: str = ""):
+        self.problems = list(problems)
+        first = self.problems[0] if self.problems else LoraLabError("no problems")
+        if len(self.problems) == 1:
+            text = str(first)
+        else:
+            where = f" in {source}" if source else ""
+            text = "\n".join([f"{len(self.problems)} problems{where}:", *(f"  - {p}" for p in self.problems)])
+        super().__init__(first.field, text)
+        self.args = (text,)
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+def _rebuild(cls, args: tuple, state: dict) -> LoraLabError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
+
+
 class StorageError(RunError):
     """The runs directory cannot be written or read: a full disk, an I/O error. The message names the file."""
+
+
+class TrackingError(LoraLabError):
+    """An experiment tracker (MLflow, TensorBoard) could not be opened."""
+
+
+class HubError(LoraLabError):
+    """Pushing to the Hugging Face Hub failed (offline, no token, no such repo)."""

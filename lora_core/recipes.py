@@ -88,12 +88,14 @@ def get(key: str) -> Recipe:
     return RECIPES[key]
 
 
-def launch(key: str, runs: Runs) -> tuple[str | None, list[str]]:
-    """Start a recipe: (sweep id, run ids) for a sweep, (None, [run id]) for a single run. Returns at once."""
+def launch(key: str, runs: Runs, overrides: dict | None = None) -> tuple[str | None, list[str]]:
+    """Start a recipe: (sweep id, run ids) for a sweep, (None, [run id]) for a single run. Returns at once.
+    `overrides` changes config fields by dotted name first (e.g. {"train.max_steps": 10} for a quick look)."""
     recipe = get(key)
+    cfg = recipe.experiment().replace(**overrides) if overrides else recipe.experiment()
     if recipe.vary:
-        return runs.sweep(recipe.experiment(), copy.deepcopy(recipe.vary))
-    return None, [runs.launch(recipe.experiment())]
+        return runs.sweep(cfg, copy.deepcopy(recipe.vary))
+    return None, [runs.launch(cfg)]
 
 
 def format_change(pairs: list[dict]) -> dict:

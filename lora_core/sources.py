@@ -58,10 +58,13 @@ def bundled_path(name: str) -> Path:
     raise ModelError(f"model.source: {name!r} is not a bundled model")
 
 
-def build_once(target: Path, build: Callable[[Path], None]) -> Path:
-    """`target`, built by `build(tmp_dir)` unless it is already complete. Concurrent builders each write a
-    temp dir beside the target; the first rename wins and the others are discarded."""
-    if _complete(target):
+def build_once(target: Path, build: Callable[[Path], None],
+               complete: Callable[[Path], bool] | None = None) -> Path:
+    """`target`, built by `build(tmp_dir)` unless it is already complete (`complete(target)`; default: a saved
+    model's config.json and weights). Concurrent builders each write a temp dir beside the target; the first
+    rename wins and the others are discarded."""
+    complete = complete or _complete
+    if complete(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
@@ -71,7 +74,7 @@ def build_once(target: Path, build: Callable[[Path], None]) -> Path:
         try:
             os.rename(tmp, target)
         except OSError:
-            if not _complete(target):  # not a lost race: something else is in the way
+            if not complete(target):  # not a lost race: something else is in the way
                 raise
     finally:
         if tmp.exists():

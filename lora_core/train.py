@@ -29,24 +29,41 @@ from .errors import RunError, StorageError
 from .events import Event, EventStream, MemoryMeter, event_callback
 from .memory import StepPeakMeter, estimate_for_experiment
 from .paths import dir_bytes
+from .precision import resolve_here as resolve_precision
 from .runs import files
 from .runs.layout import (CHECKPOINT_DONE, Artifacts, checkpoint_state, is_complete_checkpoint,
                           mark_checkpoint_complete)
+from .tracking import Tracker
 
 NEARLY_FULL_BYTES = 1 << 20  # a write error with less than this free on the run's disk is a full disk
 
 
 def run_experiment(cfg: ExperimentConfig, out_dir: Path, *, on_event: Callable[[Event], None] | None = None,
                    should_stop: Callable[[], bool] | None = None, resume_from: Path | None = None,
-                   prepare_trainer: Callable | None = None) -> dict:
+                   prepare_trainer: Callable | None = None, run_info: dict | None = None) -> dict:
     """Train `cfg` and write its artifacts to `out_dir`; returns the results dict.
 
     on_event(event) gets every phase / log / eval event. should_stop() is polled between phases and after every
     optimizer step; once true, the run checkpoints, saves what it trained and returns with stopped=True.
     resume_from: a `checkpoint-N` folder of an earlier run of the same config; step counting continues there.
     prepare_trainer: a backend's Trainer wrapper (Ray Train's). In a multi-process run (distributed.py) every
-    rank calls this; rank 0 alone writes files.
+    rank calls this; rank 0 alone writes files and reports to the trackers.
+    run_info: who the run is (run_id, sweep_id, parent_id, runs_dir), for the trackers `cfg.tracking` switches on;
+    they get every event and, at the end, the results and the saved weights (tracking.py).
     """
+    tracker = Tracker.open(cfg, Path(out_dir), run_info) if rank() == 0 else Tracker([])
+    try:
+        results = _train(cfg, out_dir, on_event=tracker.wrap(on_event), should_stop=should_stop,
+                         resume_from=resume_from, prepare_trainer=prepare_trainer)
+    except BaseException:
+        tracker.finish(None, failed=True)
+        raise
+    weights = Path(out_dir) / results["artifact_dir"] if results.get("artifact_dir") else None
+    return tracker.finish(results, weights)
+
+
+def _train(cfg: ExperimentConfig, out_dir: Path, *, on_event, should_stop, resume_from, prepare_trainer) -> dict:
+    """setup -> train -> save (see run_experiment)."""
     out = Artifacts(out_dir)
     out.path.mkdir(parents=True, exist_ok=True)
     writing = {"what": f"the run's files in {out.path}"}  # named in the error when the disk fills up
@@ -86,12 +103,13 @@ def _run(cfg: ExperimentConfig, out: Artifacts, writing: dict, on_event, should_
         stream.phase("loading_model")
         model, tokenizer = models.load_for_training(cfg, splits.num_labels or 2, splits.id2label)
         memory.hold(model)
-        train_ds, eval_ds = tokens.tokenize(splits, tokenizer, cfg)
+        prepared = tokens.prepare(splits, tokenizer, cfg)  # cached per data + tokenizer; packed; ordered
+        train_ds, eval_ds = prepared.train, prepared.eval
         estimate = memory_estimate(cfg, splits.num_labels or 2, train_ds)  # the run's real batch shapes
         before = generations(cfg, model, tokenizer) if rank() == 0 else None
         if stop_requested():
             return collect_results(cfg, splits=splits, model=model, memory=memory, stopped=True,
-                                   resume_from=resume_from, estimate=estimate)
+                                   resume_from=resume_from, estimate=estimate, data_info=prepared.info)
 
         trainer = build_trainer(cfg, model, tokenizer, train_ds, eval_ds, out.checkpoints, stream, stop_requested,
                                 memory)
@@ -122,7 +140,7 @@ def _run(cfg: ExperimentConfig, out: Artifacts, writing: dict, on_event, should_
     return collect_results(cfg, splits=splits, model=trainer.model, memory=memory, stopped=stream.stopping,
                            resume_from=resume_from, trainer=trainer, train_time=train_time, final=final,
                            artifact_dir=artifact_dir, stream=stream, generations=pairs, estimate=estimate,
-                           tensor_peak=tensor_peak.results(), baseline=baseline)
+                           tensor_peak=tensor_peak.results(), baseline=baseline, data_info=prepared.info)
 
 
 # -- setup helpers ---------------------------------------------------------------------------------------------
@@ -176,15 +194,15 @@ def checkpoint_marker(out: Artifacts, writing: dict):
 
 
 def precision_flags(precision: str) -> dict:
-    """TrainingArguments flags for cfg.train.precision; auto = bf16 on CUDA GPUs that support it, else fp32."""
+    """TrainingArguments flags for cfg.train.precision; auto = bf16 mixed precision where the hardware does bf16
+    natively (precision.resolve), else fp32. `_name` / `_why`: what it resolved to and why (the run records them)."""
     import torch
 
     cuda = torch.cuda.is_available()
-    if precision == "auto":
-        precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
-    if precision == "fp16" and not cuda:
+    name, why = resolve_precision(precision)
+    if name == "fp16" and not cuda:
         raise ConfigError("train.precision", "fp16 mixed precision needs a CUDA GPU; on CPU use fp32 or bf16")
-    return {"bf16": precision == "bf16", "fp16": precision == "fp16", "use_cpu": not cuda, "_name": precision}
+    return {"bf16": name == "bf16", "fp16": name == "fp16", "use_cpu": not cuda, "_name": name, "_why": why}
 
 
 def training_arguments(cfg: ExperimentConfig, checkpoint_dir: Path):
@@ -198,8 +216,9 @@ def training_arguments(cfg: ExperimentConfig, checkpoint_dir: Path):
     if t.save_steps and not t.early_stopping_patience:
         save_strategy, save_steps = "steps", t.save_steps
     early = t.early_stopping_patience is not None
-    flags = precision_flags(t.precision)
-    flags.pop("_name")
+    flags = {k: v for k, v in precision_flags(t.precision).items() if not k.startswith("_")}
+    if not t.checkpoints and not early:  # early stopping reloads the best checkpoint, so it always saves them
+        save_strategy = "no"
     return TrainingArguments(
         output_dir=str(checkpoint_dir),
         num_train_epochs=t.epochs,
@@ -245,10 +264,18 @@ def build_trainer(cfg, model, tokenizer, train_ds, eval_ds, checkpoint_dir: Path
                   should_stop, memory: MemoryMeter):
     from transformers import EarlyStoppingCallback, Trainer
 
+    class LabTrainer(Trainer):
+        def _get_train_sampler(self, train_dataset=None):
+            dataset = self.train_dataset if train_dataset is None else train_dataset
+            if not cfg.data.group_by_length:
+                return super()._get_train_sampler(train_dataset)
+            return tokens.LengthGroupedOrder([len(x) for x in dataset["input_ids"]], self.args.train_batch_size,
+                                             cfg.train.seed)
+
     callbacks = [event_callback(stream, should_stop, memory)]
     if cfg.train.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
-    return Trainer(
+    return LabTrainer(
         model=model,
         args=training_arguments(cfg, checkpoint_dir),
         train_dataset=train_ds,
@@ -368,9 +395,11 @@ def collect_results(cfg: ExperimentConfig, *, splits, memory: MemoryMeter, stopp
                     model=None, trainer=None, train_time: float = 0.0, final: dict | None = None,
                     artifact_dir: Path | None = None, stream: EventStream | None = None,
                     generations: list | None = None, estimate: tuple | None = None,
-                    tensor_peak: dict | None = None, baseline: dict | None = None) -> dict:
+                    tensor_peak: dict | None = None, baseline: dict | None = None,
+                    data_info: dict | None = None) -> dict:
     """The results dict: final eval metrics, time, params, artifact size, memory (measured + estimated),
-    versions, device, data fingerprint, seed. Runs stopped before training carry what they have."""
+    versions, device, precision (as resolved, and why), the speed choices (`speed`), data fingerprint, seed.
+    Runs stopped before training carry what they have."""
     trainable = total = None
     if model is not None:
         trainable, total = models.nb_params(model)
@@ -399,6 +428,7 @@ def collect_results(cfg: ExperimentConfig, *, splits, memory: MemoryMeter, stopp
         **(tensor_peak or {"peak_tensor_bytes": None, "peak_tensor_method": "the run stopped before training"}),
         "memory_estimate": estimate, "memory_estimate_error": estimate_error,
         "versions": versions(), "device": device_name(), "precision": flags["_name"],
+        "precision_reason": flags["_why"], "speed": speed_choices(cfg, data_info),
         "dataset_fingerprint": splits.fingerprint, "train_rows": len(splits.train), "eval_rows": len(splits.eval),
         "train_source": splits.train_source, "eval_source": splits.eval_source,
         "seed": cfg.train.seed, "label_map": splits.label_map,
@@ -408,6 +438,13 @@ def collect_results(cfg: ExperimentConfig, *, splits, memory: MemoryMeter, stopp
     if generations is not None:
         results["generations"] = generations
     return results
+
+
+def speed_choices(cfg: ExperimentConfig, data_info: dict | None) -> dict:
+    """The run's speed choices as the config set them, with what they did (cache hit, padding, packed rows)."""
+    return {"precision": cfg.train.precision, "save_checkpoints": cfg.train.checkpoints,
+            "cache_tokenized": cfg.data.cache_tokenized, "group_by_length": cfg.data.group_by_length,
+            "packing": cfg.data.packing, **(data_info or {})}
 
 
 def _train_loss(trainer) -> float | None:

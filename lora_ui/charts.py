@@ -54,7 +54,7 @@ def eval_metrics_figure(events: list[dict], x: str = "step") -> go.Figure | None
             fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=name))
     if not fig.data:
         return None
-    fig.update_layout(title="Eval metrics", xaxis_title=X_AXES.get(x, x), **_LAYOUT)
+    fig.update_layout(title="Eval metrics", xaxis_title=X_AXES.get(x, x), showlegend=True, **_LAYOUT)
     return fig
 
 
@@ -152,4 +152,13 @@ def estimate_vs_measured_figure(rows: list[dict]) -> go.Figure:
     ])
     fig.update_layout(barmode="group", title="Estimated vs measured peak memory", yaxis_title="GB",
                       **{**_LAYOUT, "height": 340})
+    return fig
+
+
+def lr_find_figure(result: dict) -> go.Figure:
+    """The range test's smoothed loss against the learning rate (log axis), the suggested rate marked."""
+    fig = go.Figure(go.Scatter(x=result["lrs"], y=result["losses"], mode="lines", name="smoothed loss"))
+    fig.add_vline(x=result["suggestion"], line_dash="dash", annotation_text=f"suggested {result['suggestion']:.2g}")
+    fig.update_layout(xaxis_type="log", xaxis_title="learning rate", yaxis_title="training loss (smoothed)",
+                      height=300, margin=dict(l=10, r=10, t=30, b=10))
     return fig

@@ -13,7 +13,7 @@ from lora_ui.placement import placement_text
 from lora_ui.service import RunStatus
 
 COLUMNS = ["label", "status", "method", "rank", "trainable", "trainable %", "accuracy", "macro-F1", "eval loss",
-           "train time (s)", "peak mem (GB)", "est. peak (GB)", "adapter (MB)", "vs full: accuracy",
+           "train time (s)", "CPU busy", "peak mem (GB)", "est. peak (GB)", "adapter (MB)", "vs full: accuracy",
            "vs full: time", "vs full: trainable", "vs full: memory", "backend", "world size", "nodes", "job id",
            "eval rows", "data fingerprint", "id"]
 
@@ -40,6 +40,20 @@ def estimate_bytes(results: dict) -> float | None:
     return None
 
 
+def busy_text(results: dict) -> str | None:
+    """"busy: …" when other work shared the machine while the run trained, "quiet" when not, None if unknown."""
+    if results.get("machine_busy") is None:
+        return None
+    if not results["machine_busy"]:
+        return "quiet"
+    parts = []
+    if results.get("machine_other_cpu_cores"):
+        parts.append(f"{results['machine_other_cpu_cores']:.1f} other cores")
+    if results.get("machine_other_runs"):
+        parts.append(f"{results['machine_other_runs']} other runs")
+    return "busy: " + ", ".join(parts) if parts else "busy"
+
+
 def rows(records) -> list[dict]:
     out = []
     for rec, label in zip(records, labels_for(records)):
@@ -58,6 +72,8 @@ def rows(records) -> list[dict]:
             "macro-F1": res.get("macro_f1"),
             "eval loss": res.get("eval_loss"),
             "train time (s)": res.get("train_time_s"),
+            # how busy the machine was while it trained (lora_core.runs.machine): "busy" times are not clean
+            "CPU busy": busy_text(res),
             "peak mem (GB)": res["peak_mem_bytes"] / 1e9 if res.get("peak_mem_bytes") else None,
             "est. peak (GB)": est / 1e9 if est else None,
             "adapter (MB)": adapter / 1e6 if adapter else None,

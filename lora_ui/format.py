@@ -1,6 +1,7 @@
 """How the dashboard writes numbers, times, statuses, run names and errors: one spelling for every page.
 
-Pure functions and tables (plus `number_columns`, which builds Streamlit column configs); no engine calls.
+Pure functions and tables (plus `number_columns` and `styled`, which build what st.dataframe shows); no engine
+calls. Tables show a missing value as "—", never "None", and sizes as "1.54 MB", never a raw byte count.
 """
 from __future__ import annotations
 
@@ -77,6 +78,27 @@ def number_columns(frame) -> dict:
             for name, fmt in NUMBER_FORMATS.items() if name in frame.columns}
 
 
+def _printf(fmt: str):
+    if fmt == "localized":
+        return lambda v: f"{v:,.0f}"
+    return lambda v: fmt % v
+
+
+def styled(frame, bytes_columns: tuple[str, ...] = ()):
+    """The frame as st.dataframe should show it: run-table numbers in their formats, `bytes_columns` as sizes,
+    and "—" for every missing value (the data underneath stays numeric, so columns still sort by value)."""
+    formats = {name: _printf(fmt) for name, fmt in NUMBER_FORMATS.items() if name in frame.columns}
+    formats.update({name: fmt_bytes for name in bytes_columns if name in frame.columns})
+    # every other cell: whole numbers without decimals (a rank column with gaps is float), the rest as written
+    return frame.style.format({name: formats.get(name, _plain) for name in frame.columns}, na_rep="—")
+
+
+def _plain(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.0f}" if value.is_integer() else f"{value:.4g}"
+    return str(value)
+
+
 # -- runs ------------------------------------------------------------------------------------------------------
 
 def status_text(status: str) -> str:
@@ -107,7 +129,7 @@ def primary_metric(results: dict | None) -> tuple[str, float | None]:
     return "accuracy", None
 
 
-# -- errors ----------------------------------------------------------------------------------------------------
+# -- errors and messages -------------------------------------------------------------------------------------
 
 def error_text(exc: BaseException) -> str:
     """One readable line for any error. Engine errors (LoraLabError) already say what is wrong and name the
@@ -117,3 +139,14 @@ def error_text(exc: BaseException) -> str:
     if isinstance(exc, KeyError) and exc.args:
         return str(exc.args[0])
     return f"{type(exc).__name__}: {str(exc).strip()}"
+
+
+def message_markdown(text: str) -> str:
+    """A message as markdown that keeps its shape: the first line as it is, a list of problems ("  - ..." lines)
+    as bullets, any other lines after it (a parser's excerpt with its caret) in a code block."""
+    head, *rest = str(text).rstrip().split("\n")
+    if not rest:
+        return head
+    if all(line.startswith("  - ") for line in rest):
+        return head + "\n" + "\n".join("- " + line[4:] for line in rest)
+    return head + "\n```text\n" + "\n".join(rest) + "\n```"

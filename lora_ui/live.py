@@ -1,6 +1,7 @@
 """Reading a run's metrics stream into what the pages show: progress, ETA, throughput, curves."""
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import streamlit as st
@@ -8,6 +9,11 @@ import streamlit as st
 from lora_ui import charts
 from lora_ui.format import fmt_bytes, fmt_duration
 from lora_ui.service import RunStatus
+
+try:  # how often a live panel re-reads the registry while a run is live (the browser test uses 1 s)
+    REFRESH_S = max(0.5, float(os.environ.get("LORA_LAB_REFRESH_S", "2")))
+except ValueError:
+    REFRESH_S = 2.0
 
 
 def last(events: list[dict], key: str, kind: str | None = None) -> Any:
@@ -51,14 +57,24 @@ def progress_line(rec, events: list[dict]) -> tuple[float, str]:
     return frac, " · ".join(parts) or rec.status.lower()
 
 
+def run_average(events: list[dict], key: str) -> float | None:
+    """The run's average rate from its logging windows: each window covers the same number of steps, so the
+    run's rate (all samples / all time) is the harmonic mean of the windows' rates."""
+    rates = [e[key] for e in events if e.get("kind") == "log" and e.get(key)]
+    return len(rates) / sum(1.0 / r for r in rates) if rates else None
+
+
 def throughput_metrics(events: list[dict], cols) -> None:
-    """Samples/s, tokens/s, peak memory and the latest loss as st.metric tiles in `cols` (4 columns)."""
-    sps = last(events, "samples_per_s")
-    tps = last(events, "tokens_per_s")
+    """Samples/s and tokens/s (the run's average, the last logging window as the delta line), peak memory and
+    the latest loss as st.metric tiles in `cols` (4 columns)."""
+    for col, key, label, fmt in ((cols[0], "samples_per_s", "Samples / s (run average)", "{:.1f}"),
+                                 (cols[1], "tokens_per_s", "Tokens / s (run average)", "{:,.0f}")):
+        average, window = run_average(events, key), last(events, key, kind="log")
+        col.metric(label, fmt.format(average) if average is not None else "—",
+                   delta=f"last window {fmt.format(window)}" if window is not None else None, delta_color="off",
+                   help="Average over every logging window so far; the line below is the latest window alone.")
     peak = last(events, "peak_mem_bytes")
     loss = last(events, "loss", kind="log")
-    cols[0].metric("Samples / s", f"{sps:.1f}" if sps is not None else "—")
-    cols[1].metric("Tokens / s", f"{tps:,.0f}" if tps is not None else "—")
     cols[2].metric("Peak memory", fmt_bytes(peak))
     cols[3].metric("Train loss", f"{loss:.4f}" if loss is not None else "—")
 

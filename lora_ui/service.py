@@ -6,7 +6,7 @@ lora_core.errors). Three kinds of call:
 - cached reads of things that only change with their inputs (a model's layers, parameter counts, estimates,
   data previews): `st.cache_data`, keyed by plain arguments; an engine error is raised, never cached;
 - live reads of the run registry (statuses, metrics, results, logs), never cached;
-- run actions (launch, sweep, stop, cancel, move, resume, delete, merge): each first passes `_who_acts`, the one
+- run actions (launch, sweep, recipe, stop, cancel, move, resume, delete, merge, push): each first passes `_who_acts`, the one
   place that knows who is acting (and where role checks go), then returns an `ActionResult` or raises the
   engine's `LoraLabError`.
 
@@ -25,9 +25,9 @@ from typing import Any
 
 import streamlit as st
 
-from lora_core import data, inference, memory, merge, models, qlora
+from lora_core import checks, data, diagnose, hub, inference, memory, merge, models, qlora, recipes
 from lora_core.config import ExperimentConfig
-from lora_core.errors import LoraLabError, RunError
+from lora_core.errors import ConfigProblems, LoraLabError, RunError
 from lora_core.paths import dir_bytes
 from lora_core.runs import Runs, RunStatus, default_runs_dir, ray_jobs
 
@@ -68,6 +68,12 @@ def live_runs() -> tuple[list, list]:
     return manager.list(status=RunStatus.RUNNING), manager.queue()
 
 
+def has_live_runs() -> bool:
+    """True while any run is queued or running (after reconciling dead workers): pages refresh only then."""
+    running, queued = live_runs()
+    return bool(running or queued)
+
+
 def registry_notices() -> list[str]:
     """One line for each repair or failure of the run registry seen by this dashboard (a rebuild, a full disk)."""
     return _runs().notices()
@@ -102,9 +108,13 @@ def log_tail(run_id: str, n: int = 50) -> str:
     return _runs().log_tail(run_id, n)
 
 
-def can_resume(run_id: str) -> bool:
-    """True when the run has a complete checkpoint to continue from (its own, or the one it was resumed from)."""
-    return _runs().resume_point(run_id) is not None
+def resume_blocker(run_id: str) -> str | None:
+    """Why Resume cannot work for this run (None when it has a complete checkpoint to continue from: its own, or
+    the one it was resumed from)."""
+    if _runs().resume_point(run_id) is not None:
+        return None
+    return ("Nothing to resume from: this run ended before its first complete checkpoint (one is saved every "
+            "train.save_steps steps, or at each evaluation). Launch its config again instead.")
 
 
 def artifact_files(run_id: str) -> tuple[Path, list[tuple[str, int]]]:
@@ -260,6 +270,27 @@ def data_preview(cfg: ExperimentConfig, n: int = 5):
     return _preview(_key(cfg), int(n))
 
 
+@st.cache_data(show_spinner="Checking the config…", max_entries=64, ttl=60)
+def _check(cfg_key: str) -> list[LoraLabError]:
+    return checks.check(json.loads(cfg_key))
+
+
+def check_config(cfg: ExperimentConfig | dict) -> list[LoraLabError]:
+    """Every problem with the config, as the CLI finds them ([] when it can launch); each names its field."""
+    return list(_check(json.dumps(cfg.to_dict() if isinstance(cfg, ExperimentConfig) else cfg, sort_keys=True)))
+
+
+def load_config_file(raw: bytes, fmt: str, source: str) -> ExperimentConfig:
+    """A config file's bytes checked like `python -m lora_core train FILE`: the config, or ConfigProblems listing
+    every problem (a parse error keeps the parser's lines)."""
+    return checks.load_bytes(raw, fmt, source)
+
+
+def field_of(exc: BaseException, default: str = "") -> str:
+    """The config field an engine error is about (for placing it under its widget)."""
+    return checks.field_of(exc, default)
+
+
 def num_labels(cfg: ExperimentConfig) -> int:
     """The class count a seq-cls run of this config trains (from its data; at least 2)."""
     counts = data_preview(cfg)[1] if cfg.task == "seq-cls" else None
@@ -287,6 +318,26 @@ def compare_perplexity(source: str, texts: list[str], quant_type: str, double_qu
                                     compute_dtype=compute_dtype)
 
 
+def default_prompts() -> list[str]:
+    """The prompts a causal-LM run answers before and after training by default (held out of the sample)."""
+    return list(ExperimentConfig().generate.prompts)
+
+
+def generation_change(generations: list[dict]) -> dict:
+    """What changed between a run's before / after answers: {prompts, before, after, summary}."""
+    return recipes.format_change(generations)
+
+
+def diagnosis(records) -> diagnose.Diagnosis:
+    """Why a comparison does (not) show "LoRA close to full, frozen backbone clearly worse", in sentences."""
+    return diagnose.diagnose([diagnose.RunSummary.from_results(r.name, r.results or {}, r.lora_r) for r in records])
+
+
+def recipe_list() -> list[recipes.Recipe]:
+    """The tutorial's challenges as one-click recipes (title, lesson, what they launch)."""
+    return list(recipes.RECIPES.values())
+
+
 def load_run_models(run_id: str) -> inference.RunModels:
     """A finished run's tuned model beside its base, loaded once (keep it in session state)."""
     return inference.load_run(run_config(run_id), _runs().dir(run_id).artifacts)
@@ -297,7 +348,7 @@ def load_run_models(run_id: str) -> inference.RunModels:
 @dataclass(frozen=True)
 class ActionResult:
     """What a run action did, in one line for the user, and who did it."""
-    action: str                    # launch, sweep, stop, cancel, move, resume, delete, merge
+    action: str                    # launch, sweep, recipe, stop, cancel, move, resume, delete, merge
     actor: str                     # who acted (see acting_user)
     message: str
     run_id: str | None = None      # the run acted on
@@ -333,6 +384,18 @@ def sweep(cfg: ExperimentConfig, vary: dict[str, list]) -> ActionResult:
     sweep_id, run_ids = _runs().sweep(cfg, vary)
     return ActionResult("sweep", actor, f"Sweep **{sweep_id}**: {len(run_ids)} runs queued. They start by "
                                         "themselves as slots free up; see them below and on Compare.",
+                        None, tuple(run_ids), sweep_id)
+
+
+def launch_recipe(key: str, max_steps: int | None = None) -> ActionResult:
+    """Launch one of the tutorial's recipes (a sweep, or one run); `max_steps` caps every run for a quick look."""
+    actor = _who_acts("recipe")
+    recipe = recipes.get(key)
+    overrides = {"train.max_steps": int(max_steps)} if max_steps else None
+    sweep_id, run_ids = recipes.launch(key, _runs(), overrides)
+    quick = f", at most {max_steps} steps each" if max_steps else ""
+    return ActionResult("recipe", actor, f"{recipe.title}: {len(run_ids)} run{'s' if len(run_ids) > 1 else ''} "
+                                         f"launched{quick}" + (f" as sweep **{sweep_id}**." if sweep_id else "."),
                         None, tuple(run_ids), sweep_id)
 
 
@@ -376,3 +439,29 @@ def merge_run(run_id: str) -> ActionResult:
     saved = saved_weights(run_id)
     report = merge.merge_adapter(run_config(run_id), saved.folder, saved.merged, overwrite=True)
     return ActionResult("merge", actor, f"Merged {run_id} into {saved.merged}.", run_id, (), report)
+
+
+def model_card(run_id: str, merged: bool = False) -> str:
+    """The model card a push of this run would upload."""
+    what = "merged model" if merged else ("LoRA adapter" if run_config(run_id).uses_lora else "model")
+    return hub.model_card(run_config(run_id), results(run_id) or {}, run_id, what)
+
+
+def push_run(run_id: str, repo_id: str, private: bool = False, merged: bool = False) -> ActionResult:
+    """Upload the run's adapter (or merged model) with its model card to the Hugging Face Hub."""
+    actor = _who_acts("push", run_id)
+    url = hub.push(_runs(), run_id, repo_id.strip(), private=private, merged=merged)
+    return ActionResult("push", actor, f"Pushed {run_id} to {url}.", run_id, (), url)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _lr_find(cfg_key: str, steps: int) -> dict:
+    from lora_core.lr_find import lr_find as find
+
+    return find(ExperimentConfig.from_dict(json.loads(cfg_key)), steps=steps)
+
+
+def lr_find(cfg: ExperimentConfig, steps: int = 60) -> dict:
+    """The learning-rate range test of this config on its training rows (lora_core.lr_find): loss per rate and
+    the suggested rate. Trains for `steps` optimizer steps, so the page runs it on a click."""
+    return _lr_find(_key(cfg), int(steps))

@@ -1,21 +1,26 @@
 """Widgets several pages draw: a bundled choice or "Other…", a run picker, run-action buttons with feedback that
-lasts, and errors placed under the field they name."""
+lasts (and a guard against double-clicks), and errors placed under the field they name."""
 from __future__ import annotations
 
+import time
 from typing import Any, Callable
 
 import streamlit as st
 
-from lora_ui.format import error_text, run_label
+from lora_ui.format import error_text, message_markdown, run_label
 from lora_ui.service import ActionResult
 from lora_ui.state import PageState, track_runs
+
+# A second click on the same action with the same arguments this soon after the first one did its work is a
+# double-click (the browser sends both before the page has redrawn): it is ignored, so one click is one run.
+GUARD_S = 2.0
 
 
 # -- errors ------------------------------------------------------------------------------------------------------
 
 def show_error(exc: BaseException, where=None) -> None:
-    """An error as one st.error line (in `where` if given), never a traceback."""
-    (where or st).error(error_text(exc), icon="🚫")
+    """An error as st.error (in `where` if given), never a traceback; a list of problems as bullets."""
+    (where or st).error(message_markdown(error_text(exc)), icon="🚫")
 
 
 class FieldSlots:
@@ -44,7 +49,7 @@ class FieldSlots:
         elif field and not text.startswith(field):
             text = f"{field}: {text}"
         slot = self._best(field) if field else None
-        (slot or fallback or st).error(text, icon="🚫")
+        (slot or fallback or st).error(message_markdown(text), icon="🚫")
 
 
 # -- pickers -----------------------------------------------------------------------------------------------------
@@ -78,19 +83,31 @@ def pick_run(runs: list, key: str, empty: str, *, show_task: bool = False, label
 # -- actions -----------------------------------------------------------------------------------------------------
 
 def action_button(page: PageState, label: str, action: Callable[..., ActionResult | str], *args: Any, key: str,
-                  where=None, verb: str | None = None, **button: Any) -> None:
+                  where=None, verb: str | None = None, why_disabled: str | None = None, **button: Any) -> None:
     """A button that runs `action(*args)` as its callback and posts the outcome as the page's message: the
-    result's message, or the error (prefixed by `verb` or the label, and the run id)."""
-    (where or st).button(label, key=key, on_click=_perform, args=(page, verb or label, action, args), **button)
+    result's message, or the error (prefixed by `verb` or the label, and the run id). With `why_disabled` the
+    button is drawn disabled and its tooltip says why."""
+    if why_disabled:
+        button.update(disabled=True, help=why_disabled)
+    guard = f"{key}|{args!r}"
+    (where or st).button(label, key=key, on_click=_perform, args=(page, verb or label, action, args, guard), **button)
 
 
-def _perform(page: PageState, verb: str, action: Callable[..., ActionResult | str], args: tuple) -> None:
+def _perform(page: PageState, verb: str, action: Callable[..., ActionResult | str], args: tuple,
+             guard: str = "") -> None:
+    done = page.setdefault("done", {})
+    if guard and time.monotonic() - done.get(guard, float("-inf")) < GUARD_S:
+        previous = page.message()
+        page.post(previous.level if previous else "info", previous.text if previous else verb,
+                  note=f"A second click on {verb} within {GUARD_S:g} s was ignored, so nothing ran twice.")
+        return
     try:
         result = action(*args)
     except Exception as exc:  # noqa: BLE001 - every failure becomes the page's message, never a traceback
         subject = f" {args[0]}" if args and isinstance(args[0], str) else ""
         page.post("error", f"{verb}{subject}: {error_text(exc)}")
         return
+    done[guard] = time.monotonic()
     if isinstance(result, ActionResult):
         track_runs(result.new_runs)
         result = result.message
@@ -116,5 +133,7 @@ def show_message(page: PageState, where=None) -> None:
     if message is None:
         return
     text_col, close_col = (where or st).columns([24, 1], vertical_alignment="center")
-    getattr(text_col, message.level)(message.text)
+    getattr(text_col, message.level)(message_markdown(message.text))
+    if message.note:
+        text_col.caption(message.note)
     close_col.button(":material/close:", key=page.key("dismiss"), on_click=page.dismiss, help="Dismiss this message")

@@ -4,7 +4,7 @@ import streamlit as st
 
 from lora_ui import charts, service
 from lora_ui import compare as cmp
-from lora_ui.format import X_AXES, number_columns, status_text
+from lora_ui.format import X_AXES, status_text, styled
 from lora_ui.service import RunStatus
 from lora_ui.state import COMPARE
 from lora_ui.widgets import show_error
@@ -40,11 +40,33 @@ def table_section(table: list[dict]) -> None:
     if not cmp.same_eval_set(table):
         st.warning("These runs were not all evaluated on the same data (their dataset fingerprints differ), so "
                    "their metrics are not directly comparable.")
-    st.dataframe(frame, hide_index=True, width="stretch", column_config=number_columns(frame))
+    st.dataframe(styled(frame), hide_index=True, width="stretch")
+    busy = [r["label"] for r in table if (r.get("CPU busy") or "").startswith("busy")]
+    if busy:
+        st.warning(f"Training times of {', '.join(busy)} were measured while other work shared the CPU "
+                   "(see **CPU busy**): they are slower than on a quiet machine, so compare times with care.",
+                   icon=":material/speed:")
+    st.caption("**peak mem** is measured: the worker's peak resident memory (on CPU it includes the Python "
+               "process, libraries and allocator overhead). **est. peak** is the estimate recorded at launch "
+               "from the run's real batch shapes, class count and optimizer: weights, gradients, optimizer "
+               "state and activations only.")
     if not any(r["method"] == "full" for r in table):
         st.caption("Add a full fine-tuning run (the sweep's *full* baseline) to see the ratios relative to it.")
     st.download_button("Download CSV", frame.to_csv(index=False), file_name="lora-lab-compare.csv",
                        mime="text/csv", key=S.key("csv"))
+
+
+def diagnosis_section(chosen: list) -> None:
+    """The engine's reading of the comparison: does LoRA come close to full, is the frozen backbone worse, and
+    if not, why (too few steps, a learning rate off, a rank too small...)."""
+    verdict = service.diagnosis(chosen)
+    if verdict.holds is None:
+        return
+    text = "\n".join(f"- {line}" for line in verdict.findings)
+    if verdict.holds:
+        st.success("**As expected:** LoRA comes close to full fine-tuning.\n" + text, icon=":material/check:")
+    else:
+        st.warning("**Why the result differs from the usual lesson:**\n" + text, icon=":material/help:")
 
 
 def bars_section(table: list[dict], score: str, has_score: bool) -> None:
@@ -109,6 +131,7 @@ def main() -> None:
     score = "accuracy" if any(r["accuracy"] is not None for r in table) else "eval loss"
     has_score = any(r[score] is not None for r in table)
     table_section(table)
+    diagnosis_section(chosen)
     bars_section(table, score, has_score)
     curves_section(chosen, table)
     frontier_section(table, score, has_score)

@@ -12,15 +12,15 @@ import json
 import pandas as pd
 import streamlit as st
 
-from lora_core.config import (BUNDLED_MODELS, SAMPLE_DATASETS, ConfigError, ExperimentConfig, field_choices,
-                              field_help)
-from lora_ui import service
+from lora_core.config import (BUNDLED_MODELS, DEFAULT_LEARNING_RATES, SAMPLE_DATASETS, SAMPLE_FOR_TASK,
+                              ConfigError, ExperimentConfig, field_choices, field_help)
+from lora_ui import charts, service
 from lora_ui.config_form import (OTHER_DATA, OTHER_MODEL, SPLIT_OFF, TARGET_MODES, apply_config, cli_command,
                                  config_dict_from_state, config_filename, field_meta, form_config, layer_groups,
                                  peft_snippet, resolve_targets, state_from_config)
 from lora_ui.format import error_text, fmt_bytes, fmt_count
 from lora_ui.state import BUILDER, current_config, default_config, set_current_config
-from lora_ui.widgets import FieldSlots, choice_or_other, show_message
+from lora_ui.widgets import FieldSlots, attempt, choice_or_other, show_message
 
 S = BUILDER
 slots = FieldSlots()
@@ -57,13 +57,13 @@ def load_section() -> None:
                                   help="A file exported from this page or written by hand; unknown keys are refused.")
         if upload is not None and S.get("loaded_file") != upload.file_id:
             S["loaded_file"] = upload.file_id
-            try:
+            try:  # checked exactly as `python -m lora_core train FILE` checks it: every problem at once
                 fmt = "json" if upload.name.lower().endswith(".json") else "yaml"
-                loaded = ExperimentConfig.from_bytes(upload.getvalue(), fmt=fmt, source=upload.name)
+                loaded = service.load_config_file(upload.getvalue(), fmt, upload.name)
                 apply_config(loaded)  # the widgets are drawn below, so their state may still change
                 S.post("success", f"Loaded {upload.name}: {loaded.name}")
-            except ConfigError as exc:
-                S.post("error", f"{upload.name}: {error_text(exc)}")
+            except ConfigError as exc:  # the form keeps what it showed: nothing is lost
+                S.post("error", f"{upload.name} was not loaded (the form is unchanged): {error_text(exc)}")
         if upload is None and S.pop("loaded_file") is not None:  # the file was removed: forget its message
             S.dismiss()
         show_message(S)
@@ -73,8 +73,16 @@ def load_section() -> None:
 
 # -- the tabs --------------------------------------------------------------------------------------------------------
 
+def sample_for_task() -> None:
+    """The task changed: a bundled sample made for the other task follows it (a file or hub id is kept)."""
+    task, choice = S.get("task"), S.get("train_choice")
+    if choice in SAMPLE_DATASETS and choice != SAMPLE_FOR_TASK.get(task, choice):
+        S["train_choice"] = SAMPLE_FOR_TASK[task]
+
+
 def model_tab() -> None:
-    columns_of_fields([("text_input", "name", "Run name", {}), ("selectbox", "task", "Task", {}),
+    columns_of_fields([("text_input", "name", "Run name", {}),
+                       ("selectbox", "task", "Task", {"on_change": sample_for_task}),
                        ("selectbox", "method", "Method", {})])
     choice_or_other("Model", BUNDLED_MODELS, OTHER_MODEL, key=S.key("model_choice"),
                     custom_key=S.key("model_custom"), custom_label="Hub id or local directory",
@@ -174,12 +182,37 @@ def data_tab(task: str) -> None:
             field("checkbox", "data.mask_prompt", "Loss on response tokens only")
 
 
-def train_tab() -> None:
+LR_FIND_STEPS = 30  # enough points for a curve; a click should not train for long
+
+
+def apply_lr(value: float) -> None:
+    st.session_state[S.key("train.learning_rate")] = f"{value:.3g}"
+
+
+def lr_find_section(cfg: ExperimentConfig | None) -> None:
+    """The learning-rate range test on this config's training rows; its suggestion goes into the field on click."""
+    with st.expander("Find a learning rate (range test on the training rows)"):
+        st.caption(f"Trains {LR_FIND_STEPS} steps while the rate grows from 1e-6 to 1 and suggests the rate where "
+                   "the loss falls fastest. Only training rows are read, never the eval split.")
+        if st.button("📉 Run the range test", disabled=cfg is None, key=S.key("lr_find")):
+            S["lr_result"] = attempt(S, "Range test failed", service.lr_find, cfg, LR_FIND_STEPS,
+                                     spinner="Running the range test…")
+            st.rerun()
+        result = S.get("lr_result")
+        if result:
+            st.plotly_chart(charts.lr_find_figure(result), key=S.key("lr_find_chart"))
+            st.caption(result["why"])
+            st.button(f"Use {result['suggestion']:.3g} as the learning rate", key=S.key("lr_apply"),
+                      on_click=apply_lr, args=(result["suggestion"],))
+
+
+def train_tab(cfg: ExperimentConfig | None = None) -> None:
     columns_of_fields([("number_input", "train.epochs", "Epochs", {"step": 0.5}),
                        ("number_input", "train.max_steps", "Max steps", {"step": 1, "placeholder": "from epochs"}),
                        ("number_input", "train.batch_size", "Batch size", {"step": 1}),
                        ("text_input", "train.learning_rate", "Learning rate",
-                        {"placeholder": "auto (1e-3 LoRA, 5e-5 full)"})])
+                        {"placeholder": "auto (" + ", ".join(f"{lr:g} {method}" for method, lr
+                                                             in DEFAULT_LEARNING_RATES.items()) + ")"})])
     columns_of_fields([("selectbox", "train.optimizer", "Optimizer", {}),
                        ("selectbox", "train.scheduler", "LR schedule", {}),
                        ("number_input", "train.warmup_ratio", "Warmup ratio", {"step": 0.05, "format": "%.2f"}),
@@ -198,9 +231,11 @@ def train_tab() -> None:
         columns_of_fields([
             ("number_input", "train.save_steps", "Checkpoint every N steps", {"step": 1, "placeholder": "each eval"}),
             ("number_input", "train.early_stopping_patience", "Early-stopping patience", {"step": 1,
-                                                                                         "placeholder": "off"}),
-            ("number_input", "generate.max_new_tokens", "Generated tokens (causal-lm)", {"step": 8})])
-        field("text_area", "generate.prompts", "Prompts generated before and after training (causal-lm, one a line)")
+                                                                                         "placeholder": "off"})])
+    if S.get("task") == "causal-lm":  # what the run answers before and after training: in sight, not tucked away
+        st.markdown("**Generations before / after training**")
+        field("number_input", "generate.max_new_tokens", "Generated tokens", step=8)
+        field("text_area", "generate.prompts", "Prompts (one a line; keep them out of the training data)")
     st.markdown("**Resources** — where the run trains and on how many processes")
     columns_of_fields([
         ("selectbox", "resources.backend", "Backend", {}),
@@ -208,6 +243,7 @@ def train_tab() -> None:
         ("number_input", "resources.cpus_per_worker", "CPUs per worker", {"step": 1, "placeholder": "auto"}),
         ("number_input", "resources.gpus_per_worker", "GPUs per worker", {"step": 1.0, "format": "%g"}),
         ("text_input", "resources.ray_address", "Ray cluster address", {"placeholder": "$LORA_LAB_RAY_ADDRESS"})])
+    lr_find_section(cfg)
 
 
 def export_tab(cfg: ExperimentConfig | None, presets: dict, labels: int) -> None:
@@ -261,7 +297,21 @@ def preview(cfg: ExperimentConfig, slot) -> int:
     return service.num_labels(cfg)
 
 
+def problems_section(cfg: ExperimentConfig) -> bool:
+    """The whole config checked as the CLI checks it (target names against the model, paths, data columns):
+    every problem under its field and listed here. True when there is none."""
+    problems = service.check_config(cfg)
+    for problem in problems:
+        slots.show(problem, field=service.field_of(problem))
+    if problems:
+        st.error(f"{len(problems)} problem{'s' if len(problems) > 1 else ''} to fix before this config can "
+                 "launch:\n" + "\n".join(f"- {error_text(p)}" for p in problems), icon="✋")
+    return not problems
+
+
 def summary_section(cfg: ExperimentConfig, labels: int) -> None:
+    if not problems_section(cfg):
+        return
     c = st.columns(5)
     try:
         counts = service.count_params(cfg, num_labels=labels)
@@ -312,7 +362,7 @@ def main() -> None:
         data_tab(cfg.task if cfg is not None else S.get("task", "seq-cls"))
         preview_slot = st.container()
     with tabs[3]:
-        train_tab()
+        train_tab(cfg)
     labels = 2
     if model_error is not None:
         slots.show(model_error, field="model.source")

@@ -70,6 +70,24 @@ def adapter_section(rec, saved) -> None:
                 "# no peft needed", language="python")
 
 
+def push_section(rec, merged: bool) -> None:
+    """Upload to the Hugging Face Hub with a model card generated from the run (needs the Hub and a token)."""
+    st.subheader("Push to the Hugging Face Hub")
+    c1, c2, c3 = st.columns([3, 1, 1])
+    repo = c1.text_input("Repository id", placeholder="your-name/my-adapter", key=S.key("repo"))
+    private = c2.checkbox("Private", value=True, key=S.key("private"))
+    which = c3.radio("Upload", ["LoRA adapter", "merged model"] if merged else ["saved weights"], key=S.key("which"))
+    with st.expander("Model card (README.md of the repository)"):
+        st.markdown(service.model_card(rec.id, which == "merged model"))
+    if st.button("⬆️ Push", disabled=not repo.strip(), key=S.key("push"),
+                 help="Uses $HF_TOKEN or your `hf auth login`; fails with the reason when offline"):
+        result = attempt(S, "Push failed", service.push_run, rec.id, repo, private, which == "merged model",
+                         spinner=f"Uploading to {repo}…")
+        if result is not None:
+            S.post("success", result.message)
+        st.rerun()
+
+
 def main() -> None:
     st.title("Merge & export")
     st.markdown("Merging computes **W' = W + (α/r)·B·A** once and stores W' in place of W: the result is a plain "
@@ -90,6 +108,7 @@ def main() -> None:
         adapter_section(rec, saved)
     else:
         plain_weights(rec, saved)
+    push_section(rec, saved.mergeable and saved.merged.is_dir() and any(saved.merged.iterdir()))
 
 
 main()

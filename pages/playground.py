@@ -14,7 +14,7 @@ from lora_ui.widgets import attempt, pick_run, show_message
 S = PLAYGROUND
 EXAMPLES = {"seq-cls": "A wonderful, moving film with a brilliant cast.\nThe worst thing I have ever seen.\n"
                        "It was fine, nothing special.",
-            "causal-lm": "Write a short greeting:\nThe movie was"}
+            "causal-lm": "\n".join(service.default_prompts())}
 
 
 def load_section(rec) -> bool:
@@ -89,8 +89,23 @@ def main() -> None:
     try_section(rec, load_section(rec))
     generations = (service.results(rec.id) or {}).get("generations")
     if generations:
-        with st.expander("Generations recorded at training time (before / after)"):
-            st.dataframe(pd.DataFrame(generations), hide_index=True, width="stretch")
+        before_after(generations)
+
+
+def before_after(generations: list[dict]) -> None:
+    """The held-out prompts answered by the base model before training and by the tuned model after it, side
+    by side, and what changed (the engine counts answers in the training data's format)."""
+    st.subheader("Before and after training")
+    change = service.generation_change(generations)
+    st.markdown(f"**What changed:** {change['summary']}.")
+    for pair in generations:
+        with st.container(border=True):
+            st.markdown(f"**Prompt:** {pair['prompt']}")
+            c1, c2 = st.columns(2)
+            c1.caption("Base model (before training)")
+            c1.code(pair["before"] or "(empty)", language="text", wrap_lines=True)
+            c2.caption("Tuned model (after training)")
+            c2.code(pair["after"] or "(empty)", language="text", wrap_lines=True)
 
 
 main()

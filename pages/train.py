@@ -3,8 +3,6 @@
 Runs train in their own worker processes; this page only reads the registry and the metrics streams. The live
 panel is a fragment that reruns every few seconds by itself, so the curves grow without rerunning the page.
 """
-import os
-
 import pandas as pd
 import streamlit as st
 
@@ -12,16 +10,12 @@ from lora_core.config import BACKENDS, ConfigError, field_help
 from lora_ui import placement, service
 from lora_ui.config_form import cli_command, form_config
 from lora_ui.format import X_AXES, error_text, fmt_duration, method_text, primary_metric, status_text
-from lora_ui.live import curves, progress_line, throughput_metrics
+from lora_ui.live import REFRESH_S, curves, progress_line, throughput_metrics
 from lora_ui.service import RunStatus
 from lora_ui.state import BUILDER, TRAIN, current_config, focus_sweep, launched_runs
 from lora_ui.widgets import action_button, show_error, show_message
 
 S = TRAIN
-try:  # how often the live panel re-reads the registry (the browser test uses 1 s)
-    REFRESH_S = max(0.5, float(os.environ.get("LORA_LAB_REFRESH_S", "2")))
-except ValueError:
-    REFRESH_S = 2.0
 SWEEP_RANKS = [1, 2, 4, 8, 16, 32, 64]
 
 
@@ -135,7 +129,8 @@ def sweep_tab(cfg, can_launch: bool = True) -> None:
                                   key=S.key("sweep_methods"), persist_state="session")
     allowed_baselines = ["full", "head-only"] if cfg.task == "seq-cls" else ["full"]
     baselines = c3.multiselect("Baselines", allowed_baselines, default=allowed_baselines,
-                               key=S.key("sweep_baselines"), help="Run once each, for the comparison.")
+                               key=S.key("sweep_baselines"), help="Run once each, for the comparison.",
+                               persist_state="session")
     planned, base, vary = [], None, {}
     if lora_methods or baselines:
         try:
@@ -151,6 +146,33 @@ def sweep_tab(cfg, can_launch: bool = True) -> None:
                   verb="Sweep", icon=":material/science:", disabled=not planned or not can_launch)
 
 
+def launch_recipe(key: str, max_steps: int | None) -> service.ActionResult:
+    result = service.launch_recipe(key, max_steps)
+    if result.detail:
+        focus_sweep(result.detail)  # Compare opens on this sweep
+        S["open_compare"] = True    # switch there once the callback is done (a callback cannot switch pages)
+    return result
+
+
+def recipes_tab() -> None:
+    st.markdown("The tutorial's challenges, one click each: the sweep launches here and Compare opens on it.")
+    quick = st.number_input("Quick look: at most this many steps per run (0 = the recipe's full length)",
+                            min_value=0, max_value=10_000, value=0, step=10, key=S.key("recipe_steps"),
+                            persist_state="session",
+                            help="The full recipes train 5 epochs per run (minutes each on a CPU). A few steps "
+                                 "show the workflow, not the lesson.")
+    for recipe in service.recipe_list():
+        if not recipe.vary:
+            continue  # single-run recipes (Level 3) launch from the Config builder / CLI
+        with st.container(border=True):
+            c1, c2 = st.columns([4, 1], vertical_alignment="center")
+            c1.markdown(f"**{recipe.title}**  \n{recipe.lesson}")
+            c1.caption(f"{len(recipe.runs())} runs · terminal equivalent: `{recipe.command()}`")
+            action_button(S, "Launch", launch_recipe, recipe.key, int(quick) or None,
+                          key=S.key(f"recipe_{recipe.key}"), where=c2,
+                          verb=recipe.title, icon=":material/science:", type="primary")
+
+
 def run_buttons(rec, where) -> None:
     """Stop for a running run; Resume for a stopped or failed one."""
     if rec.status == RunStatus.RUNNING:
@@ -159,7 +181,7 @@ def run_buttons(rec, where) -> None:
                       help="Graceful: finishes the current step, saves the adapter and a checkpoint.")
     elif rec.status in (RunStatus.STOPPED, RunStatus.FAILED):
         action_button(S, "Resume", service.resume, rec.id, key=S.key(f"resume_{rec.id}"), where=where,
-                      icon=":material/play_arrow:",
+                      icon=":material/play_arrow:", why_disabled=service.resume_blocker(rec.id),
                       help="Continue from the last checkpoint as a new run linked to this one.")
 
 
@@ -200,14 +222,18 @@ def queue_rows(queued: list) -> None:
                       icon=":material/close:")
 
 
-@st.fragment(run_every=REFRESH_S)
-def live_panel() -> None:
+def live_panel(ticking: bool) -> None:
+    """The live runs and this session's runs. Drawn as a fragment that reruns every REFRESH_S only while
+    something is queued or running (`ticking`); when that changes, the whole page reruns to start or stop the
+    clock, so an idle page costs no CPU."""
     show_message(S)  # inside the fragment: a card's button reruns only the fragment, and its message shows here
     try:
         running, queued = service.live_runs()  # reconciles: dead workers -> FAILED, queue -> free slots
     except Exception as exc:  # noqa: BLE001 - an unreadable registry is shown, the page stays
         show_error(exc)
         return
+    if bool(running or queued) != ticking:
+        st.rerun()  # start the clock (a card's Resume launched a run) or stop it (the last run ended)
     live = {r.id for r in running + queued}
     mine = [i for i in launched_runs() if i not in live]
     x_axis = S.get("x", "step")
@@ -230,10 +256,16 @@ st.title("Train")
 config = current_config()
 config_panel(config)
 launching = where_panel(config)
-tab_one, tab_sweep = st.tabs(["Launch this config", "Sweep ranks / methods"])
+tab_one, tab_sweep, tab_recipes = st.tabs(["Launch this config", "Sweep ranks / methods", "Tutorial recipes"])
 with tab_one:
     launch_tab(launching)
 with tab_sweep:
     sweep_tab(launching or config, can_launch=launching is not None)
+with tab_recipes:
+    recipes_tab()
+if S.pop("open_compare", False):
+    st.switch_page("pages/compare.py")
 st.radio("Curves x-axis", list(X_AXES), key=S.key("x"), horizontal=True, format_func=X_AXES.get)
-live_panel()
+live_now = service.has_live_runs()
+S["ticking"] = live_now
+st.fragment(live_panel, run_every=REFRESH_S if live_now else None)(live_now)

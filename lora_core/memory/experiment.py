@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import statistics
 
+from .. import precision
 from ..config import ExperimentConfig, get_dotted
 from .architecture import ModelRef
 from .estimator import estimate
@@ -18,12 +19,15 @@ from .settings import CONFIG_FIELDS, detected_device
 def experiment_settings(cfg: ExperimentConfig, num_labels: int = 2, device: str | None = None,
                         seq_len: int | None = None) -> dict:
     """estimate() arguments for a config as the engine trains it: the config's own fields, weights loaded in
-    fp32 (models.load_model), the optimizer config.OPTIMIZERS says it runs, on this machine's device."""
+    fp32 (models.load_model), the optimizer config.OPTIMIZERS says it runs, on this machine's device, and
+    train.precision: auto resolved as the recipe resolves it (precision.resolve: bf16 on a CPU with native bf16)."""
     m = cfg.model
+    device = device or detected_device()
+    fields = {name: get_dotted(cfg, name) for name in CONFIG_FIELDS}
+    fields["train.precision"] = precision.resolve(fields["train.precision"], cuda=device == "cuda")[0]
     return {"model": ModelRef(m.source, source=m.source, revision=m.revision), "method": cfg.method,
             "batch_size": cfg.train.batch_size, "seq_len": seq_len or cfg.data.max_length, "task": cfg.task,
-            "num_labels": num_labels, "device": device or detected_device(), "weights_dtype": "fp32",
-            **{name: get_dotted(cfg, name) for name in CONFIG_FIELDS}}
+            "num_labels": num_labels, "device": device, "weights_dtype": "fp32", **fields}
 
 
 def estimate_for_experiment(cfg: ExperimentConfig, num_labels: int = 2, device: str | None = None,

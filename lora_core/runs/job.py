@@ -1,7 +1,9 @@
 """The cluster side of the Ray backend: what a Ray job runs on a node.
 
-    python -m lora_core.runs.job RUN_DIR [--resume CHECKPOINT]    train one run (ray_jobs.RayJobs submits it)
-    python -m lora_core.runs.job --probe RUNS_DIR NONCE            check every node can write the runs dir
+    python -m lora_core.runs.job RUN_DIR [--resume CHECKPOINT] [--sweep ID] [--parent ID]
+                                         train one run (ray_jobs.RayJobs submits it; sweep and parent go to the
+                                         trackers, as the local worker's run_info)
+    python -m lora_core.runs.job --probe RUNS_DIR NONCE     check every node can write the runs dir
 
 A job never opens the registry: SQLite in WAL mode needs a local disk, and here the runs directory is storage the
 nodes share over the network. It writes only its run's files (job.json when it starts, metrics.jsonl as it
@@ -11,6 +13,7 @@ ranks, by rank 0; `stop_job` (SIGTERM from Ray) means the same, but Ray kills th
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -54,7 +57,7 @@ def watch_stop_file(rd: RunDir) -> None:
     threading.Thread(target=watch, name="stop-watch", daemon=True).start()
 
 
-def run(rd: RunDir, resume_from: Path | None) -> int:
+def run(rd: RunDir, resume_from: Path | None, sweep_id: str | None = None, parent_id: str | None = None) -> int:
     from ..distributed import node_name, train_run
     from .worker import failure_reason, stop_note
 
@@ -77,7 +80,9 @@ def run(rd: RunDir, resume_from: Path | None) -> int:
 
             torch.set_num_threads(cfg.resources.cpus_per_worker or 1)  # what the job reserved
         results = train_run(cfg, rd, on_event=on_event, observe=lambda event: None, stop_flag=STOP,
-                            resume_from=resume_from)
+                            resume_from=resume_from,
+                            run_info={"run_id": rd.id, "sweep_id": sweep_id, "parent_id": parent_id,
+                                      "runs_dir": str(rd.path.parent)})
         files.write_json(rd.results, results)
         stopped = bool(results.get("stopped"))
         outcome = {"status": (RunStatus.STOPPED if stopped else RunStatus.SUCCEEDED).value,
@@ -129,13 +134,18 @@ def probe(runs_dir: Path, nonce: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 3 and argv[0] == "--probe":
-        return probe(Path(argv[1]), argv[2])
-    if len(argv) in (1, 3) and (len(argv) == 1 or argv[1] == "--resume"):
-        return run(RunDir(Path(argv[0])), Path(argv[2]) if len(argv) == 3 else None)
-    print("usage: python -m lora_core.runs.job RUN_DIR [--resume CHECKPOINT] | --probe RUNS_DIR NONCE",
-          file=sys.stderr)
+    parser = argparse.ArgumentParser(prog="python -m lora_core.runs.job")
+    parser.add_argument("run_dir", nargs="?", help="the run's folder on storage every node shares")
+    parser.add_argument("--resume", help="a checkpoint-N folder of the parent run")
+    parser.add_argument("--sweep", help="the run's sweep id (for the trackers)")
+    parser.add_argument("--parent", help="the run it resumes (for the trackers)")
+    parser.add_argument("--probe", nargs=2, metavar=("RUNS_DIR", "NONCE"))
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.probe and not args.run_dir:
+        return probe(Path(args.probe[0]), args.probe[1])
+    if args.run_dir and not args.probe:
+        return run(RunDir(Path(args.run_dir)), Path(args.resume) if args.resume else None, args.sweep, args.parent)
+    parser.print_usage(sys.stderr)
     return 2
 
 

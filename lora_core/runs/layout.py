@@ -5,6 +5,7 @@
                                             `.reindexed-<time>` when `reindex` replaced it on request)
     <runs>/registry.lock                    serializes moving a corrupt registry aside
     <runs>/.deleted-<run_id>/               a run being deleted (renamed first, so nothing can re-import it)
+    <runs>/mlflow.sqlite  mlflow-artifacts/ the local MLflow store (tracking.mlflow: true, no $MLFLOW_TRACKING_URI)
     <runs>/<run_id>/                        RunDir
         config.yaml                         the experiment config, written once
         status.json                         a mirror of the run's registry row
@@ -24,6 +25,7 @@
             checkpoints/checkpoint-N/       Trainer checkpoints for resume; complete once checkpoint.done is in it
             merged/                         where the dashboard merges an adapter into its base
             .adapter.saving-<hex>/          weights being saved; renamed to adapter/ (model/, head/) when whole
+            tensorboard/                    TensorBoard event files (tracking.tensorboard: true)
             ray-train/                      Ray Train's own storage for a multi-worker Ray run
     <runs>/cluster-probe/<nonce>/<node>     files a probe job wrote from each node of a Ray cluster
     <runs>/clusters.json                    clusters whose nodes were probed (address -> node ids, time)
@@ -51,6 +53,10 @@ CLUSTERS_FILE = "clusters.json"
 PROBE_DIR = "cluster-probe"
 REGISTRY_LOCK = "registry.lock"
 DELETED_PREFIX = ".deleted-"
+MLFLOW_DB = "mlflow.sqlite"
+MLFLOW_ARTIFACTS = "mlflow-artifacts"
+RESULTS_FILE = "results.json"  # also the name of the results artifact in a tracker
+MODEL_CARD = "README.md"       # the model card at the root of a pushed Hub repository
 
 RUN_ID_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,95}")  # used with fullmatch: `$` would accept a trailing newline
 SLUG_MAX = 40
@@ -116,6 +122,11 @@ def sqlite_companions(path: Path) -> list[Path]:
 def tombstone(runs_dir: Path, run_id: str) -> Path:
     """Where a run directory is renamed while it is being deleted (not a run id, so never re-imported)."""
     return runs_dir / f"{DELETED_PREFIX}{run_id}-{secrets.token_hex(2)}"
+
+
+def mlflow_store(runs_dir: Path) -> tuple[str, str]:
+    """(tracking URI, artifact location) of the local MLflow store inside the runs dir."""
+    return f"sqlite:///{Path(runs_dir) / MLFLOW_DB}", (Path(runs_dir) / MLFLOW_ARTIFACTS).as_uri()
 
 
 def slugify(name: str) -> str:
@@ -190,6 +201,10 @@ class Artifacts:
     @property
     def checkpoints(self) -> Path:
         return self.path / "checkpoints"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / "tensorboard"
 
     @property
     def merged(self) -> Path:
@@ -299,7 +314,7 @@ class RunDir:
 
     @property
     def results(self) -> Path:
-        return self.path / "results.json"
+        return self.path / RESULTS_FILE
 
     @property
     def stop_request(self) -> Path:

@@ -26,18 +26,17 @@ import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
-from ..config import BUNDLED_MODELS, ConfigError, ExperimentConfig, excerpt, get_dotted, set_dotted
+from .. import checks
+from ..config import ExperimentConfig
 from ..errors import RunError, StorageError
-from ..paths import DATA_SUFFIXES, is_local_path
 from . import files, launcher, layout, ray_jobs
-from .layout import MODEL_CONFIG, RunDir
+from .layout import RunDir
 from .ray_jobs import RayJobs
 from .store import LOCAL, Registry, RunRecord, RunStatus
 from .sweep import sweep_configs
 
-HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}(/[A-Za-z0-9][A-Za-z0-9_.-]{0,95})?", re.ASCII)
 STREAM_CACHE_RUNS = 16  # metrics streams kept in memory for incremental reads (the dashboard's live runs)
 
 
@@ -348,72 +347,7 @@ def prepare(cfg: ExperimentConfig | dict) -> ExperimentConfig:
     any directory, possibly by another process draining the queue) reads the same files; hub ids must be
     well-formed. Links are kept as given (not resolved): a link's name carries the file's suffix."""
     data = cfg.to_dict() if isinstance(cfg, ExperimentConfig) else dict(cfg)
-    cfg = ExperimentConfig.from_dict(data)
-    changes: dict[str, Any] = {}
-    for field in ("data.train", "data.eval"):
-        value = get_dotted(cfg, field)
-        if not value or value.startswith("sample:"):
-            continue
-        if is_local_path(value, DATA_SUFFIXES):
-            path = _absolute(field, value)
-            if not _is(path, "file"):
-                raise ConfigError(field, f"file not found: {excerpt(str(path), 300)} (give an existing csv/tsv/json/"
-                                         "jsonl/parquet file, a bundled sample:..., or a hub dataset id)")
-            changes[field] = str(path)
-        else:
-            _check_hub_id(field, value)
-    source = cfg.model.source
-    if source not in BUNDLED_MODELS and is_local_path(source):
-        path = _absolute("model.source", source)
-        if not _is(path, "dir") or not _is(path / MODEL_CONFIG, "file"):
-            raise ConfigError("model.source", f"{excerpt(str(path), 300)} is not a model directory (it needs a "
-                                              f"{MODEL_CONFIG}); use a bundled model ({', '.join(BUNDLED_MODELS)}), "
-                                              "a hub id or a saved model directory")
-        changes["model.source"] = str(path)
-    elif source not in BUNDLED_MODELS:
-        _check_hub_id("model.source", source)
-    check_local_resources(cfg)
-    if not changes:
-        return cfg
-    data = cfg.to_dict()
-    for field, value in changes.items():
-        set_dotted(data, field, value)
-    return ExperimentConfig.from_dict(data)
-
-
-def check_local_resources(cfg: ExperimentConfig) -> None:
-    """What this machine cannot give a local run: GPUs it does not have, more GPU workers than GPUs."""
-    res = cfg.resources
-    if res.backend != LOCAL:
-        return
-    gpus = launcher.visible_gpus()
-    if res.gpus_per_worker and not gpus:
-        raise ConfigError("resources.gpus_per_worker", "this machine shows no GPU (CUDA_VISIBLE_DEVICES, "
-                                                       "/dev/nvidia*); set 0 to train on CPU, or use backend ray")
-    if gpus and res.num_workers > len(gpus):
-        raise ConfigError("resources.num_workers", f"{res.num_workers} workers need one GPU each and this machine "
-                                                   f"shows {len(gpus)} ({', '.join(gpus)}); lower it, or use "
-                                                   "backend ray")
-
-
-def _absolute(field: str, value: str) -> Path:
-    path = Path(os.path.abspath(Path(value).expanduser()))
-    if len(str(path).encode("utf-8", "replace")) > 4000:
-        raise ConfigError(field, f"the path is too long once made absolute ({excerpt(str(path), 60)})")
-    return path
-
-
-def _is(path: Path, kind: str) -> bool:
-    try:
-        return path.is_file() if kind == "file" else path.is_dir()
-    except (OSError, ValueError):  # a name the filesystem refuses is no file
-        return False
-
-
-def _check_hub_id(field: str, value: str) -> None:
-    if not HUB_ID.fullmatch(value) or "--" in value or ".." in value:
-        raise ConfigError(field, f"{excerpt(value, 60)} is neither an existing local path nor a hub id ('name' or "
-                                 "'org/name': letters, digits, '-', '_', '.', at most 96 characters each)")
+    return checks.with_local_paths(ExperimentConfig.from_dict(data))
 
 
 class _Streams:

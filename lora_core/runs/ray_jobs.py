@@ -129,6 +129,8 @@ class RayJobs:
         res = cfg.resources
         one = res.num_workers == 1  # one worker trains in the entrypoint; several are Ray Train's to place
         args = [str(record.dir.path)] + (["--resume", str(record.resume_checkpoint)] if record.resume_from else [])
+        args += (["--sweep", record.sweep_id] if record.sweep_id else []) + \
+            (["--parent", record.parent_id] if record.parent_id else [])  # for the trackers, as run_info
         job_id = submission_id(record.id)
         try:
             client(record.cluster).submit_job(

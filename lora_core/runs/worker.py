@@ -4,12 +4,13 @@ The launcher starts this in a new session with stdout/stderr going to the run's 
   1. installs a SIGTERM handler before importing the recipe, so a stop during start-up or model loading is
      honoured;
   2. registers its pid and writes a heartbeat every ~2 s from a daemon thread (which also picks up a stop
-     requested through the registry);
+     requested through the registry, and samples how busy the machine is while training: machine.py);
   3. trains: `train.run_experiment` in this process, appending every event to metrics.jsonl as it arrives, or
      with resources.num_workers > 1 one rank per child process (distributed.py; they stay in this process
-     group, so a stop or a kill of the group reaches them all);
-  4. writes results.json and ends the run SUCCEEDED, STOPPED (the recipe returned `stopped: True`) or FAILED
-     (the exception and the log tail);
+     group, so a stop or a kill of the group reaches them all); a resumed run's elapsed time goes on from its
+     parent's, so its curves and its clock never go backwards;
+  4. writes results.json (with the machine_* keys) and ends the run SUCCEEDED, STOPPED (the recipe returned
+     `stopped: True`) or FAILED (the exception and the log tail);
   5. finally reconciles, which starts the next queued run: the queue drains with nobody watching.
 
 A full disk must not leave a run RUNNING forever or blamed on the wrong cause. The worker holds back a little
@@ -40,6 +41,7 @@ from ..distributed import train_run  # noqa: E402
 from ..errors import LoraLabError, StatusError, StorageError  # noqa: E402
 from . import files, launcher  # noqa: E402
 from .layout import RunDir  # noqa: E402
+from .machine import MachineMeter  # noqa: E402
 from .manager import Runs  # noqa: E402
 from .store import Registry, RunStatus, key_results  # noqa: E402
 
@@ -65,12 +67,14 @@ def say(text: str = "", *, trace: bool = False) -> None:
 
 
 class Heartbeat(threading.Thread):
-    """Writes the heartbeat (with the latest progress) every HEARTBEAT_S seconds and turns a stop requested in
-    the registry into the stop flag."""
+    """Writes the heartbeat (with the latest progress) every HEARTBEAT_S seconds, turns a stop requested in
+    the registry into the stop flag, and samples the machine meter."""
 
-    def __init__(self, registry: Registry, run_id: str, stop_flag: threading.Event, latest: dict):
+    def __init__(self, registry: Registry, run_id: str, stop_flag: threading.Event, latest: dict,
+                 machine: MachineMeter):
         super().__init__(name="heartbeat", daemon=True)
         self.registry, self.run_id, self.stop_flag, self.latest = registry, run_id, stop_flag, latest
+        self.machine = machine
         self.done = threading.Event()
 
     def run(self) -> None:
@@ -80,6 +84,7 @@ class Heartbeat(threading.Thread):
                     self.stop_flag.set()
             except Exception as exc:  # a busy disk must not kill training; the next beat tries again
                 say(f"[worker] heartbeat failed: {exc}")
+            self.machine.sample()
             self.done.wait(HEARTBEAT_S)
 
 
@@ -154,7 +159,8 @@ def run(run_path: Path, stop_flag: threading.Event) -> int:
     registry.update(run_id, only_if_status=RunStatus.RUNNING, pid=os.getpid(), pgid=os.getpgrp(),
                     pid_created=psutil.Process().create_time(), host=launcher.this_host(), heartbeat=time.time())
     latest: dict = {}
-    beat = Heartbeat(registry, run_id, stop_flag, latest)
+    machine = MachineMeter(lambda: max(registry.count(RunStatus.RUNNING) - 1, 0))
+    beat = Heartbeat(registry, run_id, stop_flag, latest, machine)
     beat.start()
     rd = record.dir
     hold_space(rd)
@@ -163,6 +169,8 @@ def run(run_path: Path, stop_flag: threading.Event) -> int:
         + (f" resuming from {resume_from}" if resume_from else ""))
 
     def observe(event: dict) -> None:
+        if event.get("kind") == "phase":
+            (machine.begin if event.get("phase") == "training" else machine.finish)()
         for key in ("progress", "step"):
             if isinstance(event.get(key), (int, float)):
                 latest[key] = event[key]
@@ -176,7 +184,11 @@ def run(run_path: Path, stop_flag: threading.Event) -> int:
     status, fields = RunStatus.FAILED, {}
     try:
         results = train_run(runs.config(run_id), rd, on_event=on_event, observe=observe, stop_flag=stop_flag,
-                            resume_from=resume_from)
+                            resume_from=resume_from,
+                            run_info={"run_id": run_id, "sweep_id": record.sweep_id, "parent_id": record.parent_id,
+                                      "runs_dir": str(rd.path.parent)})
+        machine.finish()
+        results.update(machine.summary())
         try:
             files.write_json(rd.results, results)
         except OSError as exc:

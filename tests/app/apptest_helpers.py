@@ -10,11 +10,13 @@ APP = str(ROOT / "app.py")
 PAGE_TIMEOUT = 120  # seconds; the first render of a page that builds a meta model imports torch
 
 
-def open_page(page: str, session: dict | None = None) -> AppTest:
-    """Run app.py, then switch to pages/<page>.py (with optional session state set first)."""
+def open_page(page: str, session: dict | None = None, query: dict | None = None) -> AppTest:
+    """Run app.py, then switch to pages/<page>.py (with optional session state and URL query parameters set
+    first: `query` is what a refresh or a shared link brings)."""
     at = AppTest.from_file(APP, default_timeout=PAGE_TIMEOUT)
     for key, value in (session or {}).items():
         at.session_state[key] = value
+    at.query_params.update(query or {})
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     at.switch_page(f"pages/{page}.py").run()

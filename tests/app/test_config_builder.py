@@ -102,8 +102,12 @@ def test_cross_field_rule_shows_config_error(runs_dir):
     at = open_page("config_builder")
     at.selectbox(key="cfg_task").set_value("causal-lm").run()
     no_exception(at)
-    # a sentiment sample has no prompt/response columns: the engine's message, on the data field
-    assert any("data.train" in e and "sample:instructions" in e for e in errors(at))
+    # the task brings its own sample (a sentiment sample has no prompt/response columns)
+    assert at.selectbox(key="cfg_train_choice").value == "sample:instructions"
+    assert not errors(at), errors(at)
+    at.selectbox(key="cfg_method").set_value("head-only").run()
+    no_exception(at)
+    assert any("head-only" in e for e in errors(at)), errors(at)
 
 
 def test_unknown_model_and_missing_file_are_errors(runs_dir, tmp_path):
@@ -147,3 +151,17 @@ def test_load_bad_config_file_is_an_error(runs_dir):
     no_exception(at)
     assert any("lora.rank" in e and "unknown key" in e for e in errors(at))
     assert at.number_input(key="cfg_lora.r").value == 8  # the form was left as it was
+
+
+@pytest.mark.timeout(700)
+def test_lr_find_chart_and_apply(runs_dir):
+    at = open_page("config_builder")
+    at.number_input(key="cfg_train.batch_size").set_value(8).run()
+    next(b for b in at.button if b.key == "cfg_lr_find").click().run(timeout=400)
+    no_exception(at)
+    assert not errors(at), errors(at)
+    result = at.session_state["cfg_lr_result"]
+    assert result["lrs"][0] <= result["suggestion"] <= result["lrs"][-1] and "steepest" in texts(at)
+    next(b for b in at.button if b.key == "cfg_lr_apply").click().run()
+    no_exception(at)
+    assert at.text_input(key="cfg_train.learning_rate").value == f"{result['suggestion']:.3g}"

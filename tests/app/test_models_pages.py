@@ -2,6 +2,7 @@
 import pytest
 
 from apptest_helpers import errors, no_exception, open_page, texts
+from lora_core.config import ExperimentConfig
 from lora_core.runs import Runs
 from lora_ui.format import fmt_bytes
 
@@ -34,10 +35,24 @@ def test_merge_and_verify(seeded_copy):
     merged = Runs(seeded_copy).dir(record.id).artifacts.merged
     assert (merged / "config.json").is_file()
     assert any("merged model" in b.label for b in at.download_button)
+    merged_tile = next(m.value for m in at.metric if m.label == "Merged model")
+    assert merged_tile != "not merged yet"  # the status tile follows the merge (issue 9 item 9)
     # merging again replaces the folder instead of failing on it
     button(at, "merge_go").click().run()
     no_exception(at)
     assert not errors(at)
+
+
+def test_push_offline_shows_why(use_seeded):
+    record = next(r for r in Runs(use_seeded).list() if r.method == "lora" and r.task == "seq-cls")
+    at = open_page("merge")
+    at.selectbox(key="merge_run").set_value(record.id).run()
+    assert button(at, "merge_push").disabled  # no repository id yet
+    assert "Data fingerprint" in texts(at)  # the model card preview
+    at.text_input(key="merge_repo").set_value("someone/tiny").run()
+    button(at, "merge_push").click().run()
+    no_exception(at)
+    assert any("offline mode is on" in e for e in errors(at)), errors(at)
 
 
 def test_full_run_has_nothing_to_merge(use_seeded):
@@ -77,7 +92,9 @@ def test_playground_generates(use_seeded):
     button(at, "play_go").click().run()
     no_exception(at)
     table = next(d.value for d in at.dataframe if "prompt" in d.value.columns and "tuned" in d.value.columns)
-    assert list(table["prompt"]) == ["Write a short greeting:", "The movie was"]
+    assert list(table["prompt"]) == list(ExperimentConfig().generate.prompts)  # the held-out default prompts
+    # the answers recorded at training time, base beside tuned, and what changed
+    assert "Before and after training" in texts(at) and "What changed:" in texts(at)
 
 
 # -- QLoRA loader -----------------------------------------------------------------------------------------------
@@ -85,7 +102,8 @@ def test_playground_generates(use_seeded):
 def test_qlora_load_attach_and_perplexity(runs_dir):
     at = open_page("qlora")
     no_exception(at)
-    assert at.selectbox(key="qlora_model").value == "tiny-random-llama"
+    assert at.selectbox(key="qlora_model").value == "smollm2-135m-instruct"  # the real offline default
+    at.selectbox(key="qlora_model").set_value("tiny-random-llama").run()  # a second to load, for the test
     assert not at.get("metric") or not any(m.label == "Quantization constants" for m in at.metric)
     button(at, "qlora_load").click().run()
     no_exception(at)
@@ -132,4 +150,5 @@ def test_qlora_generate_base_vs_adapter(use_seeded):
     no_exception(at)
     assert not errors(at), errors(at)
     table = next(d.value for d in at.dataframe if "prompt" in d.value.columns)
-    assert list(table.columns) == ["prompt", "base", "tuned"] and len(table) == 2
+    assert list(table.columns) == ["prompt", "base", "tuned"]
+    assert len(table) == len(ExperimentConfig().generate.prompts)

@@ -4,6 +4,7 @@ import pytest
 from apptest_helpers import errors, no_exception, open_page, texts
 from helpers import tiny_config, wait_until
 from lora_core.runs import Runs, RunStatus
+from lora_ui import widgets
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -70,7 +71,8 @@ def test_sweep_launches_grouped_runs(runs_dir, monkeypatch):
         assert Runs(runs_dir).wait(r.id, timeout=300).status == RunStatus.SUCCEEDED
 
 
-def test_stop_resume_and_cancel(runs_dir):
+def test_stop_resume_and_cancel(runs_dir, monkeypatch):
+    monkeypatch.setattr(widgets, "GUARD_S", 0.0)  # two launches on purpose: not a double-click
     long_cfg = tiny_config(name="ui-long", **{"train.max_steps": 2000, "train.save_steps": 1000})
     at = open_page("train", {"cfg_current": long_cfg.to_dict()})
     button(at, "train_launch").click().run()

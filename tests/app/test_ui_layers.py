@@ -73,23 +73,7 @@ def test_actions_return_results_and_raise_engine_errors(runs_dir):
     assert isinstance(result, ActionResult)
     assert (result.action, result.actor, result.run_id) == ("cancel", "local", queued.id)
     assert Runs(runs_dir).get(queued.id, reconcile=False).status == RunStatus.STOPPED
-    assert not service.can_resume(queued.id)
-
-
-def test_action_feedback_lasts_until_the_next_action(runs_dir):
-    """Resume on a run with no checkpoint: the error stays through later reruns (the live fragment's included)
-    until another action replaces it or it is dismissed."""
-    run_id = stopped_without_checkpoint(runs_dir)
-    at = open_page("train", {"train_launched": [run_id]})
-    next(b for b in at.button if b.key == f"train_resume_{run_id}").click().run()
-    no_exception(at)
-    wanted = [e for e in errors(at) if run_id in e and "no checkpoint" in e]
-    assert wanted, errors(at)
-    for _ in range(3):
-        at.run()
-        assert [e for e in errors(at) if run_id in e and "no checkpoint" in e] == wanted
-    next(b for b in at.button if b.key == "train_dismiss").click().run()
-    assert not any("no checkpoint" in e for e in errors(at))
+    assert service.resume_blocker(queued.id)  # stopped before its first checkpoint: nothing to resume
 
 
 def test_run_picker_returns_none_and_the_page_goes_on():

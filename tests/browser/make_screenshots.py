@@ -3,7 +3,7 @@
     .venv/bin/python tests/browser/make_screenshots.py [--runs DIR]
 
 Trains a real sweep on the offline default (bundled MiniLM, sample:sentiment-2): LoRA r=4/8/16 plus full
-fine-tuning and head-only baselines, 2 epochs each (5-20 minutes on a 2-core CPU, depending on load), then
+fine-tuning and head-only baselines, the default 5 epochs each (15-50 minutes on a 2-core CPU, by load), then
 opens the dashboard in Chromium, starts one more LoRA run, captures the Train page while it trains, and the
 Compare page for the sweep. With --runs DIR the runs are kept there, and a sweep already finished there is
 reused. Not a test (pytest does not collect it); needs /usr/bin/chromium and playwright.
@@ -25,8 +25,8 @@ from browser_helpers import ROOT, SHOTS, browser_page, goto_page, loss_points, s
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-BASE = {"name": "minilm-sentiment", "data": {"max_length": 64}, "train": {"epochs": 2, "eval_steps": 5,
-                                                                         "logging_steps": 1}}
+# the default config's epochs and learning rates (config.DEFAULT_LEARNING_RATES): the sweep a user launches
+BASE = {"name": "minilm-sentiment", "data": {"max_length": 64}, "train": {"eval_steps": 5, "logging_steps": 1}}
 
 
 def train_sweep(runs: Path) -> str:

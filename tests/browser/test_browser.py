@@ -6,6 +6,7 @@ Skips (saying why) when /usr/bin/chromium or playwright is missing; `make test` 
 """
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -104,3 +105,60 @@ def test_build_launch_watch_stop_compare(page, server):
             shot(pg, "compare", docs="compare.png")
         else:
             shot(pg, title.lower().replace(" & ", "_").replace(" ", "_"))
+
+
+def test_level2_recipe_reaches_compare_with_three_runs(page, server):
+    """The Level 2 recipe ("Full vs LoRA vs frozen backbone") from the Train page's one-click button, capped at
+    a few steps per run: Compare opens on its sweep and shows the three finished runs. Then screenshots of the
+    fixed Train, Runs, QLoRA loader and Merge pages."""
+    from lora_core.runs import Runs, RunStatus
+
+    _, runs_dir = server
+    runs = Runs(runs_dir)
+    pg = page
+    pg.get_by_role("heading", name="Train", exact=True).wait_for()
+    settle(pg)
+    pg.get_by_role("tab", name="Tutorial recipes").click()
+    fill(pg, "Quick look: at most this many steps per run (0 = the recipe's full length)", "2")
+    pg.get_by_text("Full vs LoRA vs frozen backbone").first.wait_for()
+    pg.get_by_role("button", name=re.compile(r"Launch$")).nth(1).click()  # recipes in order: Level 1, Level 2
+    pg.get_by_role("heading", name="Compare", exact=True).wait_for(timeout=60_000)  # the button opens Compare
+    launched = runs.list(reconcile=False)
+    assert sorted(r.method for r in launched) == ["full", "head-only", "lora"]
+    assert len({r.sweep_id for r in launched}) == 1
+    for rec in launched:
+        assert runs.wait(rec.id, timeout=360).status is RunStatus.SUCCEEDED, rec.id
+    goto_page(pg, "Compare")
+    # the sweep picker (a combobox: its value may sit in an input) names the sweep with its 3 finished runs
+    pg.wait_for_function("""(want) => document.body.innerText.includes(want) ||
+        [...document.querySelectorAll('input')].some(i => (i.value || '').includes(want))""",
+                         arg=f"{launched[0].sweep_id} (3 finished runs)", timeout=60_000)
+    pg.get_by_text("Efficiency frontier", exact=True).first.wait_for()
+    no_exception_on_page(pg)
+    shot(pg, "compare_level2")
+
+    goto_page(pg, "Train")  # idle: three finished cards, the live clock stopped
+    pg.get_by_text("Finished").first.wait_for()
+    shot(pg, "train_fixed")
+    goto_page(pg, "Runs")
+    pg.get_by_text("Succeeded").first.wait_for()
+    shot(pg, "runs_fixed")
+
+    goto_page(pg, "QLoRA loader")
+    choose(pg, "Model", "tiny-random-llama")
+    pg.get_by_role("button", name="Load in 4-bit").click()
+    pg.get_by_text("in 4-bit NF4").first.wait_for(timeout=120_000)
+    settle(pg)
+    no_exception_on_page(pg)
+    shot(pg, "qlora_fixed")
+
+    goto_page(pg, "Merge & export")
+    pg.get_by_label("Run", exact=True).click()
+    pg.get_by_role("option").filter(has_text="lora r=8").first.click()
+    settle(pg)
+    pg.get_by_role("button", name="Merge and verify").click()
+    pg.get_by_text("Verified").first.wait_for(timeout=180_000)
+    settle(pg)
+    assert pg.get_by_text("not merged yet").count() == 0  # the status tile follows the merge
+    no_exception_on_page(pg)
+    shot(pg, "merge_fixed")

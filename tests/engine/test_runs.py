@@ -123,7 +123,13 @@ def test_stop_during_training_saves_and_resume_continues_the_steps(runs, runs_di
     assert inherited == [s for s in parent_steps if s <= ckpt_step]
     assert steps == sorted(steps) and steps[-1] == 12 and len(steps) == len(set(steps))
     assert steps[len(inherited)] == ckpt_step + 1  # the new process continues the count
+    elapsed = [e["elapsed_s"] for e in events]
+    assert elapsed == sorted(elapsed), "the resumed run's clock went backwards"
     assert runs.results(child_id)["resumed_from_step"] == ckpt_step
+    # how busy the machine was while it trained: recorded, and kept in the registry for Compare
+    machine = {k: v for k, v in runs.get(child_id).results.items() if k.startswith("machine_")}
+    assert machine["machine_cpus"] >= 1 and machine["machine_other_cpu_cores"] >= 0
+    assert isinstance(machine["machine_busy"], bool) and machine["machine_other_runs"] == 0
     with pytest.raises(RunError, match="SUCCEEDED"):
         runs.resume(child_id)
 

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from lora_core import precision
 from lora_core.config import ExperimentConfig
 from lora_core.memory import (GPUS, MODEL_PRESETS, Estimate, EstimateError, estimate, estimate_for_experiment,
                               engine_optimizer, experiment_settings, lora_param_table, measure_step_peak)
@@ -340,11 +341,13 @@ def test_estimate_for_experiment_uses_the_engines_settings():
                                       "train": {"batch_size": 4, "gradient_checkpointing": True},
                                       "lora": {"r": 4, "target_modules": "all-linear"}})
     knobs = experiment_settings(cfg, device="cuda")
-    assert knobs["weights_dtype"] == "fp32" and knobs["train.precision"] == "auto" and knobs["lora.r"] == 4
+    # train.precision: auto resolved as the recipe resolves it (bf16 on a CUDA GPU with bf16; on a CPU, by its flags)
+    assert knobs["weights_dtype"] == "fp32" and knobs["train.precision"] == "bf16" and knobs["lora.r"] == 4
     out = estimate_for_experiment(cfg, device="cpu")
     assert out["batch_size"] == 4 and out["seq_len"] == 64
     assert out["settings"]["train.gradient_checkpointing"] and out["settings"]["lora.r"] == 4
-    assert out["settings"]["train.precision"] == "fp32" and out["settings"]["adamw_impl"] == "fused"
+    assert out["settings"]["train.precision"] == precision.resolve("auto", cuda=False)[0]
+    assert out["settings"]["adamw_impl"] == "fused"
     assert out["batch"]["source"] == "data.max_length" and any("max_length" in n for n in out["notes"])
 
 
