@@ -2,6 +2,7 @@
 optimizer steps by hand, and stopping whatever runs a test left going."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from lora_core.config import ExperimentConfig
 from lora_core.runs import Runs, RunStatus
 
 ROOT = Path(__file__).resolve().parents[1]
+INJECT = ROOT / "tests" / "reliability" / "inject"  # the fault injector workers load (its sitecustomize.py)
 
 # Tiny runs that train in seconds on a CPU: tiny-random-gpt2, a few steps, a few rows.
 TINY_SEQ_CLS = {
@@ -196,7 +198,6 @@ class LocalRayCluster:
 
     def _get(self, path: str, timeout: float):
         """GET from the dashboard, with the cluster's token when token authentication is on."""
-        import json
         import urllib.request
 
         token = self.env.get("RAY_AUTH_TOKEN")
@@ -254,3 +255,11 @@ class LocalRayCluster:
                 pass
         left = self.pids()
         assert not left, f"Ray processes {left} survived SIGKILL"
+
+
+def slow_first_steps(seconds: float = 0.5, until: int = 8) -> dict:
+    """Environment under which every training process started from it (workers, their ranks, a Ray node's jobs)
+    sleeps `seconds` after each of its first `until` steps: a short run then still has a middle for a test to
+    stop or read it in, and a resumed run soon trains at full speed (the fault injector's "slow")."""
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(INJECT), os.environ.get("PYTHONPATH")])),
+            "LORA_LAB_TEST_FAULT": json.dumps({"at": "step", "do": "slow", "seconds": seconds, "until": until})}

@@ -11,7 +11,8 @@ import subprocess
 
 import pytest
 
-from helpers import LocalRayCluster, cli, steps_logged, stop_leftovers, tiny_config, wait_for_steps, wait_until
+from helpers import (LocalRayCluster, cli, slow_first_steps, steps_logged, stop_leftovers, tiny_config, wait_for_steps,
+                     wait_until)
 from lora_core import models
 from lora_core.errors import RunError
 from lora_core.runs import Runs, RunStatus, files
@@ -23,13 +24,15 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(420)]
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """A 2-node Ray cluster with token authentication; this process holds the token as the dashboard would."""
+    """A 2-node Ray cluster with token authentication; this process holds the token as the dashboard would.
+    Its jobs sleep a little after each of their first steps, so short runs still have a middle to read or stop."""
     env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
     patch = pytest.MonkeyPatch()
     for key, value in env.items():
         patch.setenv(key, value)
     # a short folder right under the session's temp dir: Ray's socket paths must stay under 107 characters
-    ray_cluster = LocalRayCluster(tmp_path_factory.mktemp("r"), nodes=2, cpus=1, env=env)
+    ray_cluster = LocalRayCluster(tmp_path_factory.mktemp("r"), nodes=2, cpus=1,
+                                  env={**env, **slow_first_steps(0.5, until=8)})
     try:
         yield ray_cluster.start()
     finally:
@@ -55,14 +58,14 @@ def node_ids(cluster) -> set:
 def test_one_worker_run_trains_live_and_saves_a_plain_peft_adapter(cluster, runs):
     from peft import PeftModel
 
-    run_id = runs.launch(on_ray(cluster, "ray-one", **{"train.max_steps": 150}))
+    run_id = runs.launch(on_ray(cluster, "ray-one", **{"train.max_steps": 12}))
     assert runs.get(run_id).status in (QUEUED, RUNNING)
     live = wait_for_steps(runs, run_id, 2)  # read while the job trains
     assert runs.get(run_id).status is RUNNING and steps_logged(live)[:2] == [1, 2]
     record = runs.wait(run_id, timeout=300)
     assert record.status is SUCCEEDED, (record.error, record.error_log)
     results = runs.results(run_id)
-    assert results["backend"] == "ray" and results["world_size"] == 1 and results["steps"] == 150
+    assert results["backend"] == "ray" and results["world_size"] == 1 and results["steps"] == 12
     assert set(results["nodes"]) <= node_ids(cluster) and record.nodes == results["nodes"]
     assert record.job_id and record.cluster == cluster.address
     assert f"[job] run {run_id} ended SUCCEEDED" in runs.log_tail(run_id)  # the job's log, kept in the run folder
@@ -84,18 +87,18 @@ def test_two_workers_train_on_both_nodes_into_one_stream(cluster, runs):
 
 
 def test_stop_checkpoints_and_resume_on_the_cluster_continues_the_steps(cluster, runs):
-    run_id = runs.launch(on_ray(cluster, "ray-stop", **{"train.max_steps": 400}))
+    run_id = runs.launch(on_ray(cluster, "ray-stop", **{"train.max_steps": 16}))
     wait_for_steps(runs, run_id, 3)
     assert runs.stop(run_id, timeout=90) is STOPPED
     record = runs.get(run_id)
     assert record.status is STOPPED and record.error.startswith("stopped on request at step"), record.error
     (step, _), = runs.checkpoints(run_id)[-1:]
-    assert step >= 3
+    assert 3 <= step < 16
     new_id = runs.resume(run_id)
     resumed = runs.wait(new_id, timeout=300)
     assert resumed.status is SUCCEEDED, (resumed.error, resumed.error_log)
     results = runs.results(new_id)
-    assert results["resumed_from_step"] == step and results["steps"] == 400 and results["backend"] == "ray"
+    assert results["resumed_from_step"] == step and results["steps"] == 16 and results["backend"] == "ray"
     own = [e["step"] for e in runs.metrics(new_id) if "loss" in e and not e.get("inherited_from")]
     assert own and own[0] == step + 1  # the step count goes on from the checkpoint
 
@@ -113,7 +116,7 @@ def test_a_killed_training_process_fails_the_run_and_keeps_its_metrics(cluster, 
 
 
 def test_a_sweep_drains_through_the_cluster_one_run_per_cpu(cluster, runs):
-    sweep_id, ids = runs.sweep(on_ray(cluster, "ray-sweep", **{"train.max_steps": 60}), {"lora.r": [1, 2, 4]})
+    sweep_id, ids = runs.sweep(on_ray(cluster, "ray-sweep", **{"train.max_steps": 16}), {"lora.r": [1, 2, 4]})
     seen = []
 
     def all_done():

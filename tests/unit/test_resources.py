@@ -63,6 +63,18 @@ def test_local_gpu_requests_are_checked_against_this_machine(monkeypatch):
     assert prepare(tiny_config(**{"resources.num_workers": 2})).resources.num_workers == 2
 
 
+def test_every_resources_problem_is_reported_at_once_with_its_field(monkeypatch):
+    from lora_core import checks
+
+    data = {"resources": {"num_workers": 2, "gpus_per_worker": 0.5, "ray_address": "head:8265"}, "lora": {"r": 0}}
+    assert [p.field for p in checks.check(data, deep=False)] == \
+        ["lora.r", "resources.ray_address", "resources.gpus_per_worker"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # what this machine cannot give is in the same list
+    problems = checks.check({"resources": {"gpus_per_worker": 1}, "lora": {"r": 0}}, deep=False)
+    assert [p.field for p in problems] == ["lora.r", "resources.gpus_per_worker"]
+    assert "no GPU" in str(problems[1])
+
+
 # -- slots: a run of N processes holds N ---------------------------------------------------------------------------
 
 def test_a_run_of_n_workers_holds_n_slots(runs):

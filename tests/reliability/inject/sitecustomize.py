@@ -16,6 +16,9 @@ A spec: {"at": WHERE, "nth": N, "do": WHAT} and optionally "name" (count only wr
          enospc          raise OSError(ENOSPC) instead of writing (a full disk, simulated)
          fill            fill the disk that holds the run directory (real ENOSPC from then on), then go on
   {"do": "quick"}        replace the training recipe by a short sleep that returns results (queue tests)
+  {"do": "slow", "seconds": S, "until": N}
+                         sleep S seconds after writing each training step up to step N (a test that needs a
+                         moment in the middle of a short run; tests/helpers.slow_first_steps)
 
 Patches are applied as the target modules are imported (an import hook), so modules that bind a function by
 name at import (peft and transformers bind safetensors' save_file) get the patched one.
@@ -141,6 +144,9 @@ def _patch_files(module):
     def patched_append_event(path, event):
         append_event(path, event)
         kind = event.get("kind")
+        if _SPEC.get("do") == "slow" and kind == "log" and "loss" in event \
+                and (event.get("step") or 0) <= _SPEC.get("until", 0):
+            time.sleep(float(_SPEC.get("seconds", 0.5)))
         hit = (kind == "log" and "loss" in event and _due("step")) or (kind == "eval" and _due("eval"))
         if hit and _SPEC.get("do") == "kill":
             _log(f"SIGKILL after the {kind} event at step {event.get('step')}")
