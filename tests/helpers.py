@@ -144,7 +144,7 @@ class LocalRayCluster:
         self.env = {**os.environ, **(env or {}), "RAY_USAGE_STATS_ENABLED": "0",
                     # the job entrypoint's `python` is this interpreter
                     "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-                    "PYTHONPATH": str(ROOT)}
+                    "PYTHONPATH": os.pathsep.join(filter(None, [(env or {}).get("PYTHONPATH"), str(ROOT)]))}
         self.procs: list[subprocess.Popen] = []
         self.gcs_port, self.dashboard_port = free_port(), free_port()
         self.address = f"http://127.0.0.1:{self.dashboard_port}"

@@ -75,7 +75,8 @@ def test_one_worker_run_trains_live_and_saves_a_plain_peft_adapter(cluster, runs
 
 
 def test_two_workers_train_on_both_nodes_into_one_stream(cluster, runs):
-    run_id = runs.launch(on_ray(cluster, "ray-two", **{"resources.num_workers": 2, "train.max_steps": 6}))
+    run_id = runs.launch(on_ray(cluster, "ray-two", **{"resources.num_workers": 2, "train.max_steps": 6,
+                                                       "tracking.tensorboard": True}))
     record = runs.wait(run_id, timeout=360)
     assert record.status is SUCCEEDED, (record.error, record.error_log)
     results = runs.results(run_id)
@@ -84,6 +85,9 @@ def test_two_workers_train_on_both_nodes_into_one_stream(cluster, runs):
     assert sorted(record.nodes) == sorted(results["nodes"])
     assert steps_logged(runs.metrics(run_id)) == [1, 2, 3, 4, 5, 6]  # rank 0 alone writes: each step once
     assert (runs.dir(run_id).artifacts.adapter / "adapter_config.json").is_file()
+    # the trackers travel with the recipe into Ray Train's workers; rank 0 alone reports
+    assert len(list(runs.dir(run_id).artifacts.tensorboard.glob("events.out.tfevents.*"))) == 1
+    assert results["speed"]["group_by_length"] is True
 
 
 def test_stop_checkpoints_and_resume_on_the_cluster_continues_the_steps(cluster, runs):

@@ -3,6 +3,7 @@ results as one process, one metrics stream, and stop / kill / resume for the who
 import json
 import os
 import signal
+from pathlib import Path
 
 import psutil
 import pytest
@@ -112,8 +113,11 @@ def test_a_killed_worker_takes_its_ranks_with_it(runs):
 
 
 def test_the_cli_trains_on_two_processes_and_says_so(runs_dir, tmp_path):
-    path = tiny_causal("cli-ddp", max_steps=2).save(tmp_path / "c.yaml")
+    path = tiny_causal("cli-ddp", max_steps=2, **{"tracking.tensorboard": True}).save(tmp_path / "c.yaml")
     out = cli("train", str(path), "--workers", "2", "--wait", "--json", "--runs-dir", str(runs_dir), timeout=300)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["status"] == "SUCCEEDED" and result["backend"] == "local" and result["world_size"] == 2
     assert len(result["nodes"]) == 2 and result["global_batch_size"] == 8
+    # the speed choices and the trackers reach the ranks; rank 0 alone reports
+    assert result["speed"]["group_by_length"] is True and result["precision"]
+    assert len(list(Path(result["tensorboard_dir"]).glob("events.out.tfevents.*"))) == 1

@@ -152,6 +152,15 @@ def test_a_ray_run_is_submitted_from_an_argument_list_with_its_metadata(runs, fa
     assert len(fake.submitted) == 1  # submitted once
 
 
+def test_a_sweep_run_tells_its_job_its_sweep_for_the_trackers(runs, fake):
+    sweep_id, ids = runs.sweep(ray_config(), {"lora.r": [1, 2]})
+    by_run = {job["metadata"]["lora_lab_run"]: job for job in fake.submitted}
+    assert sorted(by_run) == sorted(ids)
+    for run_id, job in by_run.items():
+        assert shlex.split(job["entrypoint"])[3:] == [str(runs.dir(run_id).path), "--sweep", sweep_id]
+        assert job["metadata"]["lora_lab_sweep"] == sweep_id
+
+
 def test_several_ray_workers_leave_the_cpus_to_ray_train(runs, fake):
     runs.launch(ray_config(**{"resources.num_workers": 2, "resources.cpus_per_worker": 2}))
     assert fake.submitted[0]["entrypoint_num_cpus"] == 0
