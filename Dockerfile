@@ -6,7 +6,9 @@ FROM python:3.11-slim
 ARG TORCH_VARIANT=cpu
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    LORA_LAB_RUNS_DIR=/data/runs
+    LORA_LAB_RUNS_DIR=/data/runs \
+    LORA_LAB_USERS_FILE=/data/users.json \
+    LORA_LAB_DATA_ROOTS=/data/datasets
 
 WORKDIR /app
 RUN apt-get update && apt-get install -y --no-install-recommends make && rm -rf /var/lib/apt/lists/*
@@ -23,4 +25,7 @@ COPY . .
 VOLUME /data
 EXPOSE 8501
 HEALTHCHECK CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8501/_stcore/health')"
-CMD ["make", "app", "ADDRESS=0.0.0.0"]
+# A team server: sign-in required (local accounts in /data/users.json, or an identity provider in a mounted
+# .streamlit/secrets.toml, which also holds the cookie secret); without sign-in configured it refuses to start
+# and says how to configure it (README, "Serve it to your team").
+CMD ["make", "serve", "HOST=0.0.0.0"]

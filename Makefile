@@ -1,12 +1,13 @@
 # The two set-up commands (see README): `make app` and `make test`. Both create .venv on first use and
-# reinstall only when a requirements file changes.
+# reinstall only when a requirements file changes. `make serve HOST=0.0.0.0` serves a team (sign-in required).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 8501
 ADDRESS ?= localhost
+HOST ?= 127.0.0.1
 
-.PHONY: app test bench
+.PHONY: app serve test bench
 
 $(VENV)/.req-app: requirements.txt requirements-nodeps.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,7 +21,10 @@ $(VENV)/.req-dev: $(VENV)/.req-app requirements-dev.txt requirements-cluster.txt
 	touch $@
 
 app: $(VENV)/.req-app
-	$(VENV)/bin/streamlit run app.py --server.port $(PORT) --server.address $(ADDRESS)
+	$(PY) -m lora_core serve --host $(ADDRESS) --port $(PORT)
+
+serve: $(VENV)/.req-app
+	$(PY) -m lora_core serve --host $(HOST) --port $(PORT)
 
 test: $(VENV)/.req-dev
 	bash scripts/ensure_chromium.sh

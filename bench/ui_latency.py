@@ -13,11 +13,12 @@ cached beforehand): once on its first visit and then `--repeats` times warm; the
 visit and the warm median. Pages that load models only on a button press (QLoRA loader, Playground, Merge) are
 timed as a user first sees them.
 
-Then the Config builder's first visit in a FRESH server, as a user meets it: `streamlit run app.py` on a free
-loopback port, headless Chromium (Playwright) opens /config_builder, and the clock stops when the page has
+Then the Config builder's first visit in a FRESH server, as a user meets it: `make app`'s `python -m lora_core
+serve` on a free loopback port (and, beside it, a bare `streamlit run app.py`), headless Chromium (Playwright) opens /config_builder, and the clock stops when the page has
 rendered its summary ("✅ Valid config", after the parameter counts and the memory estimate). One unmeasured
 visit first, so the model counts as "seen before" (the engine may keep what it learnt on disk); then
-`--first-visits` fresh servers, each timed once: `first_visit_s page=config_builder median=...` (goal 1.5 s).
+`--first-visits` fresh servers of each kind, alternated, each timed once: `first_visit_s page=config_builder
+median=...` for `serve` (goal 1.5 s).
 `--first-visit-only` skips the page table (no training, no fixtures).
 
 Then the idle Train page's server CPU (`--idle-seconds`, default 20; goal under 2% of one core): a fresh
@@ -122,30 +123,33 @@ def time_pages(repeats: int) -> list[tuple[str, float, float]]:
     return rows
 
 
-def first_visits(runs_dir: Path, visits: int) -> list[float]:
-    """Seconds from opening /config_builder in a fresh `streamlit run` until its summary shows, once per server
-    (after one unmeasured visit that lets the engine see the model)."""
+def first_visits(runs_dir: Path, visits: int) -> dict[str, list[float]]:
+    """Seconds from opening /config_builder in a fresh server until its summary shows, once per server (after
+    one unmeasured visit that lets the engine see the model), alternating the two ways to start one: `make app`'s
+    `python -m lora_core serve` (imports the engine before it listens) and a bare `streamlit run app.py`."""
     sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "browser")]  # browser_helpers imports helpers
-    from browser_helpers import BROWSER_ARGS, CHROMIUM, streamlit_server
+    from browser_helpers import BROWSER_ARGS, CHROMIUM, serve_server, streamlit_server
     from playwright.sync_api import sync_playwright
 
     if not Path(CHROMIUM).exists():
         raise SystemExit(f"{CHROMIUM} is missing: the first-visit timing needs Debian's chromium")
-    times = []
+    servers = {"serve": serve_server, "streamlit run": streamlit_server}
+    times: dict[str, list[float]] = {name: [] for name in servers}
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
         try:
             for i in range(visits + 1):
-                with streamlit_server(runs_dir, runs_dir.parent / f"streamlit-{i}.log") as url:
-                    context = browser.new_context(viewport={"width": 1440, "height": 1000})
-                    page = context.new_page()
-                    started = time.perf_counter()
-                    page.goto(url + "/config_builder")
-                    page.get_by_text(SUMMARY_TEXT).first.wait_for(timeout=180_000)
-                    took = time.perf_counter() - started
-                    context.close()
-                if i:  # the first server only warms the engine's caches
-                    times.append(took)
+                for name, server in servers.items():
+                    with server(runs_dir, runs_dir.parent / f"server-{i}-{name.replace(' ', '-')}.log") as url:
+                        context = browser.new_context(viewport={"width": 1440, "height": 1000})
+                        page = context.new_page()
+                        started = time.perf_counter()
+                        page.goto(url + "/config_builder")
+                        page.get_by_text(SUMMARY_TEXT).first.wait_for(timeout=180_000)
+                        took = time.perf_counter() - started
+                        context.close()
+                    if i:  # the first round only warms the engine's on-disk caches
+                        times[name].append(took)
         finally:
             browser.close()
     return times
@@ -153,11 +157,12 @@ def first_visits(runs_dir: Path, visits: int) -> list[float]:
 
 def print_first_visits(runs_dir: Path, visits: int) -> None:
     times = first_visits(runs_dir, visits)
-    median = statistics.median(times)
-    print(f"\nConfig builder, first visit in a fresh server (until its summary shows), {visits} servers: "
-          + ", ".join(f"{t:.2f}" for t in times) + " s")
+    print(f"\nConfig builder, first visit in a fresh server (until its summary shows), {visits} servers each:")
+    for name, seconds in times.items():
+        print(f"  {name:<14} " + ", ".join(f"{t:.2f}" for t in seconds) + f" s (median {statistics.median(seconds):.3f})")
+    median = statistics.median(times["serve"])
     print(f"first_visit_s page=config_builder median={median:.3f} goal<={FIRST_VISIT_GOAL_S:g} "
-          f"{'ok' if median <= FIRST_VISIT_GOAL_S else 'SLOW'}")
+          f"{'ok' if median <= FIRST_VISIT_GOAL_S else 'SLOW'} (make app: python -m lora_core serve)")
 
 
 def _server_process(url: str):

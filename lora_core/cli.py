@@ -3,7 +3,8 @@
 Run commands (train, sweep, status, list, logs, stop, resume, delete, reindex, cluster status) go through one
 `Runs` manager built from `--runs-dir`. Model commands (params, targets, merge, estimate) live in cli_models.py,
 which is imported only when one of them runs: it needs pandas and the model code, and `list` / `status` must start
-without them.
+without them. Team commands (users, audit, settings, serve) live in cli_team.py, loaded the same way. The CLI acts
+as the OS user, trusted.
 
 Every refusal is one line on stderr (`error: ...`, exit 2), never a traceback. Text that came from a user or a
 file (run names, errors) is printed with control characters escaped, so a name cannot move the cursor or fake a
@@ -27,6 +28,7 @@ from . import checks, recipes
 from .runs import Runs, RunStatus
 
 MODEL_COMMANDS = "lora_core.cli_models"
+TEAM_COMMANDS = "lora_core.cli_team"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
@@ -42,10 +44,10 @@ def emit(obj, as_json: bool, text: str | None = None) -> None:
         print(text if text is not None else json.dumps(obj, indent=2, default=str))
 
 
-def model_command(name: str) -> Callable:
-    """The handler `name` of cli_models, loaded when its command runs (see the module docstring)."""
+def model_command(name: str, module: str = MODEL_COMMANDS) -> Callable:
+    """The handler `name` of cli_models (or `module`), loaded when its command runs (see the module docstring)."""
     def run(args) -> int:
-        return getattr(importlib.import_module(MODEL_COMMANDS), name)(args)
+        return getattr(importlib.import_module(module), name)(args)
     return run
 
 
@@ -100,14 +102,15 @@ def cmd_status(args) -> int:
 
 
 def cmd_list(args) -> int:
-    records = args.runs.list()  # reconciles first
+    records = args.runs.list(owner=args.owner)  # reconciles first
     if args.json:
         emit([r.to_dict() for r in records], True)
         return 0
     for r in records:
         rank = "-" if r.lora_r is None else r.lora_r
         where = f"{r.backend or 'local'}×{r.world_size or 1}"
-        print(f"{r.id:<48} {r.status:<10} {safe(r.method or '-'):<10} r={rank!s:<5} {where:<8} {safe(r.name)}")
+        print(f"{r.id:<48} {r.status:<10} {safe(r.method or '-'):<10} r={rank!s:<5} {where:<8} "
+              f"{safe(r.owner or '-'):<12} {safe(r.name)}")
     return 0
 
 
@@ -291,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true")
 
     sp = with_runs_dir(cmd("list", cmd_list, "List runs."))
+    sp.add_argument("--owner", help="only the runs this user launched")
     sp.add_argument("--json", action="store_true")
 
     sp = with_runs_dir(cmd("stop", cmd_stop, "Stop a run: graceful (saves adapter + checkpoint), then kill (whole "
@@ -339,7 +343,55 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_cluster_status)
     sp.add_argument("--ray-address", help="http://HOST:8265 (default: $LORA_LAB_RAY_ADDRESS)")
     sp.add_argument("--json", action="store_true")
+    add_team_commands(cmd, with_runs_dir)
     return p
+
+
+def add_team_commands(cmd, with_runs_dir) -> None:
+    """users, audit, settings, serve (handlers in cli_team.py)."""
+    def team(name):
+        return model_command(name, TEAM_COMMANDS)
+
+    users = with_runs_dir(cmd("users", team("cmd_users"), "Manage who may sign in to a team server, and their role."))
+    ops = users.add_subparsers(dest="users_command", required=True)
+    sp = ops.add_parser("add", help="Add a local account (asks for a password) or, with --oidc, a person the "
+                                    "identity provider signs in (by e-mail).")
+    sp.add_argument("name")
+    sp.add_argument("--role", required=True, choices=["viewer", "operator", "admin"])
+    how = sp.add_mutually_exclusive_group()
+    how.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    how.add_argument("--oidc", action="store_true", help="no password: signs in through the identity provider")
+    sp = ops.add_parser("set-role", help="Change a user's role.")
+    sp.add_argument("name")
+    sp.add_argument("role", choices=["viewer", "operator", "admin"])
+    sp = ops.add_parser("set-password", help="Set a local account's password (ends its sessions).")
+    sp.add_argument("name")
+    sp.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    sp = ops.add_parser("remove", help="Remove a user (ends their sessions).")
+    sp.add_argument("name")
+    sp = ops.add_parser("list", help="List users and roles (never passwords).")
+    sp.add_argument("--json", action="store_true")
+
+    sp = with_runs_dir(cmd("audit", team("cmd_audit"), "Print the audit log: who did what, when, to which run."))
+    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--limit", type=int, default=1000, help="newest N entries (default 1000)")
+    sp.add_argument("--actor", help="only this user's entries")
+    sp.add_argument("--action", help="only this action (launch, stop, sign-in, sign-in-failed, ...)")
+    sp.add_argument("--run", help="only entries about this run id")
+
+    sp = with_runs_dir(cmd("settings", team("cmd_settings"), "Show the server settings, or change them: "
+                                                             "settings max_sweep_runs=8 hub_models=org/a,org/b"))
+    sp.add_argument("assignments", nargs="*", metavar="KEY=VALUE")
+    sp.add_argument("--json", action="store_true")
+
+    sp = cmd("serve", team("cmd_serve"), "Serve the dashboard: local mode on a loopback address, team mode (sign-in "
+                                         "required) when sign-in is configured; other addresses need sign-in.")
+    sp.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    sp.add_argument("--port", type=int, default=8501)
+    sp.add_argument("--insecure-no-auth", action="store_true",
+                    help="serve without sign-in even on a network address (a warning banner shows on every page)")
+    sp.add_argument("--secrets", action="append", help="secrets.toml to read (repeatable; default: Streamlit's "
+                                                      "~/.streamlit and ./.streamlit, and the app's)")
 
 
 def main(argv: list[str] | None = None) -> int:

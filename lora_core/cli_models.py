@@ -3,13 +3,11 @@ runs). Each handler is a thin call into the public API."""
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from . import checks
 from .cli import emit
 from .data import label_counts
 from .memory import estimate
-from .merge import merge_adapter
 from .models import count_params, model_structure, presets_for
 from .runs import Runs
 
@@ -48,9 +46,7 @@ def cmd_targets(args) -> int:
 
 def cmd_merge(args) -> int:
     runs: Runs = args.runs
-    artifacts = runs.dir(args.run_id).artifacts
-    out = Path(args.out) if args.out else artifacts.merged
-    report = merge_adapter(runs.config(args.run_id), artifacts.adapter, out, overwrite=args.overwrite)
+    report = runs.merge(args.run_id, args.out, overwrite=args.overwrite)
     text = (f"merged into {report['out_dir']} ({report['merged_bytes'] / 1e6:.1f} MB; adapter "
             f"{report['adapter_bytes'] / 1e6:.2f} MB)\nmax |logit diff| vs adapter model: "
             f"{report['max_abs_diff']:.2e} (tolerance {report['tolerance']:.0e}), LoRA params left: "
@@ -70,7 +66,7 @@ def cmd_estimate(args) -> int:
 def cmd_lr_find(args) -> int:
     from .lr_find import lr_find
 
-    cfg = ExperimentConfig.from_file(args.config)
+    cfg = checks.load_file(args.config)
     res = lr_find(cfg, steps=args.steps, start=args.start, end=args.end)
     rows = "\n".join(f"  lr {lr:10.3g}  loss {loss:8.4f}" for lr, loss in zip(res["lrs"], res["losses"]))
     emit(res, args.json, f"{rows}\nsuggested learning rate: {res['suggestion']:.3g} ({res['why']})\n"

@@ -462,6 +462,13 @@ def field_choices(dotted: str) -> tuple | None:
 
 # -- the one conversion/validation routine -----------------------------------------------------------------------
 
+def parse_fields(cls, data: dict, prefix: str = ""):
+    """An instance of the dataclass `cls` (fields made with the same help/limits metadata as the config's) from a
+    dict, checked by the config's one conversion routine; ConfigError names `prefix + field`. For other settings
+    objects that want the config's checking (the server settings)."""
+    return _build(cls, data, prefix)
+
+
 def _HINTS(cls) -> dict:
     return typing.get_type_hints(cls)
 

@@ -91,6 +91,8 @@ def resolve_path(spec: str) -> Path:
                         f"allowed: {', '.join(DATA_SUFFIXES)}")
     if not path.exists():
         raise DataError(f"{path}: file not found")
+    if not path.is_file():  # a FIFO or a device (/dev/zero) named like a data file would hang the reader
+        raise DataError(f"{path}: not a regular file")
     return path
 
 
@@ -140,32 +142,34 @@ def _read_json(path: Path, text: str) -> pd.DataFrame:
     raise DataError(f"{path}: expected a list of objects or an object of column lists")
 
 
-def read_file(path: Path) -> pd.DataFrame:
+def read_file(path: Path, label: str | None = None) -> pd.DataFrame:
     """Read a local data file into a DataFrame (strings stay strings: CSV cells are read as text). Whatever the
-    bytes are, the answer is a DataFrame or a DataError naming the file."""
+    bytes are, the answer is a DataFrame or a DataError naming the file (as `label`, e.g. an upload's own name,
+    when given)."""
+    name = label or path  # only names the file in messages
     try:
-        df = _read_file(path)
+        df = _read_file(path, name)
     except DataError:
         raise
     except (ValueError, TypeError, OverflowError, RecursionError, csv.Error) as exc:  # parsers' other refusals
-        raise DataError(f"{path}: cannot read as {path.suffix.lstrip('.').upper() or 'data'}: "
+        raise DataError(f"{name}: cannot read as {path.suffix.lstrip('.').upper() or 'data'}: "
                         f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}") from None
     except OSError as exc:
-        raise DataError(f"{path}: cannot read the file: {exc.strerror or exc}") from None
+        raise DataError(f"{name}: cannot read the file: {exc.strerror or exc}") from None
     if len(df) == 0:
         columns = ", ".join(map(str, df.columns)) or "none"
-        raise DataError(f"{path}: the file is empty (no data rows; columns: {columns[:300]})")
+        raise DataError(f"{name}: the file is empty (no data rows; columns: {columns[:300]})")
     return df.reset_index(drop=True)
 
 
-def _read_file(path: Path) -> pd.DataFrame:
-    suffix = path.suffix.lower()
+def _read_file(real: Path, path: Path | str) -> pd.DataFrame:
+    suffix = real.suffix.lower()  # `path` below only names the file in messages
     if suffix == ".parquet":
         try:
-            return pd.read_parquet(path)
+            return pd.read_parquet(real)
         except Exception as exc:  # pyarrow raises several types for a corrupt file
             raise DataError(f"{path}: cannot read as Parquet: {exc}") from None
-    raw = path.read_bytes()
+    raw = real.read_bytes()
     if not raw.strip():
         raise DataError(f"{path}: the file is empty")
     text = _decode(path, raw, header_lines=1 if suffix in (".csv", ".tsv") else 0)
@@ -332,6 +336,15 @@ def _canonical(df: pd.DataFrame, source: str, cfg: ExperimentConfig) -> dict[str
                 "label": check_labels(df, source, cols["label_column"])}
     return {"prompt": check_text(df, source, cols["prompt_column"]),
             "response": check_text(df, source, cols["response_column"])}
+
+
+def check_table(df: pd.DataFrame, source: str, cfg: ExperimentConfig) -> None:
+    """DataError unless the rows have the config's columns with usable cells (and, for seq-cls, two classes): the
+    checks a training run makes, for a file before it is kept (an upload)."""
+    table = _canonical(df, source, cfg)
+    if cfg.task == "seq-cls" and len(set(table["label"])) < 2:
+        raise DataError(f"{source}: column {cfg.data.label_column!r} has only one class; classification needs at "
+                        "least two")
 
 
 def _rows(table: dict[str, list], idx: np.ndarray) -> dict[str, list]:

@@ -13,9 +13,9 @@ existing engines, never by a scheduler of ours:
 Every rank runs `train.run_experiment` on the same config and seed; the Trainer shards the batches (a global step
 sees num_workers × train.batch_size rows) and averages the gradients. Rank 0 alone writes the metrics stream,
 the results, the adapter and the checkpoints, and alone reports to the trackers (`run_info`, tracking.py); a
-resumed run's elapsed time goes on from its parent's on every backend. A stop is asked for through the run's stop.request file; rank 0
-reads it and every rank learns the answer at the same step (an all-reduce), so all of them checkpoint and leave
-together instead of one waiting forever in a collective.
+resumed run's elapsed time goes on from its parent's on every backend. A stop is asked for through the run's
+stop.request file; rank 0 reads it and every rank learns the answer at the same step (an all-reduce), so all of
+them checkpoint and leave together instead of one waiting forever in a collective.
 """
 from __future__ import annotations
 

@@ -59,10 +59,8 @@ def resolve_source(source: str, revision: str | None = None) -> str:
         if not path.is_dir():
             raise ModelError(f"model.source: local model directory {source!r} does not exist"
                              if not path.exists() else f"model.source: {source!r} is a file, not a model directory")
-        if not (path / "config.json").is_file():
-            files = ", ".join(sorted(p.name for p in path.iterdir())[:10]) or "none"
-            raise ModelError(f"model.source: {path} has no config.json, so it is not a Hugging Face model "
-                             f"directory (files there: {files})")
+        if not (path / "config.json").is_file():  # never list the folder: it may be anyone's
+            raise ModelError(f"model.source: {path} has no config.json, so it is not a Hugging Face model directory")
         return str(path)
     if not _HUB_ID.match(source):
         raise ModelError(f"model.source: {source!r} is neither a bundled model ({', '.join(BUNDLED_MODELS)}), "
@@ -201,11 +199,29 @@ def _versions() -> tuple:
 _SEEN: dict[str, ModelStructure] = {}  # structures this process has read or built, by cache key
 
 
+class CustomCodeError(ModelError):
+    """The model ships its own code (config.json has an auto_map), which is run only with trust_remote_code."""
+
+
+def ships_code(config: dict) -> bool:
+    """Whether a config.json names model code of its own (auto_map) that transformers would import."""
+    return bool(config.get("auto_map"))
+
+
+def _refuse_code(config: dict) -> None:
+    raise CustomCodeError(
+        f"model.source: {config.get('_name_or_path') or config.get('model_type') or 'this model'} ships its own "
+        "model code (auto_map in its config.json), and describing it would run that code; it is run only with "
+        "model.trust_remote_code (the CLI's --trust-remote-code), and then only in a training worker")
+
+
 def config_structure(config: dict, task: str | None = None, num_labels: int = 2, trust_remote_code: bool = False,
                      load: Callable[[], Any] | None = None) -> ModelStructure:
     """The structure of the task model built from a config.json dict: from this process's memory, else the
     cache file, else (torch) the model built on the meta device from `load()` (a transformers config; default:
     built from the dict), then saved."""
+    if ships_code(config) and not trust_remote_code:  # building it would import the repo's Python files
+        _refuse_code(config)
     task = task or default_task(config)
     num_labels = num_labels if task == "seq-cls" else 0  # a causal LM's structure does not depend on it
     text = json.dumps(config, sort_keys=True, default=str)

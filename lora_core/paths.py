@@ -1,5 +1,6 @@
 """One answer to "is this a local path or a hub id?", shared by models, data, the launcher and the estimator;
-and one way to measure a folder on disk.
+one answer to "is this path inside these folders?" (after `~`, `..` and every symlink), for a shared server's
+data roots; and one way to measure a folder on disk.
 
 Hub ids look like `name` or `org/name`; anything else that looks like a path is a path, whether or not it exists
 (so a typo in a path is reported as a missing file, not as an unknown hub repo).
@@ -7,6 +8,7 @@ Hub ids look like `name` or `org/name`; anything else that looks like a path is 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterable
 
 DATA_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")  # the local data files we read
 
@@ -34,3 +36,15 @@ def dir_bytes(folder: str | Path, pattern: str = "**/*") -> int:
     if not folder.is_dir():
         return 0
     return sum(p.stat().st_size for p in folder.glob(pattern) if p.is_file())
+
+
+def inside(value: str | Path, roots: Iterable[str | Path]) -> bool:
+    """True when `value` resolves (user home, `..` and every symbolic link followed, relative to the working
+    directory) to one of `roots` or a path below one. Never says why not, so a caller's refusal cannot tell
+    whether the file exists."""
+    try:
+        resolved = Path(value).expanduser().resolve()
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL byte: not inside anything
+        return False
+    return any(resolved == root or resolved.is_relative_to(root)
+               for root in (Path(r).expanduser().resolve() for r in roots))

@@ -9,6 +9,8 @@ refused here, with the engine's own error naming the field, the file, the column
     MAX_CLASSES, every eval label seen in training, at most MAX_CLASSES classes), rows enough for an eval split;
   * the model, read from its config.json without torch: `data.max_length` within its position limit, and for
     causal-lm each prompt plus `generate.max_new_tokens` within it too; named target modules exist;
+  * a model that ships its own code (auto_map) gets only the config.json checks: describing its layers or
+    tokenizing would run that code in the caller's process (the dashboard), and it runs only in a worker;
   * memory: the estimated peak of the run against this machine's memory (RAM on a CPU, the GPU's on CUDA).
     Refused with the estimate and the largest batch that fits, unless the caller passes `ignore_memory=True`.
     The estimate pads every row to `data.max_length`, an upper bound: real batches pad to their longest row.
@@ -67,6 +69,10 @@ class Preflight:
         report = Report(num_labels=rows.num_labels or None, train_rows=len(next(iter(rows.train.values()))),
                         eval_rows=len(next(iter(rows.eval.values()))))
         report.position_limit = self.check_model(cfg, rows.num_labels or 2)
+        if models.ships_code(self.config_json(cfg)):  # describing it would run its code here (the dashboard)
+            report.notes.append("targets, prompts and memory not checked: the model ships its own code, which runs "
+                                "only in a training worker")
+            return report
         estimate_run_memory(cfg, rows.num_labels or 2, report, ignore_memory)
         return report
 
@@ -87,10 +93,13 @@ class Preflight:
 
     def check_model(self, cfg: ExperimentConfig, num_labels: int) -> int | None:
         """The model's position limit (None when its config does not say), checked against the config."""
-        limit = position_limit(self.config_json(cfg))
+        config = self.config_json(cfg)
+        limit = position_limit(config)
         if limit is not None and cfg.data.max_length > limit:
             raise ConfigError("data.max_length", f"{cfg.data.max_length} is more than {cfg.model.source} accepts: "
                                                  f"its position limit is {limit} tokens; use at most {limit}")
+        if models.ships_code(config):  # its tokenizer and layers are its own code: see check()
+            return limit
         if limit is not None and cfg.task == "causal-lm":
             check_prompts(cfg, limit)
         if cfg.model.source not in BUNDLED_MODELS or isinstance(cfg.lora.target_modules, list):

@@ -88,14 +88,15 @@ def get(key: str) -> Recipe:
     return RECIPES[key]
 
 
-def launch(key: str, runs: Runs, overrides: dict | None = None) -> tuple[str | None, list[str]]:
+def launch(key: str, runs: Runs, overrides: dict | None = None, *, actor=None) -> tuple[str | None, list[str]]:
     """Start a recipe: (sweep id, run ids) for a sweep, (None, [run id]) for a single run. Returns at once.
-    `overrides` changes config fields by dotted name first (e.g. {"train.max_steps": 10} for a quick look)."""
+    `overrides` changes config fields by dotted name first (e.g. {"train.max_steps": 10} for a quick look);
+    `actor` (lora_core.team.access.Actor, default the CLI's OS user) is who launches, checked and audited."""
     recipe = get(key)
     cfg = recipe.experiment().replace(**overrides) if overrides else recipe.experiment()
     if recipe.vary:
-        return runs.sweep(cfg, copy.deepcopy(recipe.vary))
-    return None, [runs.launch(cfg)]
+        return runs.sweep(cfg, copy.deepcopy(recipe.vary), actor=actor)
+    return None, [runs.launch(cfg, actor=actor)]
 
 
 def format_change(pairs: list[dict]) -> dict:

@@ -1,6 +1,8 @@
-"""Plotly figures for the pages. Pure functions: data in, figure out (tests call them directly)."""
+"""Plotly figures for the pages. Pure functions: data in, figure out (tests call them directly). Plotly reads a
+little HTML in names and labels (<a href>, <b>, <br>), so user text (run names) goes in escaped (`_text`)."""
 from __future__ import annotations
 
+import html
 from typing import Iterable
 
 import plotly.graph_objects as go
@@ -9,6 +11,10 @@ from lora_ui.format import X_AXES
 
 METHOD_COLORS = {"full": "#E4572E", "lora": "#6C4BF4", "qlora": "#17BEBB", "head-only": "#FFC914"}
 _LAYOUT = dict(margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.2), height=360)
+
+
+def _text(value) -> str:
+    return html.escape(str(value), quote=False)
 
 
 def _series(events: Iterable[dict], x: str, y: str, kind: str | None = None) -> tuple[list, list]:
@@ -32,7 +38,7 @@ def curves_figure(runs: list[tuple[str, list[dict]]], x: str = "step", title: st
     fig = go.Figure()
     palette = ["#6C4BF4", "#E4572E", "#17BEBB", "#FFC914", "#76B041", "#2E86AB", "#A23B72", "#F18F01"]
     for i, (label, events) in enumerate(runs):
-        color = palette[i % len(palette)]
+        color, label = palette[i % len(palette)], _text(label)
         xs, ys = _series(events, x, "loss", kind="log")
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers" if len(xs) < 30 else "lines",
                                  name=f"{label} · train loss", line=dict(color=color), marker=dict(size=5)))
@@ -142,7 +148,7 @@ def frontier_figure(rows: list[dict], score: str = "accuracy", higher_is_better:
 
 def estimate_vs_measured_figure(rows: list[dict]) -> go.Figure:
     """Grouped bars per finished run: the estimate, the tensor peak it models, and the measured peak (GB)."""
-    labels = [r["label"] for r in rows]
+    labels = [_text(r["label"]) for r in rows]
     fig = go.Figure([
         go.Bar(x=labels, y=[r.get("estimate_gb") for r in rows], name="estimate", marker_color="#6C4BF4"),
         go.Bar(x=labels, y=[r.get("tensor_gb") for r in rows], name="tensor peak (what the estimate models)",

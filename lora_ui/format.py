@@ -1,4 +1,8 @@
-"""How the dashboard writes numbers, times, statuses, run names and errors: one spelling for every page.
+"""How the dashboard writes numbers, times, statuses, run names, user text and errors: one spelling for every page.
+
+User text (run names, model ids, paths, user names, error messages that quote them) never reaches Markdown raw:
+`md` escapes it and `code` puts it in a code span it cannot leave, so a name like `![x](http://…)` shows as those
+characters, not as an image that makes every viewer's browser fetch a URL.
 
 Pure functions and tables (plus `number_columns` and `styled`, which build what st.dataframe shows); no engine
 calls. Tables show a missing value as "—", never "None", and sizes as "1.54 MB", never a raw byte count.
@@ -6,6 +10,7 @@ calls. Tables show a missing value as "—", never "None", and sizes as "1.54 MB
 from __future__ import annotations
 
 import math
+import re
 import time
 
 import streamlit as st
@@ -129,6 +134,31 @@ def primary_metric(results: dict | None) -> tuple[str, float | None]:
     return "accuracy", None
 
 
+# -- user text -------------------------------------------------------------------------------------------------
+
+# Characters that start inline Markdown or Streamlit syntax anywhere in a line: code, emphasis, links and images
+# ([...](...), ![...](...)), HTML, tables, strikethrough, $math$. A Streamlit directive (:red[...]) needs "[".
+_INLINE = re.compile(r"([\\`*\[\]<>!|~$]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9]))")  # an intraword _ is plain
+FENCE = "`" * 3
+_JOIN = "\u2060"  # WORD JOINER: invisible, and breaks what GFM reads as a URL
+_BLOCK_START = re.compile(r"^([#+\->=]|\d+[.)])")  # headings, lists, quotes: only at the start of a line
+
+
+def md(text) -> str:
+    """User text, escaped to show as itself inside st.markdown / st.caption / st.error / labels (one line).
+    CommonMark shows a backslash-escaped punctuation mark as the mark. GFM links bare URLs in the text after
+    escapes, so http:// and www. get an invisible word joiner; e-mail addresses (user names) stay copyable, and
+    may show as mailto: links."""
+    line = _INLINE.sub(r"\\\1", " ".join(str(text).split()))
+    line = line.replace("://", f"{_JOIN}://").replace("www.", f"www{_JOIN}.").replace("@", "\\@")
+    return _BLOCK_START.sub(lambda m: m.group(1)[:-1] + "\\" + m.group(1)[-1], line)
+
+
+def code(text) -> str:
+    """User text as an inline code span (where Markdown reads nothing): backticks in it become quotes."""
+    return "`" + " ".join(str(text).replace("`", "'").split()) + "`"
+
+
 # -- errors and messages -------------------------------------------------------------------------------------
 
 def error_text(exc: BaseException) -> str:
@@ -141,12 +171,19 @@ def error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(exc).strip()}"
 
 
-def message_markdown(text: str) -> str:
+def message_markdown(text: str, escape: bool = False) -> str:
     """A message as markdown that keeps its shape: the first line as it is, a list of problems ("  - ..." lines)
-    as bullets, any other lines after it (a parser's excerpt with its caret) in a code block."""
+    as bullets, any other lines after it (a parser's excerpt with its caret) in a code block. `escape`: the text
+    is not markdown (an error quoting user text): each line shows as itself (md), and a fence in the excerpt
+    cannot end its code block."""
     head, *rest = str(text).rstrip().split("\n")
+    line = md if escape else str
     if not rest:
-        return head
-    if all(line.startswith("  - ") for line in rest):
-        return head + "\n" + "\n".join("- " + line[4:] for line in rest)
-    return head + "\n```text\n" + "\n".join(rest) + "\n```"
+        return line(head)
+    if all(item.startswith("  - ") for item in rest):
+        return line(head) + "\n" + "\n".join("- " + line(item[4:]) for item in rest)
+    excerpt = "\n".join(rest)
+    if escape:
+        excerpt = excerpt.replace(FENCE, "'" * 3)
+    return line(head) + "\n" + FENCE + "text\n" + excerpt + "\n" + FENCE
+

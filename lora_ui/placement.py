@@ -1,14 +1,18 @@
 """Where a run trains, as the dashboard shows and edits it: the Train page's backend / workers / cluster address
-over the current config, the cluster panel's tables, and a run's placement in one line.
+over the current config, the cluster panel's tables and whether Ray is here, and a run's placement in one line.
 
 The Train page's fields start from the current config's `resources` and follow it when the Config builder changes
 it; what the user changes on Train applies to what Train launches (`launch_config`), validated by the config.
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from lora_core.config import ExperimentConfig
+from lora_core.errors import LoraLabError
+from lora_core.runs import ray_jobs
+from lora_ui import service
 from lora_ui.state import TRAIN
 
 FIELDS = {"backend": "resources.backend", "workers": "resources.num_workers", "ray_address": "resources.ray_address"}
@@ -54,3 +58,29 @@ def run_rows(status: dict) -> list[dict]:
     """Our queued and running runs on the cluster."""
     return [{"run": r["name"], "status": r["status"], "workers": r["world_size"], "job id": r["job_id"] or "",
              "nodes": len(set(r["nodes"] or []))} for r in status["runs"]]
+
+
+# -- clusters (the Ray backend) ------------------------------------------------------------------------------------
+
+def ray_installed() -> bool:
+    """Whether the Ray backend can be used from here (requirements-cluster.txt is installed)."""
+    try:
+        ray_jobs.require_ray()
+    except LoraLabError:
+        return False
+    return True
+
+
+def ray_missing_message() -> str:
+    return ray_jobs.RAY_MISSING
+
+
+def default_ray_address() -> str:
+    """$LORA_LAB_RAY_ADDRESS, the address a ray run uses when its config gives none ("" when unset)."""
+    return os.environ.get(ray_jobs.ADDRESS_ENV, "")
+
+
+def cluster_status(address: str | None = None) -> dict:
+    """A Ray cluster's nodes (CPUs/GPUs total and in use) and our queued and running runs on it (live, never
+    cached; RunError when it cannot be reached, ConfigError without an address or without Ray)."""
+    return service.runs_manager().cluster(address or None)

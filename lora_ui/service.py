@@ -6,18 +6,25 @@ lora_core.errors). Three kinds of call:
 - cached reads of things that only change with their inputs (a model's layers, parameter counts, estimates,
   data previews): `st.cache_data`, keyed by plain arguments; an engine error is raised, never cached;
 - live reads of the run registry (statuses, metrics, results, logs), never cached;
-- run actions (launch, sweep, recipe, stop, cancel, move, resume, delete, merge, push): each first passes `_who_acts`, the one
-  place that knows who is acting (and where role checks go), then returns an `ActionResult` or raises the
-  engine's `LoraLabError`.
+- run actions (launch, sweep, recipe, stop, cancel, move, resume, delete, merge, push, export, upload): each first
+  passes `_who_acts`, the one place that knows who is acting and checks their role (lora_core.team.access), then
+  hands the actor to the engine, which checks again and writes the audit log; returns an `ActionResult` or raises
+  the engine's `LoraLabError` (an `AccessError` when the role does not allow it).
 
-The engine's run manager (`lora_core.runs.Runs`) is held here once per runs directory (`_runs()`).
+Who is acting (`identify`) is read from the browser session on every action: a signed-in OpenID Connect user
+(st.user), a local account's session cookie, or, without sign-in, the local user (local mode) or "anonymous"
+(open mode). On a shared server, every file or model a page is about to read for a user is first checked
+against the data roots and allowlists (lora_core.team.policy), outside the caches, so a cached answer is never
+handed to someone who may not read it; and no page ever imports a model's own code (auto_map).
+
+The engine's run manager (`lora_core.runs.Runs`) is held here once per runs directory (`runs_manager()`).
 """
 from __future__ import annotations
 
 import functools
 import io
 import json
-import os
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,13 +32,19 @@ from typing import Any
 
 import streamlit as st
 
-from lora_core import checks, data, diagnose, hub, inference, memory, merge, models, qlora, recipes
+from lora_core import checks, data, diagnose, hub, inference, memory, models, qlora, recipes, uploads
 from lora_core.config import ExperimentConfig
-from lora_core.errors import ConfigProblems, LoraLabError, RunError
-from lora_core.paths import dir_bytes
-from lora_core.runs import Runs, RunStatus, default_runs_dir, ray_jobs
+from lora_core.errors import LoraLabError, RunError
+from lora_core.paths import dir_bytes, is_local_path
+from lora_core.runs import Runs, RunStatus, default_runs_dir
+from lora_core.team import access, identity, policy, serving, settings
+from lora_core.team.access import AccessError, Actor, Role
+from lora_core.team.accounts import SESSION_S, Accounts, manage
+from lora_core.team.settings import LOCAL, OPEN, TEAM, TeamSettings
 
-__all__ = ["LoraLabError", "RunError", "RunStatus"]  # what pages may name besides the functions below
+# what pages may name besides the functions below
+__all__ = ["AccessError", "LoraLabError", "RunError", "RunStatus", "Role", "TeamSettings", "LOCAL", "OPEN", "TEAM",
+           "SESSION_S"]
 
 
 # -- the engine's run manager --------------------------------------------------------------------------------------
@@ -50,9 +63,143 @@ def _runs() -> Runs:
     return _manager(str(runs_dir()))
 
 
+def runs_manager() -> Runs:
+    return _runs()
+
+
 def plan_sweep(cfg: ExperimentConfig, vary: dict[str, list]) -> list[ExperimentConfig]:
-    """The configs a sweep would launch, validated, launching nothing (ConfigError names a bad field)."""
-    return _runs().plan_sweep(cfg, vary)
+    """The configs a sweep would launch, validated, launching nothing (ConfigError names a bad field); the
+    current user's paths are checked against the roots before any file is looked at."""
+    actor = current_actor()
+    if actor is None:
+        raise AccessError("refused: sign in first")
+    return _runs().plan_sweep(cfg, vary, actor=actor)
+
+
+# -- who is acting ------------------------------------------------------------------------------------------------
+
+SESSION_COOKIE = "lora_lab_session"
+SIGN_IN_PATH, SIGN_OUT_PATH = "/lora-lab/sign-in", "/lora-lab/sign-out"
+_TRUSTED_CODE = "auth_trusted_code"      # session state: models whose code this local user confirmed
+_IDENTITY, _IDENTITY_S = "auth_identity", 3.0  # session state: who, re-read after this many seconds
+
+
+def mode() -> str:
+    """local, team or open (see lora_core.team.settings)."""
+    return settings.mode()
+
+
+def secrets() -> dict:
+    try:
+        return st.secrets.to_dict()
+    except FileNotFoundError:  # no secrets file at all
+        return {}
+
+
+def sign_in_options() -> tuple[list, bool]:
+    """(the identity providers st.login can use, whether local accounts can sign in here)."""
+    setup = serving.SignInSetup.of(secrets())
+    return setup.providers, setup.local_accounts and setup.cookie_secret
+
+
+def _client() -> str | None:
+    try:
+        address = st.context.ip_address
+    except Exception:  # noqa: BLE001 - no request behind this session
+        return None
+    return address if isinstance(address, str) else None  # AppTest hands out a mock
+
+
+def identify(fresh: bool = False) -> identity.Identity:
+    """Who uses this browser session (lora_core.team.identity). Read again every few seconds, and always with
+    `fresh` (every action), so a removed account, an ended session or a changed role takes effect at once."""
+    cached = st.session_state.get(_IDENTITY)
+    if not fresh and cached and time.time() - cached[0] < _IDENTITY_S:
+        return cached[1]
+    user = st.user.to_dict()
+    seen = f"auth_seen_{identity.provider_tag(user)}"  # a provider sign-in is audited once per session
+    team = mode() == TEAM
+    found = identity.identify(mode(), registry=_runs().registry, user=user, client=_client(),
+                              cookie=st.context.cookies.get(SESSION_COOKIE) if team else None,
+                              secret=serving.cookie_secret(secrets()) if team else "",
+                              trusted_code=st.session_state.get(_TRUSTED_CODE, ()), record=seen not in st.session_state)
+    st.session_state[seen] = True
+    st.session_state[_IDENTITY] = (time.time(), found)
+    return found
+
+
+def listens_locally() -> bool:
+    """Whether this server listens on a loopback address only (local mode needs it)."""
+    return serving.is_loopback(st.get_option("server.address"))
+
+
+def signed_in_with_provider() -> bool:
+    return bool(st.user.get("is_logged_in"))
+
+
+def current_actor() -> Actor | None:
+    return identify().actor
+
+
+def can(action: str, run=None) -> bool:
+    """Whether the current user may do `action` (on `run`, a RunRecord): what pages show controls for."""
+    actor = current_actor()
+    return actor is not None and access.allowed(actor, action, run.owner if run is not None else None)
+
+
+def _who_acts(action: str, run_id: str | None = None) -> Actor:
+    """The one place every action passes before it touches the engine: the actor, read fresh from the session,
+    whose role allows `action` (on the run `run_id`). A refusal is written to the audit log and raised as
+    AccessError, so a request forged past the widgets meets the same check as a click."""
+    actor = identify(fresh=True).actor
+    if actor is None:
+        raise AccessError("refused: sign in first")
+    owner = _runs().get(run_id, reconcile=False, exact=True).owner if run_id else None  # a request: the whole id
+    reason = access.denial(actor, action, owner)
+    if reason:
+        _runs().audit(actor, action, run_id, outcome="denied", detail={"reason": reason})
+        raise AccessError(f"refused: {reason}")
+    return actor
+
+
+def confirm_remote_code(source: str) -> None:
+    """Local mode: the user typed the model's id, confirming they trust the code it ships (for this session)."""
+    st.session_state[_TRUSTED_CODE] = sorted({*st.session_state.get(_TRUSTED_CODE, ()), source})
+    st.session_state.pop(_IDENTITY, None)
+
+
+def remote_code_allowed(source: str) -> bool:
+    """Whether a launch with model.trust_remote_code for `source` would be admitted for the current user."""
+    actor = current_actor()
+    if actor is None:
+        return False
+    try:
+        policy.check_remote_code(ExperimentConfig.from_dict({"model": {"source": source, "trust_remote_code": True}}),
+                                 actor, _runs().team_settings())
+    except LoraLabError:
+        return False
+    return True
+
+
+def _reader() -> Actor:
+    """Who a page reads files or models for (any role may read; AccessError when nobody is signed in)."""
+    actor = current_actor()
+    if actor is None:
+        raise AccessError("refused: sign in first")
+    return actor
+
+
+def _check_config(cfg: ExperimentConfig) -> ExperimentConfig:
+    """What a page may read for this config: its paths inside the data roots and its hub ids allowed (shared
+    server). Returns it with trust_remote_code off: pages never run a model's own code."""
+    actor = _reader()
+    policy.check_paths(cfg, actor, _runs().root)
+    policy.check_hub_ids(cfg, actor, _runs().team_settings())
+    return cfg.replace(**{"model.trust_remote_code": False}) if cfg.model.trust_remote_code else cfg
+
+
+def _check_source(source: str, field: str = "model.source") -> None:
+    policy.check_model_source(source, field, _reader(), _runs().root, _runs().team_settings())
 
 
 # -- live reads of the registry ----------------------------------------------------------------------------------
@@ -145,7 +292,17 @@ def folder_bytes(path: Path) -> int:
     return dir_bytes(path)
 
 
-def zip_folder(path: Path) -> bytes:
+def export_zip(run_id: str, merged: bool = False) -> bytes:
+    """A run's saved weights (or its merged model) as a zip, for a download; written to the audit log."""
+    actor = _who_acts("export", run_id)
+    saved = saved_weights(run_id)
+    folder = saved.merged if merged else saved.folder
+    content = _zip(folder)
+    _runs().audit(actor, "export", run_id, detail={"what": folder.name, "bytes": len(content)})
+    return content
+
+
+def _zip(path: Path) -> bytes:
     """The folder as a zip (paths inside start with the folder's name)."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
@@ -153,32 +310,6 @@ def zip_folder(path: Path) -> bytes:
             if p.is_file():
                 zf.write(p, p.relative_to(path.parent))
     return buf.getvalue()
-
-
-# -- clusters (the Ray backend) ------------------------------------------------------------------------------------
-
-def ray_installed() -> bool:
-    """Whether the Ray backend can be used from here (requirements-cluster.txt is installed)."""
-    try:
-        ray_jobs.require_ray()
-    except LoraLabError:
-        return False
-    return True
-
-
-def ray_missing_message() -> str:
-    return ray_jobs.RAY_MISSING
-
-
-def default_ray_address() -> str:
-    """$LORA_LAB_RAY_ADDRESS, the address a ray run uses when its config gives none ("" when unset)."""
-    return os.environ.get(ray_jobs.ADDRESS_ENV, "")
-
-
-def cluster_status(address: str | None = None) -> dict:
-    """A Ray cluster's nodes (CPUs/GPUs total and in use) and our queued and running runs on it (live, never
-    cached; RunError when it cannot be reached, ConfigError without an address or without Ray)."""
-    return _runs().cluster(address or None)
 
 
 # -- cached reads: models, counts, estimates, data -----------------------------------------------------------------
@@ -189,20 +320,41 @@ def _key(cfg: ExperimentConfig) -> str:
 
 
 @st.cache_data(show_spinner="Reading the model's layers…", max_entries=32)
-def model_layers(source: str, trust_remote_code: bool = False, revision: str | None = None) -> list[dict]:
-    """{name, leaf, type, in_features, out_features, params, head} for every adaptable layer."""
-    return models.list_targets(source, trust_remote_code=trust_remote_code, revision=revision)
+def _model_layers(source: str, revision: str | None) -> list[dict]:
+    return models.list_targets(source, trust_remote_code=False, revision=revision)
+
+
+def model_layers(source: str, revision: str | None = None) -> list[dict]:
+    """{name, leaf, type, in_features, out_features, params, head} for every adaptable layer. Never runs the
+    model's own code: a model that ships some (auto_map) raises models.CustomCodeError, a ModelError."""
+    _check_source(source)
+    return _model_layers(source, revision)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def target_presets(source: str, trust_remote_code: bool = False, revision: str | None = None) -> dict[str, list[str]]:
-    return models.target_presets(source, trust_remote_code=trust_remote_code, revision=revision)
+def _target_presets(source: str, revision: str | None) -> dict[str, list[str]]:
+    return models.target_presets(source, trust_remote_code=False, revision=revision)
+
+
+def target_presets(source: str, revision: str | None = None) -> dict[str, list[str]]:
+    _check_source(source)
+    return _target_presets(source, revision)
+
+
+def ships_code(exc: BaseException) -> bool:
+    """Whether an error says the model ships its own code (which pages never run): a notice, not a bad field."""
+    return isinstance(exc, models.CustomCodeError)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
+def _resolved_source(source: str) -> str:
+    return str(models.resolve_source(source))
+
+
 def resolved_source(source: str) -> str:
     """Where the model really is: a local folder for the bundled models, else the hub id or path as given."""
-    return str(models.resolve_source(source))
+    _check_source(source)
+    return _resolved_source(source)
 
 
 @st.cache_data(show_spinner="Counting parameters…", max_entries=128)
@@ -212,7 +364,7 @@ def _count_params(cfg_key: str, num_labels: int) -> dict:
 
 def count_params(cfg: ExperimentConfig, num_labels: int = 2) -> dict:
     """{trainable, total, percent, adapter_bytes, by_module} for the config (ModelError for bad targets)."""
-    return _count_params(_key(cfg), int(num_labels))
+    return _count_params(_key(_check_config(cfg)), int(num_labels))
 
 
 @st.cache_data(show_spinner=False, max_entries=128)
@@ -222,7 +374,7 @@ def _estimate_for_experiment(cfg_key: str, num_labels: int) -> dict:
 
 def estimate_for_experiment(cfg: ExperimentConfig, num_labels: int = 2) -> dict:
     """The memory estimate a run of this config records (Estimate.to_dict())."""
-    return _estimate_for_experiment(_key(cfg), int(num_labels))
+    return _estimate_for_experiment(_key(_check_config(cfg)), int(num_labels))
 
 
 @st.cache_data(show_spinner="Estimating memory…", max_entries=256)
@@ -232,7 +384,11 @@ def _estimate(model: str, method: str, batch_size: int, seq_len: int, knobs_key:
 
 
 def estimate(model: str, method: str, batch_size: int, seq_len: int, knobs: dict) -> dict:
-    """The Estimator page's estimate (EstimateError names a bad model or knob)."""
+    """The Estimator page's estimate (EstimateError names a bad model or knob). A model path stays inside the
+    data roots on a shared server, and the model's own code never runs here."""
+    if is_local_path(str(model)):  # presets and parameter counts name no file
+        _check_source(str(model), "model")
+    knobs = {**knobs, "model.trust_remote_code": False}
     return _estimate(model, method, int(batch_size), int(seq_len), json.dumps(knobs, sort_keys=True))
 
 
@@ -267,7 +423,7 @@ def _preview(cfg_key: str, n: int):
 
 def data_preview(cfg: ExperimentConfig, n: int = 5):
     """(first rows as a DataFrame, rows per label or None) of the config's training data (DataError if bad)."""
-    return _preview(_key(cfg), int(n))
+    return _preview(_key(_check_config(cfg)), int(n))
 
 
 @st.cache_data(show_spinner="Checking the config…", max_entries=64, ttl=60)
@@ -276,13 +432,26 @@ def _check(cfg_key: str) -> list[LoraLabError]:
 
 
 def check_config(cfg: ExperimentConfig | dict) -> list[LoraLabError]:
-    """Every problem with the config, as the CLI finds them ([] when it can launch); each names its field."""
-    return list(_check(json.dumps(cfg.to_dict() if isinstance(cfg, ExperimentConfig) else cfg, sort_keys=True)))
+    """Every problem with the config, as the CLI finds them ([] when it can launch); each names its field. On a
+    shared server its paths and hub ids are checked against the roots and allowlists first (a refusal is then the
+    one problem, so the checks never say whether a file outside exists); the model's own code is never run."""
+    data = cfg.to_dict() if isinstance(cfg, ExperimentConfig) else cfg
+    config, _ = ExperimentConfig.checked(data)
+    if config is not None:
+        try:
+            data = _check_config(config).to_dict()
+        except LoraLabError as exc:
+            return [exc]
+    return list(_check(json.dumps(data, sort_keys=True)))
 
 
 def load_config_file(raw: bytes, fmt: str, source: str) -> ExperimentConfig:
     """A config file's bytes checked like `python -m lora_core train FILE`: the config, or ConfigProblems listing
-    every problem (a parse error keeps the parser's lines)."""
+    every problem (a parse error keeps the parser's lines). On a shared server the paths it names are checked
+    against the roots before the checks look at them."""
+    config, _ = ExperimentConfig.checked(checks.parse_bytes(raw, fmt, source))
+    if config is not None:
+        _check_config(config)
     return checks.load_bytes(raw, fmt, source)
 
 
@@ -301,6 +470,8 @@ def num_labels(cfg: ExperimentConfig) -> int:
 
 def load_quantized(source: str, quant_type: str, double_quant: bool, compute_dtype: str,
                    measure_before: bool) -> qlora.QuantizedLoad:
+    _who_acts("load-model")
+    _check_source(source)
     return qlora.load_quantized(source, quant_type=quant_type, double_quant=double_quant,
                                 compute_dtype=compute_dtype, measure_before=measure_before)
 
@@ -314,6 +485,8 @@ def attach_lora(loaded: qlora.QuantizedLoad, r: int, alpha: float, dropout: floa
 
 def compare_perplexity(source: str, texts: list[str], quant_type: str, double_quant: bool,
                        compute_dtype: str) -> dict:
+    _who_acts("load-model")
+    _check_source(source)
     return qlora.compare_perplexity(source, texts, quant_type=quant_type, double_quant=double_quant,
                                     compute_dtype=compute_dtype)
 
@@ -339,8 +512,12 @@ def recipe_list() -> list[recipes.Recipe]:
 
 
 def load_run_models(run_id: str) -> inference.RunModels:
-    """A finished run's tuned model beside its base, loaded once (keep it in session state)."""
-    return inference.load_run(run_config(run_id), _runs().dir(run_id).artifacts)
+    """A finished run's tuned model beside its base, loaded once (keep it in session state). A run that trusts its
+    model's own code loads only where a launch of it would be admitted (allowlisted or confirmed)."""
+    actor = _who_acts("load-model")
+    cfg = run_config(run_id)
+    policy.check_remote_code(cfg, actor, _runs().team_settings())
+    return inference.load_run(cfg, _runs().dir(run_id).artifacts)
 
 
 # -- run actions ---------------------------------------------------------------------------------------------------
@@ -348,54 +525,40 @@ def load_run_models(run_id: str) -> inference.RunModels:
 @dataclass(frozen=True)
 class ActionResult:
     """What a run action did, in one line for the user, and who did it."""
-    action: str                    # launch, sweep, recipe, stop, cancel, move, resume, delete, merge
-    actor: str                     # who acted (see acting_user)
+    action: str                    # launch, sweep, recipe, stop, cancel, move, resume, delete, merge, push, ...
+    actor: str                     # who acted (the actor's name)
     message: str
     run_id: str | None = None      # the run acted on
     new_runs: tuple[str, ...] = ()  # runs the action created
     detail: Any = None             # e.g. the sweep id, the merge report
 
 
-def acting_user() -> str:
-    """Who is acting: the signed-in user (st.login) when there is one, else "local" (a single-user dashboard)."""
-    user = st.user
-    if user.get("is_logged_in"):
-        return str(user.get("email") or user.get("name") or "signed-in user")
-    return "local"
-
-
-def _who_acts(action: str, run_id: str | None = None) -> str:
-    """The one place every action passes before it touches the engine; returns the actor. Role checks (viewer /
-    operator / admin) belong here, so a request forged past the widgets meets the same check as a click."""
-    return acting_user()
-
-
 def launch(cfg: ExperimentConfig) -> ActionResult:
     """Launch through the engine, whose one pre-launch check (data, model, memory; shared with the CLI) refuses
     what a worker would fail on with an error naming the field, file, column and row."""
     actor = _who_acts("launch")
-    run_id = _runs().launch(cfg)
-    return ActionResult("launch", actor, f"Launched **{run_id}** — it trains in its own process; closing the tab "
-                                         "does not stop it.", run_id, (run_id,))
+    run_id = _runs().launch(cfg, actor=actor)  # the engine admits it for this actor (roots first), then checks it
+    return ActionResult("launch", actor.name, f"Launched **{run_id}** — it trains in its own process; closing the "
+                                              "tab does not stop it.", run_id, (run_id,))
 
 
 def sweep(cfg: ExperimentConfig, vary: dict[str, list]) -> ActionResult:
     actor = _who_acts("sweep")
-    sweep_id, run_ids = _runs().sweep(cfg, vary)
-    return ActionResult("sweep", actor, f"Sweep **{sweep_id}**: {len(run_ids)} runs queued. They start by "
-                                        "themselves as slots free up; see them below and on Compare.",
+    sweep_id, run_ids = _runs().sweep(cfg, vary, actor=actor)
+    return ActionResult("sweep", actor.name, f"Sweep **{sweep_id}**: {len(run_ids)} runs queued. They start by "
+                                             "themselves as slots free up; see them below and on Compare.",
                         None, tuple(run_ids), sweep_id)
 
 
 def launch_recipe(key: str, max_steps: int | None = None) -> ActionResult:
     """Launch one of the tutorial's recipes (a sweep, or one run); `max_steps` caps every run for a quick look."""
-    actor = _who_acts("recipe")
     recipe = recipes.get(key)
+    actor = _who_acts("sweep" if recipe.vary else "launch")
     overrides = {"train.max_steps": int(max_steps)} if max_steps else None
-    sweep_id, run_ids = recipes.launch(key, _runs(), overrides)
+    sweep_id, run_ids = recipes.launch(key, _runs(), overrides, actor=actor)
     quick = f", at most {max_steps} steps each" if max_steps else ""
-    return ActionResult("recipe", actor, f"{recipe.title}: {len(run_ids)} run{'s' if len(run_ids) > 1 else ''} "
-                                         f"launched{quick}" + (f" as sweep **{sweep_id}**." if sweep_id else "."),
+    return ActionResult("recipe", actor.name, f"{recipe.title}: {len(run_ids)} run{'s' if len(run_ids) > 1 else ''} "
+                                              f"launched{quick}" + (f" as sweep **{sweep_id}**." if sweep_id else "."),
                         None, tuple(run_ids), sweep_id)
 
 
@@ -403,42 +566,42 @@ def stop(run_id: str) -> ActionResult:
     """Ask for a graceful stop and return at once: the worker finishes the current step and saves the adapter
     and a checkpoint; past the timeout a later reconcile kills its process group."""
     actor = _who_acts("stop", run_id)
-    _runs().stop(run_id, wait=False)
-    return ActionResult("stop", actor, f"Stopping {run_id}: it finishes the current step and saves the adapter "
-                                       "and a checkpoint.", run_id)
+    _runs().stop(run_id, wait=False, actor=actor)
+    return ActionResult("stop", actor.name, f"Stopping {run_id}: it finishes the current step and saves the "
+                                            "adapter and a checkpoint.", run_id)
 
 
 def cancel(run_id: str) -> ActionResult:
     actor = _who_acts("cancel", run_id)
-    _runs().cancel(run_id)
-    return ActionResult("cancel", actor, f"Cancelled {run_id}.", run_id)
+    _runs().cancel(run_id, actor=actor)
+    return ActionResult("cancel", actor.name, f"Cancelled {run_id}.", run_id)
 
 
 def move(run_id: str, position: int) -> ActionResult:
     """Put a queued run at `position` (0 starts next)."""
     actor = _who_acts("move", run_id)
-    _runs().move(run_id, position)
-    return ActionResult("move", actor, f"Moved {run_id} to place {position + 1} in the queue.", run_id)
+    _runs().move(run_id, position, actor=actor)
+    return ActionResult("move", actor.name, f"Moved {run_id} to place {position + 1} in the queue.", run_id)
 
 
 def resume(run_id: str) -> ActionResult:
     actor = _who_acts("resume", run_id)
-    new_id = _runs().resume(run_id)
-    return ActionResult("resume", actor, f"Resumed {run_id} as the new linked run {new_id}.", run_id, (new_id,))
+    new_id = _runs().resume(run_id, actor=actor)
+    return ActionResult("resume", actor.name, f"Resumed {run_id} as the new linked run {new_id}.", run_id, (new_id,))
 
 
 def delete(run_id: str) -> ActionResult:
     actor = _who_acts("delete", run_id)
-    _runs().delete(run_id)
-    return ActionResult("delete", actor, f"Deleted {run_id}.", run_id)
+    _runs().delete(run_id, actor=actor)
+    return ActionResult("delete", actor.name, f"Deleted {run_id}.", run_id)
 
 
 def merge_run(run_id: str) -> ActionResult:
     """Merge a run's adapter into its base, replacing an earlier merge; the report says whether it verified."""
     actor = _who_acts("merge", run_id)
-    saved = saved_weights(run_id)
-    report = merge.merge_adapter(run_config(run_id), saved.folder, saved.merged, overwrite=True)
-    return ActionResult("merge", actor, f"Merged {run_id} into {saved.merged}.", run_id, (), report)
+    policy.check_remote_code(run_config(run_id), actor, _runs().team_settings())  # merging loads the model here
+    report = _runs().merge(run_id, overwrite=True, actor=actor)
+    return ActionResult("merge", actor.name, f"Merged {run_id} into {report['out_dir']}.", run_id, (), report)
 
 
 def model_card(run_id: str, merged: bool = False) -> str:
@@ -451,7 +614,8 @@ def push_run(run_id: str, repo_id: str, private: bool = False, merged: bool = Fa
     """Upload the run's adapter (or merged model) with its model card to the Hugging Face Hub."""
     actor = _who_acts("push", run_id)
     url = hub.push(_runs(), run_id, repo_id.strip(), private=private, merged=merged)
-    return ActionResult("push", actor, f"Pushed {run_id} to {url}.", run_id, (), url)
+    _runs().audit(actor, "push", run_id, detail={"repo": repo_id.strip(), "url": url, "merged_model": merged})
+    return ActionResult("push", actor.name, f"Pushed {run_id} to {url}.", run_id, (), url)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -463,5 +627,74 @@ def _lr_find(cfg_key: str, steps: int) -> dict:
 
 def lr_find(cfg: ExperimentConfig, steps: int = 60) -> dict:
     """The learning-rate range test of this config on its training rows (lora_core.lr_find): loss per rate and
-    the suggested rate. Trains for `steps` optimizer steps, so the page runs it on a click."""
-    return _lr_find(_key(cfg), int(steps))
+    the suggested rate. Trains for `steps` optimizer steps in this process, so the page runs it on a click, and
+    only for someone who may launch, on files they may read (never with the model's own code)."""
+    _who_acts("launch")
+    return _lr_find(_key(_check_config(cfg)), int(steps))
+
+
+# -- uploads -------------------------------------------------------------------------------------------------------
+
+def upload_dataset(name: str, content: bytes, cfg: ExperimentConfig) -> ActionResult:
+    """Check an uploaded data file against the config's task and columns and keep it (DataError: nothing kept).
+    `detail` is the stored file's path, a local data path inside the data roots."""
+    actor = _who_acts("upload")
+    stored = uploads.store(_runs().root, name, content, cfg, by=actor.name, max_bytes=settings.max_upload_bytes())
+    _runs().audit(actor, "upload", detail={"name": stored.name, "file": stored.path.name, "bytes": stored.size})
+    return ActionResult("upload", actor.name, f"Uploaded {stored.name} ({stored.size:,} bytes); it is the training "
+                                              "data now.", None, (), str(stored.path))
+
+
+def uploaded_datasets() -> list[uploads.Upload]:
+    """Earlier uploads, newest first, for reuse."""
+    return uploads.list_uploads(_runs().root)
+
+
+def max_upload_bytes() -> int:
+    return settings.max_upload_bytes()
+
+
+# -- the team: audit log, users, settings (admins) --------------------------------------------------------------
+
+def audit_log(limit: int = 1000, **filters: Any) -> list:
+    _who_acts("audit")
+    return _runs().audit_log(limit, **filters)
+
+
+def users() -> list:
+    _who_acts("users")
+    return Accounts().list()
+
+
+def change_user(op: str, name: str, role: str | None = None, password: str | None = None) -> ActionResult:
+    """add (a local account with a password, or without one a person the identity provider signs in),
+    set-role, set-password or remove; a new password or a removal ends the user's sessions."""
+    actor = _who_acts("users")
+    detail = manage(op, name, _runs().registry, role=role, password=password)
+    _runs().audit(actor, "users", detail=detail)
+    return ActionResult("users", actor.name, f"{op}: {detail['user']}"
+                        + (f" ({detail['role']})" if "role" in detail else "") + ".")
+
+
+def team_settings() -> TeamSettings:
+    return _runs().team_settings()
+
+
+def update_settings(changes: dict[str, Any]) -> ActionResult:
+    actor = _who_acts("settings")
+    _runs().update_settings(changes, actor=actor)
+    return ActionResult("settings", actor.name, "Saved: " + ", ".join(sorted(changes)) + ".")
+
+
+def data_roots() -> list[Path]:
+    """The folders browser users may name files in on a shared server (besides uploads, runs and the model cache)."""
+    return settings.data_roots()
+
+
+# -- signing out of an identity provider (local accounts sign in and out in lora_ui.signin) ------------------
+
+def sign_out_provider_user() -> None:
+    """Audit a st.login user's sign-out (st.logout then ends their Streamlit session)."""
+    actor = current_actor()
+    if actor is not None:
+        _runs().audit(actor, "sign-out")

@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 import streamlit as st
 
-from lora_ui.format import error_text, message_markdown, run_label
+from lora_ui.format import error_text, md, message_markdown, run_label
 from lora_ui.service import ActionResult
 from lora_ui.state import PageState, track_runs
 
@@ -19,8 +19,9 @@ GUARD_S = 2.0
 # -- errors ------------------------------------------------------------------------------------------------------
 
 def show_error(exc: BaseException, where=None) -> None:
-    """An error as st.error (in `where` if given), never a traceback; a list of problems as bullets."""
-    (where or st).error(message_markdown(error_text(exc)), icon="🚫")
+    """An error as st.error (in `where` if given), never a traceback; a list of problems as bullets; what it
+    quotes shows as text."""
+    (where or st).error(message_markdown(error_text(exc), escape=True), icon="🚫")
 
 
 class FieldSlots:
@@ -41,7 +42,7 @@ class FieldSlots:
             key = key.rpartition(".")[0]
         return None
 
-    def show(self, exc: BaseException, fallback=None, field: str = "") -> None:
+    def show(self, exc: BaseException, fallback=None, field: str = "", level: str = "error") -> None:
         """Show `exc` under the field it names, or under `field` (named in front) for an error that names none."""
         text = error_text(exc)
         if getattr(exc, "field", ""):
@@ -49,7 +50,12 @@ class FieldSlots:
         elif field and not text.startswith(field):
             text = f"{field}: {text}"
         slot = self._best(field) if field else None
-        (slot or fallback or st).error(message_markdown(text), icon="🚫")
+        getattr(slot or fallback or st, level)(message_markdown(text, escape=True),
+                                               icon="🚫" if level == "error" else "ℹ️")
+
+    def info(self, exc: BaseException, field: str = "") -> None:
+        """A notice (not a fault) under the field it concerns."""
+        self.show(exc, field=field, level="info")
 
 
 # -- pickers -----------------------------------------------------------------------------------------------------
@@ -105,7 +111,7 @@ def _perform(page: PageState, verb: str, action: Callable[..., ActionResult | st
         result = action(*args)
     except Exception as exc:  # noqa: BLE001 - every failure becomes the page's message, never a traceback
         subject = f" {args[0]}" if args and isinstance(args[0], str) else ""
-        page.post("error", f"{verb}{subject}: {error_text(exc)}")
+        page.post("error", md(f"{verb}{subject}: {error_text(exc)}"))
         return
     done[guard] = time.monotonic()
     if isinstance(result, ActionResult):
@@ -123,7 +129,7 @@ def attempt(page: PageState, verb: str, action: Callable[..., Any], *args: Any, 
         with st.spinner(spinner):
             return action(*args, **kwargs)
     except Exception as exc:  # noqa: BLE001 - every failure becomes the page's message, never a traceback
-        page.post("error", f"{verb}: {error_text(exc)}")
+        page.post("error", md(f"{verb}: {error_text(exc)}"))
         return None
 
 

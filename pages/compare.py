@@ -4,7 +4,7 @@ import streamlit as st
 
 from lora_ui import charts, service
 from lora_ui import compare as cmp
-from lora_ui.format import X_AXES, status_text, styled
+from lora_ui.format import X_AXES, md, status_text, styled
 from lora_ui.service import RunStatus
 from lora_ui.state import COMPARE
 from lora_ui.widgets import show_error
@@ -27,7 +27,8 @@ def choose_runs(all_runs: list, finished: list) -> list:
                              format_func=lambda s: f"{s} ({sum(r.sweep_id == s for r in finished)} finished runs)")
         pending = [r for r in all_runs if r.sweep_id == sweep and r.status not in DONE]
         if pending:
-            st.caption(" · ".join(f"{status_text(r.status)} {r.name}" for r in pending) + " — not finished, left out")
+            st.caption(" · ".join(f"{status_text(r.status)} {md(r.name)}" for r in pending)
+                       + " — not finished, left out")
         return [r for r in finished if r.sweep_id == sweep]
     by_id = {r.id: r for r in finished}
     picked = st.multiselect("Runs", list(by_id), default=[r.id for r in finished[:6]], key=S.key("runs"),
@@ -117,6 +118,10 @@ def main() -> None:
     except Exception as exc:  # noqa: BLE001 - an unreadable runs dir is reported, not raised
         show_error(exc)
         return
+    owners = sorted({r.owner for r in all_runs if r.owner})
+    if len(owners) > 1:
+        chosen_owners = st.multiselect("Owner", owners, key=S.key("owner"), help="Only runs these users launched")
+        all_runs = [r for r in all_runs if not chosen_owners or r.owner in chosen_owners]
     finished = [r for r in all_runs if r.status in DONE and r.results]
     if not finished:
         st.info("No finished runs yet. Launch a sweep on the Train page (ranks plus full and head-only "

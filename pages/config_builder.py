@@ -18,7 +18,7 @@ from lora_ui import charts, service
 from lora_ui.config_form import (OTHER_DATA, OTHER_MODEL, SPLIT_OFF, TARGET_MODES, apply_config, cli_command,
                                  config_dict_from_state, config_filename, field_meta, form_config, layer_groups,
                                  peft_snippet, resolve_targets, state_from_config)
-from lora_ui.format import error_text, fmt_bytes, fmt_count
+from lora_ui.format import code, error_text, fmt_bytes, fmt_count, md, message_markdown
 from lora_ui.state import BUILDER, current_config, default_config, set_current_config
 from lora_ui.widgets import FieldSlots, attempt, choice_or_other, show_message
 
@@ -61,9 +61,10 @@ def load_section() -> None:
                 fmt = "json" if upload.name.lower().endswith(".json") else "yaml"
                 loaded = service.load_config_file(upload.getvalue(), fmt, upload.name)
                 apply_config(loaded)  # the widgets are drawn below, so their state may still change
-                S.post("success", f"Loaded {upload.name}: {loaded.name}")
+                S.post("success", md(f"Loaded {upload.name}: {loaded.name}"))
             except ConfigError as exc:  # the form keeps what it showed: nothing is lost
-                S.post("error", f"{upload.name} was not loaded (the form is unchanged): {error_text(exc)}")
+                S.post("error", message_markdown(f"{upload.name} was not loaded (the form is unchanged): "
+                                                 f"{error_text(exc)}", escape=True))
         if upload is None and S.pop("loaded_file") is not None:  # the file was removed: forget its message
             S.dismiss()
         show_message(S)
@@ -89,11 +90,33 @@ def model_tab() -> None:
                     placeholder="e.g. distilbert-base-uncased or /models/my-bert", help=field_help("model.source"),
                     persist="session")
     slots.add("model.source")
-    with st.expander("Advanced model options"):
+    with st.expander("Advanced model options", expanded=bool(S.get("model.trust_remote_code"))):
         field("text_input", "model.revision", "Revision")
-        field("checkbox", "model.trust_remote_code", "Trust remote code")
+        if field("checkbox", "model.trust_remote_code", "Trust remote code"):
+            remote_code_check(config_dict_from_state(st.session_state)["model"]["source"])
     st.caption("**full** trains every weight · **lora** trains small B·A adapters beside frozen weights · "
                "**qlora** does the same on a 4-bit quantized base · **head-only** trains only the classifier.")
+
+
+def remote_code_check(source: str) -> None:
+    """A model's own code runs only in the training worker, and only once confirmed (local mode: type its id)
+    or allowlisted by an admin (a shared server). Pages never run it."""
+    if service.remote_code_allowed(source):
+        st.success(f"Training may run the code shipped with {code(source)} (in its worker process only; this "
+                   "page never runs it).", icon=":material/verified_user:")
+        return
+    if service.mode() != service.LOCAL:
+        st.warning(f"This server runs a model's own code only for models an admin has allowlisted; "
+                   f"{code(source)} is not one, so a launch with this box ticked is refused.", icon="🔒")
+        return
+    st.warning("Trusting remote code lets this model's Python files run on this machine with your rights, in "
+               "the training worker. Type the model's id to confirm you trust it.", icon="⚠️")
+    typed = st.text_input("Model id, to confirm", key=S.key("trust_confirm"), placeholder=source)
+    if typed.strip() and typed.strip() == source:
+        service.confirm_remote_code(source)
+        st.rerun()
+    elif typed.strip():
+        st.error("That is not the model id above.")
 
 
 def lora_tab(cfg: ExperimentConfig | None, layers: list[dict], presets: dict) -> None:
@@ -151,7 +174,44 @@ def targets_section(cfg: ExperimentConfig | None, layers: list[dict], presets: d
                   "saved with the adapter." if heads else ""))
 
 
-def data_tab(task: str) -> None:
+def upload_section(cfg: ExperimentConfig | None) -> None:
+    """Upload a data file (checked against the chosen task and columns before it is kept), or reuse one."""
+    if not service.can("upload"):
+        return
+    with st.expander("Upload a data file, or use an earlier upload", icon=":material/upload:"):
+        limit = service.max_upload_bytes()
+        upload = st.file_uploader(f"CSV, TSV, JSON, JSONL or Parquet (at most {limit / 1e6:g} MB)",
+                                  type=["csv", "tsv", "json", "jsonl", "parquet"], key=S.key("data_upload"),
+                                  help="Checked like a training file with the columns chosen below; a file that "
+                                       "fails is not kept. The same file uploaded twice is stored once.")
+        if upload is not None and S.get("uploaded_file") != upload.file_id:
+            S["uploaded_file"] = upload.file_id
+            try:
+                if cfg is None:
+                    raise ConfigError("", "fix the highlighted field first: the file is checked against the "
+                                          "task and columns chosen here")
+                use_data(service.upload_dataset(upload.name, upload.getvalue(), cfg).detail)
+                S.post("success", f"Uploaded {md(upload.name)}: it is the training data now.")
+            except Exception as exc:  # noqa: BLE001 - DataError says what is wrong with the file
+                S.post("error", md(f"{upload.name}: {error_text(exc)}"))
+            st.rerun()
+        earlier = service.uploaded_datasets()
+        if earlier:
+            by_path = {str(u.path): u for u in earlier}
+            chosen = st.selectbox("Earlier uploads", list(by_path), key=S.key("upload_pick"),
+                                  format_func=lambda p: f"{by_path[p].name} · {by_path[p].size:,} bytes · "
+                                                        f"{by_path[p].uploaded_by or '?'}")
+            st.button("Use as training data", key=S.key("upload_use"), on_click=use_data, args=(chosen,))
+
+
+def use_data(path: str) -> None:
+    """Make a stored file the training data (from a callback or before the data widgets are drawn)."""
+    st.session_state[S.key("train_choice")] = OTHER_DATA
+    st.session_state[S.key("train_custom")] = path
+
+
+def data_tab(task: str, cfg: ExperimentConfig | None = None) -> None:
+    upload_section(cfg)
     choice_or_other("Training data", SAMPLE_DATASETS, OTHER_DATA, key=S.key("train_choice"),
                     custom_key=S.key("train_custom"), custom_label="File path or hub dataset id",
                     placeholder="e.g. data/train.csv or glue", help=field_help("data.train"), persist="session")
@@ -274,7 +334,7 @@ def model_structure(model: dict) -> tuple[list[dict], dict, Exception | None]:
     model.source."""
     if not model.get("source"):
         return [], {}, None
-    where = (model["source"], bool(model.get("trust_remote_code")), model.get("revision") or None)
+    where = (model["source"], model.get("revision") or None)
     try:
         return service.model_layers(*where), service.target_presets(*where), None
     except Exception as exc:  # noqa: BLE001 - a bad model id is user input: show it, don't crash
@@ -293,7 +353,7 @@ def preview(cfg: ExperimentConfig, slot) -> int:
         st.dataframe(frame, hide_index=True, width="stretch")
         if counts:
             st.bar_chart(pd.Series(counts, name="rows"), height=180, horizontal=True)
-            st.caption("Label counts: " + ", ".join(f"{k}: {v}" for k, v in counts.items()))
+            st.caption("Label counts: " + md(", ".join(f"{k}: {v}" for k, v in counts.items())))
     return service.num_labels(cfg)
 
 
@@ -320,7 +380,8 @@ def summary_section(cfg: ExperimentConfig, labels: int) -> None:
         c[1].metric("% of the model", f"{counts['percent']:.3f}%")
         c[2].metric("Adapter size" if cfg.uses_lora else "Saved weights", fmt_bytes(counts["adapter_bytes"]))
     except Exception as exc:  # noqa: BLE001 - e.g. a target name that does not exist (ModelError)
-        slots.show(exc, field="lora.target_modules")
+        if not service.ships_code(exc):  # that notice is already under model.source
+            slots.show(exc, field="lora.target_modules")
         c[0].metric("Trainable params", "—")
     est = None
     try:
@@ -336,7 +397,7 @@ def summary_section(cfg: ExperimentConfig, labels: int) -> None:
             st.dataframe(pd.DataFrame([{"term": k.replace("_", " "), "bytes": fmt_bytes(v)}
                                        for k, v in est["terms"].items() if v]), hide_index=True, width="stretch")
             st.caption(f"The tutorial's rule (weights × 6) would say {fmt_bytes(est.get('naive_bytes'))}.")
-    st.caption(f"✅ Valid config · {cfg.method} on `{cfg.model.source}` · data `{cfg.data.train}` · "
+    st.caption(f"✅ Valid config · {cfg.method} on {code(cfg.model.source)} · data {code(cfg.data.train)} · "
                f"lr {cfg.learning_rate:g}. Launch it from the Train page.")
     st.page_link("pages/train.py", label="Go to Train", icon=":material/rocket_launch:")
 
@@ -359,16 +420,19 @@ def main() -> None:
     with tabs[1]:
         lora_tab(cfg, layers, presets)
     with tabs[2]:
-        data_tab(cfg.task if cfg is not None else S.get("task", "seq-cls"))
+        data_tab(cfg.task if cfg is not None else S.get("task", "seq-cls"), cfg)
         preview_slot = st.container()
     with tabs[3]:
         train_tab(cfg)
     labels = 2
+    if model_error is not None and service.ships_code(model_error):  # a notice: the worker may still run it
+        slots.info(model_error, field="model.source")
+        model_error = None
     if model_error is not None:
         slots.show(model_error, field="model.source")
     if error is not None:
         slots.show(error, fallback=summary)
-        summary.error(f"Fix **{error.field or 'config'}**: {error.message}", icon="✋")
+        summary.error(f"Fix **{error.field or 'config'}**: {md(error.message)}", icon="✋")
     elif model_error is None:
         set_current_config(cfg)
         labels = preview(cfg, preview_slot)

@@ -11,9 +11,11 @@ from lora_ui.widgets import attempt, pick_run, show_error, show_message
 S = MERGE
 
 
-def download(label: str, folder, file_name: str, key: str, **kw) -> None:
-    st.download_button(label, lambda: service.zip_folder(folder), file_name=file_name, mime="application/zip",
-                       key=S.key(key), **kw)
+def download(label: str, rec, file_name: str, key: str, merged: bool = False, **kw) -> None:
+    """A zip of the run's weights (or merged model), built when clicked, for whoever may export this run."""
+    if service.can("export", rec):
+        st.download_button(label, lambda: service.export_zip(rec.id, merged=merged), file_name=file_name,
+                           mime="application/zip", key=S.key(key), **kw)
 
 
 def plain_weights(rec, saved) -> None:
@@ -21,7 +23,7 @@ def plain_weights(rec, saved) -> None:
     st.info(f"This is a **{rec.method}** run: it saved its weights directly (no adapter to merge). "
             "You can download them as they are.")
     st.metric("Saved weights", fmt_bytes(service.folder_bytes(saved.folder)))
-    download(f"Download {saved.kind}/ (zip)", saved.folder, f"{rec.id}-{saved.kind}.zip", "dl_saved")
+    download(f"Download {saved.kind}/ (zip)", rec, f"{rec.id}-{saved.kind}.zip", "dl_saved")
 
 
 def report_section(report: dict) -> None:
@@ -47,13 +49,13 @@ def adapter_section(rec, saved) -> None:
     c1.metric("Adapter on disk", fmt_bytes(service.folder_bytes(saved.folder)))
     c2.metric("Merged model", fmt_bytes(service.folder_bytes(saved.merged)) if merged else "not merged yet")
     c3.metric("Trainable params", f"{(rec.results or {}).get('trainable_params') or 0:,}")
-    download("Download adapter (zip)", saved.folder, f"{rec.id}-{saved.kind}.zip", "dl_adapter",
+    download("Download adapter (zip)", rec, f"{rec.id}-{saved.kind}.zip", "dl_adapter",
              help="adapter_config.json + adapter_model.safetensors: load with PeftModel.from_pretrained")
     if rec.method == "qlora":
         st.caption("QLoRA: 4-bit weights cannot absorb the update, so the base is reloaded in full precision and "
                    "the adapter merged there; the report also shows the gap to the 4-bit model used in training.")
     label = "🔁 Merge again (replaces the merged folder)" if merged else "🧬 Merge and verify"
-    if st.button(label, type="primary", key=S.key("go")):
+    if service.can("merge", rec) and st.button(label, type="primary", key=S.key("go")):
         result = attempt(S, "Merge failed", service.merge_run, rec.id,
                          spinner="Merging, saving, reloading as a plain model, comparing outputs…")
         if result is not None:
@@ -64,7 +66,7 @@ def adapter_section(rec, saved) -> None:
     if report:
         report_section(report)
     if merged:
-        download("Download merged model (zip)", saved.merged, f"{rec.id}-{saved.merged.name}.zip", "dl_merged")
+        download("Download merged model (zip)", rec, f"{rec.id}-{saved.merged.name}.zip", "dl_merged", merged=True)
         auto = "AutoModelForSequenceClassification" if rec.task == "seq-cls" else "AutoModelForCausalLM"
         st.code(f"from transformers import {auto}\nmodel = {auto}.from_pretrained({str(saved.merged)!r})  "
                 "# no peft needed", language="python")

@@ -9,7 +9,7 @@ import streamlit as st
 
 from lora_core.config import BUNDLED_MODELS, field_help
 from lora_ui import service
-from lora_ui.format import fmt_bytes, fmt_count, styled
+from lora_ui.format import fmt_bytes, fmt_count, md, styled
 from lora_ui.service import RunStatus
 from lora_ui.state import QLORA
 from lora_ui.widgets import attempt, choice_or_other, pick_run, show_message
@@ -47,7 +47,7 @@ def settings() -> tuple[str, dict, bool]:
 
 def loaded_section(loaded) -> None:
     q = loaded.quant
-    st.success(f"Loaded **{loaded.source}** ({loaded.task}) in 4-bit {q.quant_type.upper()}"
+    st.success(f"Loaded **{md(loaded.source)}** ({loaded.task}) in 4-bit {q.quant_type.upper()}"
                f"{' + double quant' if q.double_quant else ''}, compute {q.compute_dtype}, in {loaded.load_s:.1f} s.")
     m = st.columns(4)
     if loaded.before:
@@ -91,7 +91,7 @@ def lora_section(loaded) -> None:
     m[1].metric("% of the model", f"{lora['percent']:.3f}%")
     m[2].metric("4-bit layers with adapters", lora["adapted_4bit_layers"])
     m[3].metric("Adapter size", fmt_bytes(lora.get("adapter_bytes")))
-    st.caption("Targets: " + ", ".join(lora.get("targets") or []) + ". Load again to try other settings.")
+    st.caption("Targets: " + md(", ".join(lora.get("targets") or [])) + ". Load again to try other settings.")
 
 
 def perplexity_section(source: str, quant: dict) -> None:
@@ -148,7 +148,7 @@ def main() -> None:
     if st.button("Load in 4-bit", icon=":material/compress:", type="primary", key=S.key("load"), disabled=not source):
         S.pop("loaded")
         S["loaded"] = attempt(S, "Load", service.load_quantized, source, measure_before=before,
-                              spinner=f"Loading {source} in 4-bit…", **quant)
+                              spinner=f"Loading {md(source)} in 4-bit…", **quant)
         S["loaded_with"] = (source, quant)
         st.rerun()
     loaded = S.get("loaded")

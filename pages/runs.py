@@ -7,8 +7,8 @@ import streamlit as st
 from lora_core.config import ConfigError
 from lora_ui import placement, service
 from lora_ui.config_form import apply_config
-from lora_ui.format import (STATUS_ICON, X_AXES, fmt_bytes, fmt_duration, fmt_time, method_text, primary_metric,
-                            status_text, styled)
+from lora_ui.format import (STATUS_ICON, X_AXES, code, fmt_bytes, fmt_duration, fmt_time, md, method_text,
+                            primary_metric, status_text, styled)
 from lora_ui.live import REFRESH_S, curves, progress_line
 from lora_ui.service import RunStatus
 from lora_ui.state import RUNS
@@ -24,6 +24,7 @@ def row(rec) -> dict:
     return {
         "status": status_text(rec.status),
         "name": rec.name,
+        "owner": rec.owner or "",
         "method": rec.method,
         "rank": rec.lora_r,
         "where": placement.placement_text(rec),
@@ -45,15 +46,17 @@ def open_in_builder(run_id: str) -> str:
 
 def filtered(runs: list) -> list:
     """The filter row, and the runs it lets through."""
-    c1, c2, c3, c4 = st.columns([1, 1, 1, 2])
+    c1, c2, c3, c4, c5 = st.columns([1, 1, 1, 1, 2])
     statuses = c1.multiselect("Status", list(RunStatus), key=S.key("status"), format_func=lambda s: s.value)
     methods = c2.multiselect("Method", METHODS, key=S.key("method"))
+    owners = c3.multiselect("Owner", sorted({r.owner for r in runs if r.owner}), key=S.key("owner"),
+                            help="Who launched the run")
     sweeps = sorted({r.sweep_id for r in runs if r.sweep_id}, reverse=True)
-    sweep = c3.selectbox("Sweep", ["(all)"] + sweeps, key=S.key("sweep"))
-    text = c4.text_input("Search name or id", key=S.key("search"), placeholder="e.g. r8 or minilm").lower()
+    sweep = c4.selectbox("Sweep", ["(all)"] + sweeps, key=S.key("sweep"))
+    text = c5.text_input("Search name or id", key=S.key("search"), placeholder="e.g. r8 or minilm").lower()
     shown = [r for r in runs
              if (not statuses or r.status in statuses) and (not methods or r.method in methods)
-             and (sweep == "(all)" or r.sweep_id == sweep)
+             and (not owners or r.owner in owners) and (sweep == "(all)" or r.sweep_id == sweep)
              and (not text or text in r.name.lower() or text in r.id)]
     counts = {s: sum(r.status == s for r in runs) for s in RunStatus}
     st.caption(f"{len(shown)} of {len(runs)} runs · " + " · ".join(f"{STATUS_ICON[s]} {n} {s.value.lower()}"
@@ -67,7 +70,7 @@ def runs_table(shown: list) -> None:
 
 
 def run_header(rec) -> None:
-    st.subheader(f"{status_text(rec.status)} · {rec.name}")
+    st.subheader(f"{status_text(rec.status)} · {md(rec.name)}")
     c = st.columns(5)
     c[0].metric("Status", rec.status.value.capitalize())
     c[1].metric("Method", method_text(rec))
@@ -75,7 +78,8 @@ def run_header(rec) -> None:
     c[2].metric(name.capitalize(), f"{value:.4f}" if value is not None else "—")
     c[3].metric("Duration", fmt_duration(rec.duration))
     c[4].metric("Peak memory", fmt_bytes((rec.results or {}).get("peak_mem_bytes")))
-    st.caption(f"id `{rec.id}` · created {fmt_time(rec.created)} · started {fmt_time(rec.started)} · "
+    st.caption(f"id `{rec.id}` · by {md(rec.owner or 'unknown')} · created {fmt_time(rec.created)} · "
+               f"started {fmt_time(rec.started)} · "
                f"ended {fmt_time(rec.ended)}" + (f" · sweep `{rec.sweep_id}`" if rec.sweep_id else "")
                + (f" · resumed from `{rec.parent_id}`" if rec.parent_id else ""))
     where = f"Trained on: {placement.placement_text(rec)}"
@@ -87,30 +91,32 @@ def run_header(rec) -> None:
 
 
 def run_actions(rec) -> None:
+    """The actions this user may take on this run (their own, or any as an admin); the service checks again."""
     a = st.columns(4)
     action_button(S, "Open config in builder", open_in_builder, rec.id, key=S.key("use"), where=a[0])
-    if rec.status in (RunStatus.STOPPED, RunStatus.FAILED):
+    if rec.status in (RunStatus.STOPPED, RunStatus.FAILED) and service.can("resume", rec):
         action_button(S, "Resume", service.resume, rec.id, key=S.key("resume"), where=a[1],
                       icon=":material/play_arrow:", why_disabled=service.resume_blocker(rec.id),
                       help="Continue from the last checkpoint as a new run linked to this one.")
-    elif rec.status == RunStatus.RUNNING:
+    elif rec.status == RunStatus.RUNNING and service.can("stop", rec):
         action_button(S, "Stop", service.stop, rec.id, key=S.key("stop"), where=a[1],
                       icon=":material/stop_circle:", disabled=bool(rec.stop_requested))
-    elif rec.status == RunStatus.QUEUED:
+    elif rec.status == RunStatus.QUEUED and service.can("cancel", rec):
         action_button(S, "Cancel", service.cancel, rec.id, key=S.key("stop"), where=a[1],
                       icon=":material/stop_circle:")
     running = rec.status == RunStatus.RUNNING
-    with a[3].popover("Delete", icon=":material/delete:", disabled=running,
-                      help="Stop a running run first" if running else "Remove the run and its files"):
-        st.markdown(f"Delete **{rec.name}** and all its files? This cannot be undone.")
-        action_button(S, "Delete for good", service.delete, rec.id, key=S.key("delete"), verb="Delete",
-                      type="primary")
+    if service.can("delete", rec):
+        with a[3].popover("Delete", icon=":material/delete:", disabled=running,
+                          help="Stop a running run first" if running else "Remove the run and its files"):
+            st.markdown(f"Delete **{md(rec.name)}** and all its files? This cannot be undone.")
+            action_button(S, "Delete for good", service.delete, rec.id, key=S.key("delete"), verb="Delete",
+                          type="primary")
     if rec.status == RunStatus.FAILED:
-        st.error(f"**Failed:** {rec.error}")
+        st.error(f"**Failed:** {md(rec.error)}")
         if rec.error_log:
             st.code(rec.error_log, language="text")
     elif rec.status == RunStatus.STOPPED and rec.error:
-        st.warning(rec.error)
+        st.warning(md(rec.error))
 
 
 def curves_tab(rec) -> None:
@@ -153,7 +159,7 @@ def files_tab(rec) -> None:
         return
     st.dataframe(pd.DataFrame([{"file": name, "size": fmt_bytes(size)} for name, size in files[:500]]),
                  hide_index=True, width="stretch")
-    st.caption(f"{len(files)} files under `{root}`")
+    st.caption(f"{len(files)} files under {code(root)}")
 
 
 def log_tab(rec) -> None:

@@ -9,7 +9,7 @@ import streamlit as st
 from lora_core.config import BACKENDS, ConfigError, field_help
 from lora_ui import placement, service
 from lora_ui.config_form import cli_command, form_config
-from lora_ui.format import X_AXES, error_text, fmt_duration, method_text, primary_metric, status_text
+from lora_ui.format import X_AXES, code, error_text, fmt_duration, md, method_text, primary_metric, status_text
 from lora_ui.live import REFRESH_S, curves, progress_line, throughput_metrics
 from lora_ui.service import RunStatus
 from lora_ui.state import BUILDER, TRAIN, current_config, focus_sweep, launched_runs
@@ -48,10 +48,10 @@ def config_panel(cfg) -> None:
     with st.container(border=True):
         c1, c2 = st.columns([3, 1])
         with c1:
-            st.markdown(f"**Config:** `{cfg.name}` — **{cfg.method}** on `{cfg.model.source}` ({cfg.task}), "
-                        f"data `{cfg.data.train}`")
+            st.markdown(f"**Config:** {code(cfg.name)} — **{cfg.method}** on {code(cfg.model.source)} ({cfg.task}), "
+                        f"data {code(cfg.data.train)}")
             lora = (f"r={cfg.lora.r}, α={cfg.lora.alpha:g} (scale {cfg.lora_scaling:.3g}), targets "
-                    f"{cfg.lora.target_modules or 'preset:qv'}" if cfg.uses_lora else "no adapters")
+                    f"{md(cfg.lora.target_modules or 'preset:qv')}" if cfg.uses_lora else "no adapters")
             length = f"{cfg.train.max_steps} steps" if cfg.train.max_steps else f"{cfg.train.epochs:g} epochs"
             st.caption(f"{lora} · {length} · batch {cfg.train.batch_size} · lr {cfg.learning_rate:g} · "
                        f"seed {cfg.train.seed}")
@@ -70,18 +70,18 @@ def where_panel(cfg):
         c[1].number_input("Workers", min_value=1, max_value=1024, step=1, key=S.key("workers"),
                           help=field_help("resources.num_workers"))
         c[2].text_input("Ray cluster address", key=S.key("ray_address"), disabled=backend != "ray",
-                        placeholder=service.default_ray_address() or "http://HEAD:8265",
+                        placeholder=placement.default_ray_address() or "http://HEAD:8265",
                         help=field_help("resources.ray_address") + " Never expose the Ray dashboard port publicly.")
         try:
             launch_cfg = placement.launch_config(cfg)
         except ConfigError as exc:
             show_error(exc)
             return None
-        if backend == "ray" and not service.ray_installed():
-            st.warning(service.ray_missing_message())
+        if backend == "ray" and not placement.ray_installed():
+            st.warning(placement.ray_missing_message())
             return None
     if backend == "ray":
-        cluster_panel(launch_cfg.resources.ray_address or service.default_ray_address())
+        cluster_panel(launch_cfg.resources.ray_address or placement.default_ray_address())
     return launch_cfg
 
 
@@ -93,7 +93,7 @@ def cluster_panel(address: str) -> None:
             st.caption("Give the Ray dashboard's address above, or set LORA_LAB_RAY_ADDRESS for the dashboard.")
             return
         try:
-            status = service.cluster_status(address)
+            status = placement.cluster_status(address)
         except Exception as exc:  # noqa: BLE001 - an unreachable cluster is shown, the page stays
             st.warning(error_text(exc))
             return
@@ -174,12 +174,12 @@ def recipes_tab() -> None:
 
 
 def run_buttons(rec, where) -> None:
-    """Stop for a running run; Resume for a stopped or failed one."""
-    if rec.status == RunStatus.RUNNING:
+    """Stop for a running run; Resume for a stopped or failed one: for whoever may (their own runs, or an admin)."""
+    if rec.status == RunStatus.RUNNING and service.can("stop", rec):
         action_button(S, "Stop", service.stop, rec.id, key=S.key(f"stop_{rec.id}"), where=where,
                       icon=":material/stop_circle:", disabled=bool(rec.stop_requested),
                       help="Graceful: finishes the current step, saves the adapter and a checkpoint.")
-    elif rec.status in (RunStatus.STOPPED, RunStatus.FAILED):
+    elif rec.status in (RunStatus.STOPPED, RunStatus.FAILED) and service.can("resume", rec):
         action_button(S, "Resume", service.resume, rec.id, key=S.key(f"resume_{rec.id}"), where=where,
                       icon=":material/play_arrow:", why_disabled=service.resume_blocker(rec.id),
                       help="Continue from the last checkpoint as a new run linked to this one.")
@@ -189,15 +189,15 @@ def run_card(rec, x_axis: str) -> None:
     events = service.metrics(rec.id)
     with st.container(border=True):
         c1, c2 = st.columns([4, 1])
-        c1.markdown(f"{status_text(rec.status)} **{rec.name}** · {method_text(rec)} · "
-                    f"{placement.placement_text(rec)} · `{rec.id}`")
+        c1.markdown(f"{status_text(rec.status)} **{md(rec.name)}** · {method_text(rec)} · "
+                    f"{placement.placement_text(rec)} · `{rec.id}`" + (f" · by {md(rec.owner)}" if rec.owner else ""))
         run_buttons(rec, c2)
         frac, text = progress_line(rec, events)
         if rec.status == RunStatus.RUNNING and rec.stop_requested:
             text = "stopping: saving the adapter and a checkpoint… · " + text
         st.progress(frac, text=text)
         if rec.status == RunStatus.FAILED:
-            st.error(rec.error or "failed")
+            st.error(md(rec.error or "failed"))
         elif rec.status == RunStatus.SUCCEEDED:
             name, value = primary_metric(rec.results)
             took = rec.results.get("train_time_s") or rec.duration
@@ -213,13 +213,16 @@ def queue_rows(queued: list) -> None:
     st.markdown("**Queue** (starts by itself as slots free up)")
     for pos, rec in enumerate(queued):
         c = st.columns([5, 1, 1, 1])
-        c[0].markdown(f"{pos + 1}. {status_text(rec.status)} **{rec.name}** · {method_text(rec)} · `{rec.id}`")
-        action_button(S, "↑", service.move, rec.id, pos - 1, key=S.key(f"up_{rec.id}"), where=c[1], verb="Move",
-                      disabled=pos == 0, help="Move up the queue")
-        action_button(S, "↓", service.move, rec.id, pos + 1, key=S.key(f"down_{rec.id}"), where=c[2], verb="Move",
-                      disabled=pos == len(queued) - 1, help="Move down the queue")
-        action_button(S, "Cancel", service.cancel, rec.id, key=S.key(f"cancel_{rec.id}"), where=c[3],
-                      icon=":material/close:")
+        c[0].markdown(f"{pos + 1}. {status_text(rec.status)} **{md(rec.name)}** · {method_text(rec)} · "
+                      f"`{rec.id}`" + (f" · by {md(rec.owner)}" if rec.owner else ""))
+        if service.can("move", rec):
+            action_button(S, "↑", service.move, rec.id, pos - 1, key=S.key(f"up_{rec.id}"), where=c[1],
+                          verb="Move", disabled=pos == 0, help="Move up the queue")
+            action_button(S, "↓", service.move, rec.id, pos + 1, key=S.key(f"down_{rec.id}"), where=c[2],
+                          verb="Move", disabled=pos == len(queued) - 1, help="Move down the queue")
+        if service.can("cancel", rec):
+            action_button(S, "Cancel", service.cancel, rec.id, key=S.key(f"cancel_{rec.id}"), where=c[3],
+                          icon=":material/close:")
 
 
 def live_panel(ticking: bool) -> None:
@@ -255,16 +258,20 @@ def live_panel(ticking: bool) -> None:
 st.title("Train")
 config = current_config()
 config_panel(config)
-launching = where_panel(config)
-tab_one, tab_sweep, tab_recipes = st.tabs(["Launch this config", "Sweep ranks / methods", "Tutorial recipes"])
-with tab_one:
-    launch_tab(launching)
-with tab_sweep:
-    sweep_tab(launching or config, can_launch=launching is not None)
-with tab_recipes:
-    recipes_tab()
-if S.pop("open_compare", False):
-    st.switch_page("pages/compare.py")
+if service.can("launch"):
+    launching = where_panel(config)
+    tab_one, tab_sweep, tab_recipes = st.tabs(["Launch this config", "Sweep ranks / methods", "Tutorial recipes"])
+    with tab_one:
+        launch_tab(launching)
+    with tab_sweep:
+        sweep_tab(launching or config, can_launch=launching is not None)
+    with tab_recipes:
+        recipes_tab()
+    if S.pop("open_compare", False):
+        st.switch_page("pages/compare.py")
+else:
+    st.info("You can watch every run here; launching and stopping runs needs the operator role.",
+            icon=":material/visibility:")
 st.radio("Curves x-axis", list(X_AXES), key=S.key("x"), horizontal=True, format_func=X_AXES.get)
 live_now = service.has_live_runs()
 S["ticking"] = live_now

@@ -7,10 +7,20 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ["PYTHONUNBUFFERED"] = "1"
+for _name in ("LORA_LAB_MODE", "LORA_LAB_DATA_ROOTS", "LORA_LAB_MAX_UPLOAD_MB"):  # tests start in local mode
+    os.environ.pop(_name, None)
 
 import pytest  # noqa: E402
 
 from lora_core.runs import Runs  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def users_file(tmp_path, monkeypatch):
+    """A private users file for every test (the default one in ~/.config is the machine's)."""
+    path = tmp_path / "users.json"
+    monkeypatch.setenv("LORA_LAB_USERS_FILE", str(path))
+    return path
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 """Helpers shared by the test folders: tiny configs, waiting for a condition, the CLI in a subprocess, a few
-optimizer steps by hand, and stopping whatever runs a test left going."""
+optimizer steps by hand, a RUNNING run that trains nothing, and stopping whatever runs a test left going."""
 from __future__ import annotations
 
 import json
@@ -9,9 +9,12 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
+
 from lora_core import models
 from lora_core.config import ExperimentConfig
-from lora_core.runs import Runs, RunStatus
+from lora_core.runs import RunRecord, Runs, RunStatus, layout
+from lora_core.runs.launcher import this_host
 
 ROOT = Path(__file__).resolve().parents[1]
 INJECT = ROOT / "tests" / "reliability" / "inject"  # the fault injector workers load (its sitecustomize.py)
@@ -61,11 +64,13 @@ def wait_until(predicate, timeout: float = 120.0, poll: float = 0.2, what: str =
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def cli(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
-    """`python -m lora_core ARGS` from the repository root; with check, it must exit 0."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def cli(*args: str, check: bool = True, timeout: float = 120, input: str | None = None,
+        env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -m lora_core ARGS` from the repository root (with `input` on stdin, `env` added to the
+    environment); with check, it must exit 0."""
+    env = {**os.environ, **(env or {}), "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-m", "lora_core", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env=env)
+                          timeout=timeout, env=env, input=input)
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -85,6 +90,25 @@ def wait_for_steps(runs: Runs, run_id: str, n: int, timeout: float = 180.0) -> l
         events = runs.metrics(run_id)
         return events if record.status == RunStatus.RUNNING and len(steps_logged(events)) >= n else None
     return wait_until(enough, timeout=timeout, poll=0.1, what=f"{n} logged steps of {run_id}")
+
+
+def fake_running(runs: Runs, cfg: ExperimentConfig, owner: str):
+    """A RUNNING run owned by `owner` whose worker is a `sleep` in its own process group: pages show it live and
+    its Stop really stops something, yet nothing trains. It is registered as RUNNING from the start, so a
+    dashboard reconciling meanwhile never starts a worker for it. stop_leftovers ends it."""
+    sleeper = subprocess.Popen(["sleep", "600"], start_new_session=True)
+    path = layout.run_path(runs.root, layout.new_run_id(cfg.name))
+    path.mkdir()
+    run_dir = layout.RunDir(path)
+    run_dir.artifacts.path.mkdir()
+    run_dir.config.write_text(cfg.to_yaml(), encoding="utf-8")
+    run_dir.metrics.touch()
+    run_dir.log.touch()
+    now = time.time()
+    return runs.registry.insert(RunRecord(
+        id=run_dir.id, name=cfg.name, status=RunStatus.RUNNING, created=now, started=now, task=cfg.task,
+        model=cfg.model.source, method=cfg.method, owner=owner, runs_dir=str(runs.root), pid=sleeper.pid,
+        pgid=sleeper.pid, pid_created=psutil.Process(sleeper.pid).create_time(), host=this_host(), heartbeat=now))
 
 
 def stop_leftovers(runs: Runs, timeout: float = 20.0) -> None:
@@ -135,8 +159,9 @@ RAY_NODE_IP = "127.0.0.2"
 
 class LocalRayCluster:
     """A head and `nodes - 1` more Ray nodes on loopback (RAY_NODE_IP), each `ray start --block` in its own process
-    session with `cpus` CPUs, free ports and its own temp dir under `root`. `close()` ends every process of those sessions by
-    pid (never `ray stop`, which ends other people's Ray processes by name). Extra environment (e.g. RAY_AUTH_MODE)
+    session with `cpus` CPUs, free ports and its own temp dir under `root`. `close()` ends every process of those
+    sessions by pid (never `ray stop`, which ends other people's Ray processes by name). Extra environment (e.g.
+    RAY_AUTH_MODE, or a PYTHONPATH put before the repository's)
     goes to every node through `env`."""
 
     def __init__(self, root: Path, nodes: int = 2, cpus: int = 1, env: dict | None = None):

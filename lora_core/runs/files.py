@@ -1,11 +1,12 @@
 """Reading and writing run files safely while other processes read them: atomic rewrites (temp name + rename),
 write-once files, folders swapped in whole, the append-only event stream (whole lines only), tails of logs and
-streams read without reading the whole file, and telling a full disk from other write errors. Which files these
-are is layout.py's business; this is how."""
+streams read without reading the whole file, telling a full disk from other write errors, and the scalars of a
+results file that the registry keeps (key_results). Which files these are is layout.py's business; this is how."""
 from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import secrets
 import shutil
@@ -15,7 +16,37 @@ from typing import Any
 LOG_TAIL_LINES = 40
 TAIL_BYTES = 64 * 1024          # first window of a tail read; doubled until it finds what it looks for
 TAIL_MAX_BYTES = 8 * 1024 * 1024
+KEY_RESULTS_MAX = 64         # scalars of a results dict the registry keeps (key_results)
 _NO_SPACE_TEXT = ("no space left on device", "storagefull", "database or disk is full", "disk quota exceeded")
+
+
+def key_results(results: dict | None) -> dict:
+    """The scalars of a results dict (top level, plus one level of nested dicts as `section.key`), for the
+    registry so listings and comparisons need no file reads. Long strings and big structures stay in
+    results.json only."""
+    out: dict[str, Any] = {}
+
+    def keep(key: str, value: Any) -> None:
+        if len(out) >= KEY_RESULTS_MAX:
+            return
+        if isinstance(value, bool) or value is None:
+            out[key] = value
+        elif isinstance(value, (int, float)):
+            out[key] = value if not (isinstance(value, float) and not math.isfinite(value)) else None
+        elif isinstance(value, str) and len(value) <= 80:
+            out[key] = value
+        elif hasattr(value, "item"):
+            keep(key, jsonable(value))
+
+    for key, value in (results or {}).items():
+        if not isinstance(value, dict):
+            keep(key, value)
+    for key, value in (results or {}).items():
+        if isinstance(value, dict):
+            for sub, v in value.items():
+                if not isinstance(v, (dict, list)):
+                    keep(f"{key}.{sub}", v)
+    return out
 
 
 def jsonable(value: Any) -> Any:

@@ -1,16 +1,20 @@
 """Every run and artifact file and folder name, and the run-id rules. Nothing else in LoRA Lab spells them.
 
-    <runs>/registry.sqlite                  the index of all runs (store.Registry), rebuilt from the run dirs
+    <runs>/registry.sqlite                  the index of all runs (store.Registry), the audit log, sessions,
+                                            server settings; the runs index is rebuilt from the run dirs
     <runs>/registry.sqlite.broken-<time>    a registry found corrupt, moved aside (kept, never deleted;
                                             `.reindexed-<time>` when `reindex` replaced it on request)
     <runs>/registry.lock                    serializes moving a corrupt registry aside
     <runs>/.deleted-<run_id>/               a run being deleted (renamed first, so nothing can re-import it)
+    <runs>/uploads/<sha256>.<suffix>        datasets uploaded from the dashboard, named by their content
+        <sha256>.info                       who uploaded it, when, its original name (lora_core.uploads)
     <runs>/mlflow.sqlite  mlflow-artifacts/ the local MLflow store (tracking.mlflow: true, no $MLFLOW_TRACKING_URI)
     <runs>/<run_id>/                        RunDir
         config.yaml                         the experiment config, written once
         status.json                         a mirror of the run's registry row
         metrics.jsonl                       the append-only event stream
-        worker.log                          the worker's stdout and stderr (a Ray run: the job's logs, copied at its end)
+        worker.log                          the worker's stdout and stderr (a Ray run: the job's logs, copied at
+                                            its end)
         results.json                        the recipe's results, written at the end
         stop.request                        a stop asked for: every rank of a multi-process run polls it
         job.json                            a Ray job's side of the run: training pids, hosts and node ids
@@ -51,6 +55,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 REGISTRY_FILE = "registry.sqlite"
 CLUSTERS_FILE = "clusters.json"
 PROBE_DIR = "cluster-probe"
+UPLOADS_DIR = "uploads"
+UPLOAD_INFO_SUFFIX = ".info"
 REGISTRY_LOCK = "registry.lock"
 DELETED_PREFIX = ".deleted-"
 MLFLOW_DB = "mlflow.sqlite"
@@ -97,6 +103,19 @@ def clusters_path(runs_dir: Path) -> Path:
 def probe_path(runs_dir: Path, nonce: str) -> Path:
     """The folder one probe job writes into, one file per node."""
     return runs_dir / PROBE_DIR / check_run_id(nonce)
+
+
+def uploads_dir(runs_dir: Path) -> Path:
+    """Where dashboard uploads are kept (content-addressed; see lora_core.uploads)."""
+    return Path(runs_dir) / UPLOADS_DIR
+
+
+def upload_path(runs_dir: Path, digest: str, suffix: str) -> Path:
+    return uploads_dir(runs_dir) / f"{digest}{suffix}"
+
+
+def upload_info(upload: Path) -> Path:
+    return Path(upload).with_suffix(UPLOAD_INFO_SUFFIX)
 
 
 def registry_lock(runs_dir: Path) -> Path:

@@ -10,34 +10,45 @@ one runs directory and the process backend that runs the workers.
 
 Readers that show status (`get`, `list`, `wait`) reconcile first unless told not to (`reconcile=False`: a plain
 registry read with no side effects, which also never starts queued runs); when the disk is full they still
-answer, from the registry as it is. Unknown run ids raise RunError. Destructive actions (stop, cancel, delete)
-take a whole run id; the others also take a unique prefix.
+answer, from the registry as it is. Unknown run ids raise RunError. Destructive actions (stop, cancel, delete),
+and every action on a run named by a browser's request, take a whole run id; the CLI's others also take a unique
+prefix.
 
-Every launch (`launch`, `sweep`, `resume`) passes the same checks first: the concurrency limit is readable,
-the queue has room (`launcher.max_queued`), the config's paths exist (`prepare`), and the data, the model and
-the memory estimate pass `lora_core.preflight`. Nothing is created for a config that fails.
+Actions take the `actor` who asks (lora_core.team.access.Actor; the dashboard passes the signed-in user). Without
+one the caller is the CLI: the OS user, trusted. Each action checks the actor's role first, then writes the
+outcome, a refusal included, to the audit log. The run records the actor as its `owner`.
+
+Every launch (`launch`, `sweep`, `resume`) passes the same checks first (`_admit`), in this order: what a browser
+request may read or run (data roots, hub allowlists, remote code: lora_core.team.policy) before any file is looked
+at, so a refusal never tells whether a path outside exists; the concurrency limit is readable; the queue has room
+(`launcher.max_queued` for the server, the actor's own cap for a dashboard user); the config's paths exist
+(`prepare`); and the data, the model and the memory estimate pass `lora_core.preflight`. Nothing is created for a
+config that fails.
 """
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from .. import checks
-from ..config import ExperimentConfig
+from ..config import ConfigError, ExperimentConfig
 from ..errors import RunError, StorageError
+from ..team import access, policy
+from ..team.access import AccessError, Actor
+from ..team.settings import TeamSettings, team_settings
 from . import files, launcher, layout, ray_jobs
 from .layout import RunDir
 from .ray_jobs import RayJobs
-from .store import LOCAL, Registry, RunRecord, RunStatus
+from .store import LOCAL, AuditEntry, Registry, RunRecord, RunStatus
 from .sweep import sweep_configs
 
 STREAM_CACHE_RUNS = 16  # metrics streams kept in memory for incremental reads (the dashboard's live runs)
+WHOLE_ID_ACTIONS = frozenset({"stop", "cancel", "delete"})  # destructive: a unique prefix is not enough
 
 
 class Events(list):
@@ -69,11 +80,12 @@ class Runs:
         return self.registry.get(run_id, exact=exact)
 
     def list(self, status: RunStatus | list[RunStatus] | None = None, sweep_id: str | None = None,
-             parent_id: str | None = None, backend: str | None = None, *, reconcile: bool = True) -> list[RunRecord]:
+             parent_id: str | None = None, owner: str | None = None, backend: str | None = None, *,
+             reconcile: bool = True) -> list[RunRecord]:
         """Runs newest first (QUEUED alone: in queue order), from the registry alone: no run file is read."""
         if reconcile:
             self._look()
-        return self.registry.list(status=status, sweep_id=sweep_id, parent_id=parent_id, backend=backend)
+        return self.registry.list(status=status, sweep_id=sweep_id, parent_id=parent_id, owner=owner, backend=backend)
 
     def notices(self) -> list[str]:
         """One line per thing this manager had to repair or could not do (a registry rebuilt, a full disk)."""
@@ -200,10 +212,11 @@ class Runs:
 
     # -- creating and launching ------------------------------------------------------------------------------
     def create(self, cfg: ExperimentConfig, *, sweep_id: str | None = None, parent_id: str | None = None,
-               resume_from: Path | None = None, initial_metrics: list[dict] | None = None) -> RunRecord:
+               resume_from: Path | None = None, initial_metrics: list[dict] | None = None,
+               owner: str | None = None) -> RunRecord:
         """Create the run directory and its QUEUED row, without starting anything. The files are complete
         before the row exists, so no reader or launcher ever sees a half-made run. `initial_metrics` seeds the
-        stream (a resumed run's inherited events)."""
+        stream (a resumed run's inherited events); `owner` defaults to the OS user."""
         res = cfg.resources
         cluster = self.backends[res.backend].prepare(self.registry, cfg) if res.backend != LOCAL else None
         path = layout.run_path(self.root, layout.new_run_id(cfg.name))
@@ -219,8 +232,8 @@ class Runs:
             record = RunRecord(
                 id=rd.id, name=cfg.name, status=RunStatus.QUEUED, created=time.time(), task=cfg.task,
                 model=cfg.model.source, method=cfg.method, lora_r=cfg.lora.r if cfg.uses_lora else None,
-                sweep_id=sweep_id, parent_id=parent_id, runs_dir=str(self.root), backend=res.backend,
-                world_size=res.num_workers, cluster=cluster,
+                sweep_id=sweep_id, parent_id=parent_id, runs_dir=str(self.root), owner=owner or access.os_user(),
+                backend=res.backend, world_size=res.num_workers, cluster=cluster,
                 resume_from=Path(resume_from).resolve().relative_to(self.root).as_posix() if resume_from else None)
             return self.registry.insert(record, queue_limit=launcher.max_queued())
         except OSError as exc:
@@ -231,54 +244,57 @@ class Runs:
             shutil.rmtree(path, ignore_errors=True)
             raise
 
-    def _admit(self, configs: list, *, ignore_memory: bool = False) -> list[ExperimentConfig]:
-        """The checks every launch passes before anything is created: a readable concurrency limit, room in the
-        queue for all the runs, existing paths, and the pre-launch check of data, model and memory."""
-        from .. import preflight  # reads data (pandas) and model configs: not for `list` and `status`
-
-        launcher.max_concurrent()  # a bad LORA_LAB_MAX_CONCURRENT is refused before a run is created
-        room = launcher.max_queued() - self.registry.count(RunStatus.QUEUED)
-        if len(configs) > room:
-            raise RunError(f"the queue has room for {max(room, 0)} more runs (LORA_LAB_MAX_QUEUED="
-                           f"{launcher.max_queued()}), not {len(configs)}; cancel some or wait for them to start")
-        checked = [prepare(c) for c in configs]
-        checker = preflight.Preflight()
-        for cfg in checked:  # a cluster's nodes, not this machine, hold a ray run's memory
-            checker.check(cfg, ignore_memory=ignore_memory or cfg.resources.backend != LOCAL)
-        return checked
-
-    def launch(self, cfg: ExperimentConfig | dict, *, sweep_id: str | None = None,
-               ignore_memory: bool = False) -> str:
+    def launch(self, cfg: ExperimentConfig | dict, *, sweep_id: str | None = None, ignore_memory: bool = False,
+               actor: Actor | None = None) -> str:
         """Check (see the module docstring), create the run as QUEUED and start it if a slot is free. Returns the
         run id at once. `ignore_memory` launches a run whose memory estimate exceeds this machine's memory."""
-        (checked,) = self._admit([cfg], ignore_memory=ignore_memory)
-        record = self.create(checked, sweep_id=sweep_id)
+        actor, _ = self._act(actor, "launch")
+        (checked,) = self._admit(actor, [cfg], ignore_memory=ignore_memory)
+        record = self.create(checked, sweep_id=sweep_id, owner=actor.name)
+        self.audit(actor, "launch", record.id, detail={"name": checked.name})
         self.reconcile()
         return record.id
 
-    def plan_sweep(self, cfg: ExperimentConfig | dict, vary: dict[str, list]) -> list[ExperimentConfig]:
-        """The validated configs `sweep` would launch, without launching anything."""
-        return [prepare(c) for c in sweep_configs(prepare(cfg), vary)]
+    def plan_sweep(self, cfg: ExperimentConfig | dict, vary: dict[str, list], *,
+                   actor: Actor | None = None) -> list[ExperimentConfig]:
+        """The validated configs `sweep` would launch, without launching anything; for a browser's request, each
+        config's paths are checked against the roots before prepare() looks at any file."""
+        actor = actor or access.cli_actor()
+        _, planned = self._plan(cfg, vary)
+        team = self.team_settings()
+        for c in planned:
+            policy.check_config(c, actor, self.root, team)
+        return [prepare(c) for c in planned]
+
+    @staticmethod
+    def _plan(cfg: ExperimentConfig | dict, vary: dict[str, list]) -> tuple[ExperimentConfig, list[ExperimentConfig]]:
+        """The base config and a sweep's configs, validated but not prepare()d: no file has been looked at yet."""
+        base = ExperimentConfig.from_dict(cfg.to_dict() if isinstance(cfg, ExperimentConfig) else dict(cfg))
+        return base, sweep_configs(base, vary)
 
     def sweep(self, cfg: ExperimentConfig | dict, vary: dict[str, list], *,
-              ignore_memory: bool = False) -> tuple[str, list[str]]:
+              ignore_memory: bool = False, actor: Actor | None = None) -> tuple[str, list[str]]:
         """Launch one run per sweep config (see sweep.sweep_configs), grouped under one sweep id. Every config is
-        checked before the first run is created."""
-        base = prepare(cfg)
-        configs = self._admit(self.plan_sweep(base, vary), ignore_memory=ignore_memory)
+        checked (for a browser's request, admitted first) before the first run is created."""
+        actor, _ = self._act(actor, "sweep")
+        base, planned = self._plan(cfg, vary)  # not prepare()d yet: _admit checks the roots before any file is read
+        policy.check_sweep(actor, len(planned), self.team_settings())
+        configs = self._admit(actor, planned, ignore_memory=ignore_memory)
         sweep_id = "sweep-" + layout.new_run_id(base.name)
-        run_ids = [self.create(c, sweep_id=sweep_id).id for c in configs]
+        run_ids = [self.create(c, sweep_id=sweep_id, owner=actor.name).id for c in configs]
+        self.audit(actor, "sweep", None, detail={"sweep_id": sweep_id, "runs": run_ids})
         self.reconcile()
         return sweep_id, run_ids
 
-    def resume(self, run_id: str, *, ignore_memory: bool = False) -> str:
+    def resume(self, run_id: str, *, ignore_memory: bool = False, actor: Actor | None = None) -> str:
         """Resume a STOPPED or FAILED run from its newest complete checkpoint (see `resume_point`) as a NEW run;
         returns its id.
 
         The old run keeps its final status (terminal states are final). The new run has the same config,
         `parent_id` = the old run, starts from the checkpoint, and its metrics stream begins with the old run's
-        events up to the checkpoint step, so the step count and the curves continue."""
-        parent = self.get(run_id)
+        events up to the checkpoint step, so the step count and the curves continue. Its owner is the actor."""
+        actor, record = self._act(actor, "resume", run_id)
+        parent = self.get(record.id)
         if parent.status not in (RunStatus.STOPPED, RunStatus.FAILED):
             raise RunError(f"run {parent.id} is {parent.status}; only STOPPED or FAILED runs can be resumed")
         found = self.resume_point(parent.id)
@@ -286,11 +302,13 @@ class Runs:
             raise RunError(f"run {parent.id} has no checkpoint to resume from (checkpoints are saved every "
                            "train.save_steps steps, at each evaluation, and when a run is stopped)")
         step, checkpoint = found
-        (cfg,) = self._admit([self.config(parent.id)], ignore_memory=ignore_memory)  # the data may have changed
+        # admitted again, for this actor: the data may have changed, and their roots may differ from the owner's
+        (cfg,) = self._admit(actor, [self.config(parent.id)], ignore_memory=ignore_memory)
         inherited = [dict(e, inherited_from=parent.id) for e in self.metrics(parent.id)
                      if e.get("kind") != "phase" and isinstance(e.get("step"), (int, float)) and e["step"] <= step]
         record = self.create(cfg, parent_id=parent.id, sweep_id=parent.sweep_id, resume_from=checkpoint,
-                             initial_metrics=inherited)
+                             initial_metrics=inherited, owner=actor.name)
+        self.audit(actor, "resume", parent.id, detail={"new_run": record.id, "step": step})
         self.reconcile()
         return record.id
 
@@ -308,36 +326,120 @@ class Runs:
                 "runs": [{"id": r.id, "name": r.name, "status": r.status.value, "world_size": r.world_size or 1,
                           "job_id": r.job_id, "nodes": r.nodes} for r in ours]}
 
+    def merge(self, run_id: str, out: str | Path | None = None, *, overwrite: bool = False,
+              actor: Actor | None = None) -> dict:
+        """Merge a LoRA run's adapter into its base (into the run's merged/ folder, or `out`); the merge report
+        (see lora_core.merge). Loads the model in this process."""
+        from ..merge import merge_adapter  # torch: only when a merge runs
+
+        actor, record = self._act(actor, "merge", run_id)
+        if out is not None and actor.confined:
+            policy.confine(str(out), "merge.out", self.root)
+        artifacts = self.dir(record.id).artifacts
+        report = merge_adapter(self.config(record.id), artifacts.adapter, Path(out) if out else artifacts.merged,
+                               overwrite=overwrite)
+        self.audit(actor, "merge", record.id, detail={"out": str(report.get("out_dir")), "ok": report.get("ok")})
+        return report
+
     # -- the lifecycle -----------------------------------------------------------------------------------------
     def reconcile(self) -> list[str]:
         """Mark dead workers FAILED, escalate overdue stops, start queued runs into free slots; returns the ids
         of the runs it started."""
         return launcher.reconcile(self.registry, self.backends)
 
-    def stop(self, run_id: str, timeout: float = 15.0, wait: bool = True) -> RunStatus:
+    def stop(self, run_id: str, timeout: float = 15.0, wait: bool = True, *, actor: Actor | None = None) -> RunStatus:
         """Graceful stop (the worker saves the adapter and a checkpoint), then kill after `timeout` s; a queued
         run is cancelled. Takes the whole run id. See launcher.stop."""
-        return launcher.stop(self.registry, self.backends, self.registry.get(run_id, exact=True).id,
-                             timeout=timeout, wait=wait)
+        actor, record = self._act(actor, "stop", run_id)
+        self.audit(actor, "stop", record.id)
+        return launcher.stop(self.registry, self.backends, record.id, timeout=timeout, wait=wait)
 
-    def cancel(self, run_id: str) -> RunStatus:
+    def cancel(self, run_id: str, *, actor: Actor | None = None) -> RunStatus:
         """Cancel a QUEUED run (STOPPED, reason 'cancelled'); StatusError once it has started. Whole id only."""
-        return launcher.cancel(self.registry, self.backends, self.registry.get(run_id, exact=True).id)
+        actor, record = self._act(actor, "cancel", run_id)
+        status = launcher.cancel(self.registry, self.backends, record.id)
+        self.audit(actor, "cancel", record.id)
+        return status
 
-    def move(self, run_id: str, position: int) -> list[str]:
+    def move(self, run_id: str, position: int, *, actor: Actor | None = None) -> list[str]:
         """Reorder the queue: put a QUEUED run at `position` (0 = starts next). Returns the queue in order."""
-        return self.registry.move(self.registry.get(run_id).id, position)
+        actor, record = self._act(actor, "move", run_id)
+        queue = self.registry.move(record.id, position)
+        self.audit(actor, "move", record.id, detail={"position": int(position)})
+        return queue
 
-    def delete(self, run_id: str) -> None:
+    def delete(self, run_id: str, *, actor: Actor | None = None) -> None:
         """Remove a run's row and directory; refuses a RUNNING run (stop it first). Takes the whole run id: a
         prefix that happens to be unique today must not delete a run."""
+        actor, record = self._act(actor, "delete", run_id)
         self._look()
-        record = self.registry.get(run_id, exact=True)
         gone = self.registry.delete(record.id)
         if record.status == RunStatus.QUEUED:  # a job waiting on a cluster goes too
             launcher.backend_of(self.backends, record).cancelled(record)
         if gone is not None:
             shutil.rmtree(gone, ignore_errors=True)
+        self.audit(actor, "delete", record.id)
+
+    # -- who acts: permissions, admission, the audit log, server settings ----------------------------------------
+    def _act(self, actor: Actor | None, action: str, run_id: str | None = None) -> tuple[Actor, RunRecord | None]:
+        """The actor (the CLI's OS user when none is given) and the run, once the actor's role allows `action` on
+        it. The run is looked up by its whole id for a destructive action and for any request from a browser (a
+        prefix is the CLI's convenience). A refusal is written to the audit log, then raised as AccessError."""
+        actor = actor or access.cli_actor()
+        exact = action in WHOLE_ID_ACTIONS or not actor.trusted
+        record = self.registry.get(run_id, exact=exact) if run_id is not None else None
+        reason = access.denial(actor, action, record.owner if record else None)
+        if reason:
+            self.audit(actor, action, record.id if record else None, outcome="denied", detail={"reason": reason})
+            raise AccessError(f"refused: {reason}")
+        return actor, record
+
+    def _admit(self, actor: Actor, configs: list, *, ignore_memory: bool = False) -> list[ExperimentConfig]:
+        """The checks every launch passes before anything is created (see the module docstring for the order);
+        returns the configs prepared for launching."""
+        from .. import preflight  # reads data (pandas) and model configs: not for `list` and `status`
+
+        team = self.team_settings()
+        checked = [c if isinstance(c, ExperimentConfig) else ExperimentConfig.from_dict(c) for c in configs]
+        for cfg in checked:  # before prepare(): its "file not found" would tell whether a path outside exists
+            policy.check_config(cfg, actor, self.root, team)
+        launcher.max_concurrent()  # a bad LORA_LAB_MAX_CONCURRENT is refused before a run is created
+        room = launcher.max_queued() - self.registry.count(RunStatus.QUEUED)
+        if len(checked) > room:
+            raise RunError(f"the queue has room for {max(room, 0)} more runs (LORA_LAB_MAX_QUEUED="
+                           f"{launcher.max_queued()}), not {len(checked)}; cancel some or wait for them to start")
+        policy.check_queue(actor, self.registry, team, len(checked))
+        prepared = [prepare(c) for c in checked]
+        checker = preflight.Preflight()
+        for cfg in prepared:  # a cluster's nodes, not this machine, hold a ray run's memory
+            checker.check(cfg, ignore_memory=ignore_memory or cfg.resources.backend != LOCAL)
+        return prepared
+
+    def audit(self, actor: Actor, action: str, run_id: str | None = None, *, outcome: str = "ok",
+              detail: dict | None = None, once: bool = False) -> bool:
+        """Append to the audit log (see store.AuditEntry); `once`: not again for the actor's session."""
+        return self.registry.audit(AuditEntry(actor.name, action, run_id, outcome, detail or {}, actor.role.value,
+                                              actor.via, actor.client, actor.session), once=once)
+
+    def audit_log(self, limit: int | None = 500, **filters) -> list[AuditEntry]:
+        """Audit entries, newest first (filters: actor, action, run_id, since)."""
+        return self.registry.audit_log(limit, **filters)
+
+    def team_settings(self) -> TeamSettings:
+        """The server settings an admin may change (defaults where none was saved)."""
+        return team_settings(self.registry.settings())
+
+    def update_settings(self, changes: dict[str, Any], *, actor: Actor | None = None) -> TeamSettings:
+        """Check and save settings changes (ConfigError names a bad one); written to the audit log."""
+        actor, _ = self._act(actor, "settings")
+        unknown = sorted(set(changes) - set(TeamSettings.names()))
+        if unknown:
+            raise ConfigError(unknown[0], f"no such setting; settings: {', '.join(TeamSettings.names())}")
+        merged = TeamSettings.parse({**self.team_settings().to_dict(), **changes})
+        new = {k: getattr(merged, k) for k in changes}
+        self.registry.save_settings(new, actor.name)
+        self.audit(actor, "settings", detail=new)
+        return merged
 
 
 # -- checking a config before anything launches ---------------------------------------------------------------

@@ -1,21 +1,26 @@
-"""Run status, the run record, and the SQLite registry that indexes the runs: the only SQL in LoRA Lab, and the only
-module that spells a status.
+"""Run status, the run record, and the SQLite registry that indexes the runs: with team_store.py the only SQL in
+LoRA Lab, and the only module that spells a status.
 
 Run status is a state machine, enforced in exactly one place (`Registry._transition`):
 
     QUEUED -> RUNNING -> SUCCEEDED | FAILED | STOPPED        (QUEUED -> STOPPED is a cancel)
 
 Terminal states are final. A FAILED run always carries a reason (`error`) and the tail of its log (`error_log`).
+Every run records its `owner`: who launched it (the OS user for the CLI, the signed-in user in the dashboard).
 
 The registry `<runs>/registry.sqlite` indexes the runs so that listing them reads no run files. It runs in WAL
 mode with a busy timeout; every call opens its own short-lived connection (Streamlit serves each session from its
 own thread) and every write is one short `BEGIN IMMEDIATE` transaction, so several dashboards and workers can use
 it at once without "database is locked". (WAL needs a local filesystem; do not put the runs dir on NFS.)
 
-The run directories are the truth; the registry is an index (each run dir's status.json mirrors its row). A
-registry missing, empty or corrupt (found by SQLite, or by a quick check on a process's first open) is moved
-aside, kept, and rebuilt from the run dirs with a one-line notice (`notices`, stderr); a run whose status.json
-is damaged too is rebuilt from its config and results. A full disk is a `StorageError`, never a sqlite3 error.
+The run directories are the truth; the registry is an index (each run dir's status.json mirrors its row, owner
+included). A registry missing, empty or corrupt (found by SQLite, or by a quick check on a process's first open) is
+moved aside, kept, and rebuilt from the run dirs with a one-line notice (`notices`, stderr); a run whose
+status.json is damaged too is rebuilt from its config and results. A full disk is a `StorageError`, never a
+sqlite3 error.
+
+Beside the runs, the registry keeps what a shared server needs: the audit log, sign-in sessions and server
+settings (team_store.py, the rest of the SQL). A rebuild re-creates those tables and copies over what it can read.
 """
 from __future__ import annotations
 
@@ -23,7 +28,6 @@ import dataclasses
 import fcntl
 import functools
 import json
-import math
 import os
 import sqlite3
 import sys
@@ -35,12 +39,13 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import yaml
-
-from ..config import LORA_METHODS
 from ..errors import RunError, StatusError, StorageError
 from . import files, layout
+from .files import key_results
 from .layout import RunDir
+from .team_store import TEAM_SCHEMA, AuditEntry, TeamTables
+
+__all__ = ["AuditEntry", "Registry", "RunRecord", "RunStatus", "key_results"]
 
 
 class RunStatus(str, Enum):
@@ -68,7 +73,6 @@ class RunStatus(str, Enum):
 _TERMINAL = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.STOPPED})
 _TRANSITIONS = {RunStatus.QUEUED: {RunStatus.RUNNING, RunStatus.STOPPED, RunStatus.FAILED},
                 RunStatus.RUNNING: {RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.STOPPED}}
-_KEY_RESULTS_MAX = 64
 
 
 @dataclasses.dataclass
@@ -106,6 +110,7 @@ class RunRecord:
     job_id: str | None = None         # ray: the Ray job's submission id
     cluster: str | None = None        # ray: the cluster address the job went to
     nodes: list = dataclasses.field(default_factory=list)   # where it trained: Ray node ids, or host names
+    owner: str | None = None          # who launched it (the OS user for the CLI, the signed-in user in the dashboard)
     runs_dir: str = ""
 
     def __post_init__(self):
@@ -154,13 +159,14 @@ CREATE TABLE IF NOT EXISTS runs (
     sweep_id TEXT, parent_id TEXT, resume_from TEXT,
     pid INTEGER, pgid INTEGER, pid_created REAL, host TEXT, slot INTEGER, queue_pos INTEGER,
     heartbeat REAL, stop_requested REAL, stop_deadline REAL, progress REAL, step INTEGER,
-    error TEXT, error_log TEXT, backend TEXT, world_size INTEGER, job_id TEXT, cluster TEXT, nodes TEXT
+    error TEXT, error_log TEXT, backend TEXT, world_size INTEGER, job_id TEXT, cluster TEXT, nodes TEXT, owner TEXT
 )"""
 _INDEXES = [
     "CREATE INDEX IF NOT EXISTS runs_by_status ON runs(status, queue_pos)",
     "CREATE INDEX IF NOT EXISTS runs_by_created ON runs(created)",
     "CREATE INDEX IF NOT EXISTS runs_by_sweep ON runs(sweep_id)",
     "CREATE INDEX IF NOT EXISTS runs_by_parent ON runs(parent_id)",
+    "CREATE INDEX IF NOT EXISTS runs_by_owner ON runs(owner, status)",
 ]
 _RENAMED = {"rank": "lora_r"}  # old column -> new column (registries written before the rename)
 # Fields a caller may set besides status (status only changes through _transition).
@@ -251,9 +257,9 @@ def _reading(method: Callable) -> Callable:
 
 # -- the registry ----------------------------------------------------------------------------------------------
 
-class Registry:
-    """The SQLite index of the runs in one runs directory. Holds no open connection, so one instance can serve
-    any number of threads."""
+class Registry(TeamTables):
+    """The SQLite index of the runs in one runs directory, and the team's tables beside it (team_store). Holds no
+    open connection, so one instance can serve any number of threads."""
 
     def __init__(self, runs_dir: str | Path | None = None):
         self.runs_dir = layout.runs_root(runs_dir)
@@ -333,17 +339,17 @@ class Registry:
                 return self._rebuild_damaged(reason)
 
     def _rebuild_damaged(self, reason: str) -> str:
-        aside, count = self._rebuild("broken")
+        aside, count, carried = self._rebuild("broken")
         return self.notify(f"the run registry was unreadable ({reason.splitlines()[0][:120]}); "
                            + (f"moved it aside to {aside.name} and " if aside else "")
-                           + f"rebuilt it from {count} run directories")
+                           + f"rebuilt it from {count} run directories" + carried)
 
     def reindex(self) -> str:
         """Rebuild the registry from the run directories on demand; the old file is moved aside and kept."""
         with self._locked():
-            aside, count = self._rebuild("reindexed")
+            aside, count, carried = self._rebuild("reindexed")
         return self.notify(f"rebuilt the run registry from {count} run directories"
-                           + (f"; the old one is kept as {aside.name}" if aside else ""))
+                           + (f"; the old one is kept as {aside.name}" if aside else "") + carried)
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -354,8 +360,9 @@ class Registry:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def _rebuild(self, why: str) -> tuple[Path | None, int]:
-        """Move the registry file (and its -wal/-shm) aside, then index every run directory into a new one."""
+    def _rebuild(self, why: str) -> tuple[Path | None, int, str]:
+        """Move the registry file (and its -wal/-shm) aside, index every run directory into a new one, and copy
+        over the tables the run dirs hold no copy of; returns (the file aside, runs indexed, what was carried)."""
         aside = layout.registry_aside(self.runs_dir, why) if self.path.exists() else None
         for part, kept in zip([self.path, *layout.sqlite_companions(self.path)],
                               [aside, *layout.sqlite_companions(aside)] if aside else []):
@@ -364,7 +371,8 @@ class Registry:
         _READY.discard(str(self.path))
         self._init_schema()
         _READY.add(str(self.path))
-        return aside, self._import_runs()
+        count = self._import_runs()
+        return aside, count, self._carry_over(aside) if aside else ""
 
     def notify(self, notice: str) -> str:
         """Keep a one-line notice for callers (the dashboard shows them) and print it on stderr, once."""
@@ -406,7 +414,8 @@ class Registry:
             return None  # not a run (or one being created: its config comes first)
         if not rd.status.exists() and time.time() - made < CREATE_GRACE_S:
             return None  # status.json is written right after the row: this run may be being created now
-        return _record_from_files(rd, made, str(self.runs_dir))
+        from .rebuild import record_from_files  # it builds RunRecords: imported here, not in a cycle
+        return record_from_files(rd, made, str(self.runs_dir))
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -448,7 +457,7 @@ class Registry:
             for column in _COLUMNS:  # all nullable
                 if column not in have:
                     con.execute(f"ALTER TABLE runs ADD COLUMN {column}")
-            for index in _INDEXES:
+            for index in _INDEXES + TEAM_SCHEMA:
                 con.execute(index)
             con.execute("COMMIT")
         finally:
@@ -472,9 +481,12 @@ class Registry:
 
     @_reading
     def list(self, status: RunStatus | list[RunStatus] | None = None, sweep_id: str | None = None,
-             parent_id: str | None = None, backend: str | None = None) -> list[RunRecord]:
+             parent_id: str | None = None, backend: str | None = None, owner: str | None = None) -> list[RunRecord]:
         """Newest first; QUEUED-only listings come in queue order."""
         where, args = [], []
+        if owner:
+            where.append("owner = ?")
+            args.append(owner)
         statuses = [RunStatus.parse(s) for s in ([status] if isinstance(status, str) else status or [])]
         if statuses:
             where.append(f"status IN ({','.join('?' * len(statuses))})")
@@ -495,12 +507,17 @@ class Registry:
         return [_record(r, self.runs_dir) for r in rows]
 
     @_reading
-    def count(self, status: RunStatus, backend: str | None = None) -> int:
-        sql, args = "SELECT COUNT(*) FROM runs WHERE status = ?", [status.value]
+    def count(self, status: RunStatus | list[RunStatus], owner: str | None = None, backend: str | None = None) -> int:
+        statuses = [RunStatus.parse(s).value for s in ([status] if isinstance(status, str) else status)]
+        sql = f"SELECT COUNT(*) FROM runs WHERE status IN ({','.join('?' * len(statuses))})"
+        if owner is not None:
+            sql += " AND owner = ?"
+            statuses.append(owner)
         if backend:
-            sql, args = f"{sql} AND {_BACKEND_IS}", [*args, backend]
+            sql += f" AND {_BACKEND_IS}"
+            statuses.append(backend)
         with self._read() as con:
-            return con.execute(sql, args).fetchone()[0]
+            return con.execute(sql, statuses).fetchone()[0]
 
     # writes
     @_guarded
@@ -577,13 +594,12 @@ class Registry:
 
     @_guarded
     def claim_next(self, limit: int) -> RunRecord | None:
-        """Atomically move the first local QUEUED run to RUNNING if its slots are free.
-
-        A run of N training processes holds N slots (slot, slot+1, ..., so a multi-GPU run gets N GPUs); a run
-        wider than the limit starts only when no other local run is running, and then has the machine to itself.
-        Runs of other backends queue on their cluster, not here. The count and the claim happen in one BEGIN
-        IMMEDIATE transaction, so any number of launchers, workers and dashboards reconciling at once never
-        exceed the limit."""
+        """Atomically move the first local QUEUED run to RUNNING if its slots are free. A run of N training
+        processes holds N slots (slot, slot+1, ..., so a multi-GPU run gets N GPUs); a run wider than the limit
+        starts only when no other local run is running, and then has the machine to itself. Runs of other
+        backends queue on their cluster, not here. The count and the claim happen in one BEGIN IMMEDIATE
+        transaction, so any number of launchers, workers and dashboards reconciling at once never exceed the
+        limit."""
         running, queued = RunStatus.RUNNING.value, RunStatus.QUEUED.value
         with self._write() as con:
             busy = [(slot, max(1, width or 1)) for slot, width in con.execute(
@@ -662,6 +678,16 @@ class Registry:
                 raise
         return gone
 
+    # the team's tables (team_store.TeamTables), guarded like every other call
+    audit = _guarded(TeamTables.audit)
+    audit_log = _reading(TeamTables.audit_log)
+    count_audit = _reading(TeamTables.count_audit)
+    open_session = _guarded(TeamTables.open_session)
+    session = _reading(TeamTables.session)
+    end_sessions = _guarded(TeamTables.end_sessions)
+    settings = _reading(TeamTables.settings)
+    save_settings = _guarded(TeamTables.save_settings)
+
     def _mirror(self, run_id: str) -> RunRecord:
         """Rewrite status.json from the row (atomically), so a run dir describes itself without the registry.
         Best effort: the row is committed already, and a full disk must not turn a recorded end into an error."""
@@ -672,59 +698,3 @@ class Registry:
             except OSError as exc:
                 print(f"lora-lab: could not write {record.dir.status}: {exc}", file=sys.stderr, flush=True)
         return record
-
-
-def _record_from_files(rd: RunDir, created: float, runs_dir: str) -> RunRecord:
-    """A run whose status.json is damaged, rebuilt from what it left: its config (name, model, method) and its
-    results (it ended, and how). Without results its end is unknown, so it is FAILED with that reason."""
-    try:
-        cfg = yaml.safe_load(rd.config.read_text(encoding="utf-8"))
-    except (OSError, ValueError, yaml.YAMLError):
-        cfg = None
-    cfg = cfg if isinstance(cfg, dict) else {}
-    section = lambda name: cfg.get(name) if isinstance(cfg.get(name), dict) else {}  # noqa: E731
-
-    results = files.read_json(rd.results)
-    method = cfg.get("method") if isinstance(cfg.get("method"), str) else None
-    rank = section("lora").get("r")
-    record = RunRecord(
-        id=rd.id, name=str(cfg.get("name") or rd.id)[:200], status=RunStatus.FAILED, created=created,
-        ended=time.time(), task=cfg.get("task") if isinstance(cfg.get("task"), str) else None,
-        model=str(section("model").get("source") or "") or None, method=method,
-        lora_r=rank if isinstance(rank, int) and method in LORA_METHODS else None, runs_dir=runs_dir,
-        error="its status was lost (status.json and the registry were unreadable); rebuilt from the run "
-              "directory, which has no results, so the run did not finish")
-    if isinstance(results, dict):
-        record.status = RunStatus.STOPPED if results.get("stopped") else RunStatus.SUCCEEDED
-        record.results, record.error = key_results(results), "stopped" if results.get("stopped") else None
-        record.ended = rd.results.stat().st_mtime
-    return record
-
-
-def key_results(results: dict | None) -> dict:
-    """The scalars of a results dict (top level, plus one level of nested dicts as `section.key`), for the
-    registry so listings and comparisons need no file reads. Long strings and big structures stay in
-    results.json only."""
-    out: dict[str, Any] = {}
-
-    def keep(key: str, value: Any) -> None:
-        if len(out) >= _KEY_RESULTS_MAX:
-            return
-        if isinstance(value, bool) or value is None:
-            out[key] = value
-        elif isinstance(value, (int, float)):
-            out[key] = value if not (isinstance(value, float) and not math.isfinite(value)) else None
-        elif isinstance(value, str) and len(value) <= 80:
-            out[key] = value
-        elif hasattr(value, "item"):
-            keep(key, files.jsonable(value))
-
-    for key, value in (results or {}).items():
-        if not isinstance(value, dict):
-            keep(key, value)
-    for key, value in (results or {}).items():
-        if isinstance(value, dict):
-            for sub, v in value.items():
-                if not isinstance(v, (dict, list)):
-                    keep(f"{key}.{sub}", v)
-    return out

@@ -11,6 +11,7 @@ from apptest_helpers import ROOT, errors, no_exception, open_page
 from helpers import tiny_config
 from lora_core.runs import Runs
 from lora_core.errors import LoraLabError, RunError
+from lora_core.team.access import os_user
 from lora_ui import service
 from lora_ui.service import ActionResult, RunStatus
 
@@ -71,7 +72,8 @@ def test_actions_return_results_and_raise_engine_errors(runs_dir):
     queued = Runs(runs_dir).create(tiny_config(name="queued"))
     result = service.cancel(queued.id)
     assert isinstance(result, ActionResult)
-    assert (result.action, result.actor, result.run_id) == ("cancel", "local", queued.id)
+    # local mode: the person at this machine acts as their OS user, the owner the CLI records too
+    assert (result.action, result.actor, result.run_id) == ("cancel", os_user(), queued.id)
     assert Runs(runs_dir).get(queued.id, reconcile=False).status == RunStatus.STOPPED
     assert service.resume_blocker(queued.id)  # stopped before its first checkpoint: nothing to resume
 

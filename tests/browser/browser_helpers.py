@@ -1,6 +1,8 @@
-"""Shared by the real-browser test and the README screenshot script: start `streamlit run app.py`, drive it."""
+"""Shared by the real-browser tests and the README screenshot script: start the dashboard (`streamlit run app.py`,
+or `python -m lora_core serve` for a team server) and a local OpenID Connect provider, and drive a browser."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -12,6 +14,7 @@ import time
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 from helpers import stop_leftovers
 from lora_core.runs import Runs
@@ -29,40 +32,37 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 90.0) -> None:
+def wait_answering(url: str, proc: subprocess.Popen, log: Path, what: str, timeout: float = 90.0) -> None:
+    """Until `url` answers 200; AssertionError with the log's tail when `proc` exits or time runs out."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise AssertionError(f"streamlit exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            raise AssertionError(f"{what} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
         try:
-            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
+            with urllib.request.urlopen(url, timeout=2) as r:
                 if r.status == 200:
                     return
         except OSError:
             pass
         time.sleep(0.3)
-    raise AssertionError(f"streamlit not healthy after {timeout} s:\n{log.read_text()[-3000:]}")
+    raise AssertionError(f"{what} not answering after {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 90.0) -> None:
+    wait_answering(url + "/_stcore/health", proc, log, "streamlit", timeout)
 
 
 @contextmanager
-def streamlit_server(runs: Path, log: Path, refresh_s: float = 1.0):
-    """`streamlit run app.py` on a free port with LORA_LAB_RUNS_DIR=runs; yields its URL. On exit, stops the
-    runs it left going and the server's whole process group."""
-    port = free_port()
-    env = dict(os.environ, LORA_LAB_RUNS_DIR=str(runs), LORA_LAB_REFRESH_S=str(refresh_s), HF_HUB_OFFLINE="1",
-               HF_DATASETS_OFFLINE="1", PYTHONUNBUFFERED="1")
+def _process(command: list[str], log: Path, env: dict, ready: Callable[[subprocess.Popen], None]):
+    """Start `command` in its own process group (output to `log`), wait for `ready(proc)`, yield the process; end
+    the whole group by its id on exit, even when the test failed."""
     with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-             "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
-             "--client.toolbarMode", "minimal"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
     try:
-        wait_healthy(url, proc, log)
-        yield url
+        ready(proc)
+        yield proc
     finally:
-        stop_leftovers(Runs(runs))
         os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=15)
@@ -71,22 +71,91 @@ def streamlit_server(runs: Path, log: Path, refresh_s: float = 1.0):
             proc.wait()
 
 
+def _dashboard_env(runs: Path, refresh_s: float, **extra: str) -> dict:
+    return dict(os.environ, LORA_LAB_RUNS_DIR=str(runs), LORA_LAB_REFRESH_S=str(refresh_s), HF_HUB_OFFLINE="1",
+                HF_DATASETS_OFFLINE="1", PYTHONUNBUFFERED="1", **extra)
+
+
 @contextmanager
-def browser_page(url: str, width: int = 1440, height: int = 1000):
-    """A Playwright page on Debian's Chromium (Playwright's own browser download cannot work offline)."""
+def streamlit_server(runs: Path, log: Path, refresh_s: float = 1.0):
+    """`streamlit run app.py` on a free port with LORA_LAB_RUNS_DIR=runs; yields its URL. On exit, stops the
+    runs it left going and the server's whole process group."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+               "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
+               "--client.toolbarMode", "minimal"]
+    try:
+        with _process(command, log, _dashboard_env(runs, refresh_s), lambda proc: wait_healthy(url, proc, log)):
+            yield url
+    finally:
+        stop_leftovers(Runs(runs))
+
+
+@contextmanager
+def serve_server(runs: Path, log: Path, *args: str, refresh_s: float = 1.0, **env: str):
+    """`python -m lora_core serve --host 127.0.0.1 --port P ARGS` with LORA_LAB_RUNS_DIR=runs and `env`; yields
+    its URL. On exit, stops the runs it left going and the server's process group."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "lora_core", "serve", "--host", "127.0.0.1", "--port", str(port), *args]
+    try:
+        with _process(command, log, _dashboard_env(runs, refresh_s, **env),
+                      lambda proc: wait_healthy(url, proc, log)):
+            yield url
+    finally:
+        stop_leftovers(Runs(runs))
+
+
+@contextmanager
+def oidc_provider(log: Path, users: list[dict]):
+    """A real OpenID Connect provider on a free loopback port (the `oidc-provider-mock` package), knowing `users`
+    (claims with a "sub"); yields its issuer URL. Its process group is ended on exit."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "oidc_provider_mock", "--port", str(port)]
+    for user in users:
+        command += ["--user-claims", json.dumps(user)]
+    discovery = url + "/.well-known/openid-configuration"
+    with _process(command, log, dict(os.environ),
+                  lambda proc: wait_answering(discovery, proc, log, "the OpenID provider", 60)):
+        yield url
+
+
+@contextmanager
+def chromium():
+    """Debian's Chromium under Playwright (Playwright's own browser download cannot work offline)."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
-        context = browser.new_context(viewport={"width": width, "height": height})
-        pg = context.new_page()
-        pg.set_default_timeout(60_000)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def new_page(browser, url: str | None = None, width: int = 1440, height: int = 1000, init_script: str = ""):
+    """A page in a fresh context (its own cookies: one signed-in person), opened at `url`."""
+    context = browser.new_context(viewport={"width": width, "height": height})
+    if init_script:
+        context.add_init_script(init_script)
+    pg = context.new_page()
+    pg.set_default_timeout(60_000)
+    if url:
         pg.goto(url)
+    return pg
+
+
+@contextmanager
+def browser_page(url: str, width: int = 1440, height: int = 1000):
+    """A Playwright page on Debian's Chromium, opened at `url`."""
+    with chromium() as browser:
+        pg = new_page(browser, url, width, height)
         try:
             yield pg
         finally:
-            context.close()
-            browser.close()
+            pg.context.close()
 
 
 def settle(pg, timeout: float = 90.0) -> None:

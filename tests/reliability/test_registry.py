@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -16,6 +17,7 @@ from helpers import ROOT, cli
 from lora_core.config import ExperimentConfig
 from lora_core.errors import ConfigError, RunError
 from lora_core.runs import Runs, RunStatus, files, layout
+from lora_core.runs.store import AuditEntry
 
 pytestmark = pytest.mark.reliability
 
@@ -105,6 +107,51 @@ def test_damaged_status_and_results_files_lose_no_run(runs, runs_dir):
     assert rebuilt[succeeded.id].status is RunStatus.SUCCEEDED and rebuilt[succeeded.id].results["accuracy"] == 0.5
     assert rebuilt[failed.id].status is RunStatus.FAILED and "status was lost" in rebuilt[failed.id].error
     assert Runs(runs_dir).results(cancelled.id) is None
+
+
+# -- the team's records (issue #11) live only in the registry: a rebuild must not lose them silently -----------
+
+@pytest.mark.parametrize("how", ["reindex", "garbage header", "cut in half"])
+def test_a_rebuilt_registry_keeps_owners_and_an_append_only_audit_log(runs, runs_dir, capsys, how):
+    owners = {runs.create(ExperimentConfig.from_dict({"name": f"run of {who}"}), owner=who).id: who
+              for who in ("ana", "ben")}
+    for rid in owners:
+        runs.cancel(rid)  # audited, as the CLI's OS user
+    runs.registry.audit(AuditEntry("ana", "launch", next(iter(owners))))
+    runs.registry.save_settings({"max_sweep_runs": 3}, "ada")
+    before = runs.audit_log(None)
+    if how == "reindex":
+        notice = runs.reindex()
+    else:
+        damage(runs_dir, how)
+        fresh = Runs(runs_dir)
+        fresh.list(reconcile=False)
+        notice = fresh.notices()[-1]
+    rebuilt = Runs(runs_dir)
+    assert {r.id: r.owner for r in rebuilt.list(reconcile=False)} == owners  # from each run's status.json
+    assert [r.id for r in rebuilt.list(owner="ben", reconcile=False)] == [k for k, v in owners.items() if v == "ben"]
+    kept = rebuilt.audit_log(None)
+    if how == "reindex":  # a healthy file: everything is carried over, the settings too
+        assert [e.to_dict() for e in kept] == [e.to_dict() for e in before]
+        assert rebuilt.team_settings().max_sweep_runs == 3 and "carried over rows from it: 3 audit" in notice
+    elif how == "garbage header":  # nothing can be read: said in the notice (on stderr too), not dropped silently
+        assert kept == [] and "could not read the audit log, sessions or settings in it" in notice
+        assert "could not read the audit log" in capsys.readouterr().err
+    else:  # whatever survived is carried, and whatever did not is said
+        assert "carried over rows from it" in notice or "could not read" in notice
+        assert {e.id for e in kept} <= {e.id for e in before}
+    # the audit table is back with its triggers: appends work, changes are refused
+    assert rebuilt.registry.audit(AuditEntry("ada", "settings", detail={"after": how}))
+    con = sqlite3.connect(layout.registry_path(runs_dir))
+    try:
+        triggers = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+        assert {"audit_no_update", "audit_no_delete"} <= triggers
+        for sql in ("UPDATE audit SET actor = 'mallory'", "DELETE FROM audit"):
+            with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+                con.execute(sql)
+    finally:
+        con.close()
+    assert rebuilt.audit_log(1)[0].detail == {"after": how}
 
 
 def page(name: str) -> AppTest:

@@ -77,16 +77,17 @@ def test_launch_hands_the_recipe_to_the_run_manager():
     calls = []
 
     class FakeRuns:  # records what a recipe asks the run manager to start
-        def sweep(self, cfg, vary):
-            calls.append((cfg, vary))
+        def sweep(self, cfg, vary, actor=None):
+            calls.append((cfg, vary, actor))
             return "sweep-1", ["a", "b", "c"]
 
-        def launch(self, cfg):
-            calls.append((cfg, None))
+        def launch(self, cfg, actor=None):
+            calls.append((cfg, None, actor))
             return "r"
 
     assert recipes.launch("full-vs-lora-vs-frozen", FakeRuns()) == ("sweep-1", ["a", "b", "c"])
-    assert recipes.launch("qlora-instructions", FakeRuns()) == (None, ["r"])
-    (cfg2, vary2), (cfg3, vary3) = calls
+    assert recipes.launch("qlora-instructions", FakeRuns(), actor="otto") == (None, ["r"])
+    (cfg2, vary2, who2), (cfg3, vary3, who3) = calls
+    assert (who2, who3) == (None, "otto")  # the acting user goes to the manager, which checks and audits it
     assert cfg2 == recipes.RECIPES["full-vs-lora-vs-frozen"].experiment() and vary2 == {"method": ["full", "head-only"]}
     assert cfg3.method == "qlora" and vary3 is None

@@ -53,14 +53,17 @@ def test_no_deps_packages_are_installed_by_make_app_and_the_dockerfile():
     assert "--no-deps -r requirements-nodeps.txt" in runs
 
 
-def test_dockerfile_parses_and_mirrors_make_app():
+def test_dockerfile_parses_and_serves_a_team_with_sign_in():
     steps = dockerfile_instructions((ROOT / "Dockerfile").read_text())
     assert steps[0][0] == "FROM" or (steps[0][0] == "ARG" and any(s[0] == "FROM" for s in steps))
     runs = " ".join(args for kind, args in steps if kind == "RUN")
     assert "python -m venv .venv" in runs and "-r requirements.txt" in runs
     assert "TORCH_VARIANT" in runs, "the build argument must select the torch (CPU/CUDA) wheels"
     cmd = [args for kind, args in steps if kind == "CMD"][-1]
-    assert '"make", "app"' in cmd
+    assert '"make", "serve", "HOST=0.0.0.0"' in cmd  # team mode: `serve` refuses 0.0.0.0 without sign-in
+    assert "--insecure-no-auth" not in (ROOT / "Dockerfile").read_text()
+    makefile = (ROOT / "Makefile").read_text()
+    assert "-m lora_core serve --host $(HOST)" in makefile
 
 
 def test_ci_runs_the_readme_test_command():

@@ -159,7 +159,7 @@ def _patch_files(module):
 
 def _quick_train(module):
     """Stands in for lora_core.train without importing it (or pandas, transformers): workers start fast."""
-    def run_experiment(cfg, out_dir, *, on_event=None, should_stop=None, resume_from=None):
+    def run_experiment(cfg, out_dir, *, on_event=None, should_stop=None, resume_from=None, run_info=None):
         if on_event:
             on_event({"kind": "phase", "phase": "training", "time": time.time()})
         time.sleep(float(_SPEC.get("seconds", 0.2)))
