@@ -26,6 +26,7 @@ PAGES = {
     "Results": [
         ("pages/runs.py", "Runs", ":material/list_alt:"),
         ("pages/compare.py", "Compare", ":material/bar_chart:"),
+        ("pages/inspect.py", "Inspect", ":material/query_stats:"),
         ("pages/merge.py", "Merge & export", ":material/call_merge:"),
         ("pages/playground.py", "Playground", ":material/chat:"),
     ],

@@ -14,21 +14,14 @@ Runs in this process through `train.run_experiment`; nothing is asserted.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
-import gc
-import os
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-    os.environ.setdefault(var, "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from common import run_quietly
 
 # Ascending: on a tie the lower rate wins (the first one reaching the best validation accuracy).
 GRID = {
@@ -64,18 +57,11 @@ def validation_files(sample: str, tmp: Path) -> tuple[Path, Path, int, int]:
 
 def run(method: str, lr: float, epochs: float, fit: Path, val: Path) -> dict:
     from lora_core.config import ExperimentConfig
-    from lora_core.train import run_experiment
 
     cfg = ExperimentConfig.from_dict({"name": f"lr-{method}-{lr:g}", "method": method,
                                       "data": {"train": str(fit), "eval": str(val)},
                                       "train": {"learning_rate": lr, "epochs": epochs}})
-    out = Path(tempfile.mkdtemp(prefix="choose-lr-"))
-    try:
-        with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
-            return run_experiment(cfg, out)
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
-        gc.collect()
+    return run_quietly(cfg)[0]
 
 
 def main(argv: list[str] | None = None) -> int:

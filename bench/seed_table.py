@@ -27,24 +27,13 @@ time.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import gc
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-    os.environ.setdefault(var, "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-# ../shared beside the repository; $LORA_LAB_SST2 points elsewhere (e.g. from a git worktree)
-SST2 = Path(os.environ.get("LORA_LAB_SST2") or ROOT.parent / "shared" / "datasets" / "sst2")
+from common import SST2, run_quietly
 
 # (label, method, rank, learning rate)
 RUNS = [
@@ -126,15 +115,7 @@ def make_config(method: str, rank: int | None, lr: float, args, eval_path: Path)
 
 
 def run_one(cfg) -> dict:
-    from lora_core.train import run_experiment
-
-    out = Path(tempfile.mkdtemp(prefix="seed-table-"))
-    try:
-        with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):  # the Trainer's log lines
-            return run_experiment(cfg, out)
-    finally:
-        shutil.rmtree(out, ignore_errors=True)  # full fine-tuning checkpoints are ~0.3 GB each
-        gc.collect()
+    return run_quietly(cfg)[0]
 
 
 def compute_time(res: dict) -> float:

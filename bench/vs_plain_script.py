@@ -33,14 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-    os.environ.setdefault(var, "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from common import SST2  # first: the repository on sys.path, offline hubs, where SST-2 lives
 
-# ../shared beside the repository; $LORA_LAB_SST2 points elsewhere (e.g. from a git worktree)
-SST2 = Path(os.environ.get("LORA_LAB_SST2") or ROOT.parent / "shared" / "datasets" / "sst2")
 EPOCHS, BATCH, MAX_LENGTH, SEED, RANK, ALPHA, DROPOUT = 2, 32, 64, 0, 8, 16, 0.1
 SPEED_OFF = {"data.group_by_length": False, "data.cache_tokenized": False, "train.precision": "fp32"}
 # each speed choice alone, on top of SPEED_OFF (the last row shows what the per-epoch checkpoints cost)

@@ -2,9 +2,9 @@
 
 Run commands (train, sweep, status, list, logs, stop, resume, delete, reindex, cluster status) go through one
 `Runs` manager built from `--runs-dir`. Model commands (params, targets, merge, estimate) live in cli_models.py,
-which is imported only when one of them runs: it needs pandas and the model code, and `list` / `status` must start
-without them. Team commands (users, audit, settings, serve) live in cli_team.py, loaded the same way. The CLI acts
-as the OS user, trusted.
+the analysis commands (inspect, compare) in cli_insight.py and the team commands (users, audit, settings, serve) in
+cli_team.py; each is imported only when one of its commands runs: they need pandas, numpy or the model code, and
+`list` / `status` must start without them. The CLI acts as the OS user, trusted.
 
 Every refusal is one line on stderr (`error: ...`, exit 2), never a traceback. Text that came from a user or a
 file (run names, errors) is printed with control characters escaped, so a name cannot move the cursor or fake a
@@ -28,6 +28,7 @@ from . import checks, recipes
 from .runs import Runs, RunStatus
 
 MODEL_COMMANDS = "lora_core.cli_models"
+INSIGHT_COMMANDS = "lora_core.cli_insight"
 TEAM_COMMANDS = "lora_core.cli_team"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
@@ -154,7 +155,7 @@ def cmd_sweep(args) -> int:
         if not sep or not values:
             raise ConfigError(key, "--vary takes KEY=V1,V2,… (e.g. lora.r=4,8,16)")
         vary.setdefault(key.strip(), []).extend(yaml.safe_load(v) for v in values.split(","))
-    sweep_id, run_ids = args.runs.sweep(cfg, vary, ignore_memory=args.ignore_memory_estimate)
+    sweep_id, run_ids = args.runs.sweep(cfg, vary, args.seeds, ignore_memory=args.ignore_memory_estimate)
     emit({"sweep_id": sweep_id, "run_ids": run_ids}, args.json, "\n".join([sweep_id, *run_ids]))
     return 0
 
@@ -311,6 +312,26 @@ def build_parser() -> argparse.ArgumentParser:
         "sweep", cmd_sweep, "Launch one run per combination of varied fields."))))
     sp.add_argument("config")
     sp.add_argument("--vary", action="append", default=[], help="KEY=V1,V2 (repeatable), e.g. lora.r=4,8,16")
+    sp.add_argument("--seeds", type=int, default=1, help="run each setting N times, with train.seed = the "
+                                                          "config's seed, +1, ... (same data and eval split)")
+    sp.add_argument("--json", action="store_true")
+
+    sp = with_runs_dir(cmd("inspect", model_command("cmd_inspect", INSIGHT_COMMANDS),
+                           "What a LoRA/QLoRA adapter learned: per module ‖ΔW‖, ‖ΔW‖/‖W‖, singular values, "
+                           "effective rank, and a rank advice."))
+    sp.add_argument("target", help="a run id (or unique prefix), or an adapter folder")
+    sp.add_argument("--against", help="a second run (or adapter folder) of the same base: subspace similarity")
+    sp.add_argument("--base", help="base model of an adapter folder (default: its adapter_config.json's)")
+    sp.add_argument("--basis", choices=["A", "delta"], default="A",
+                    help="similarity between the right singular vectors of A (the paper's) or of ΔW")
+    sp.add_argument("--module", help="also print this module's full spectrum")
+    sp.add_argument("--json", action="store_true")
+
+    sp = with_runs_dir(cmd("compare", model_command("cmd_compare", INSIGHT_COMMANDS),
+                           "Finished runs side by side; runs that differ only in seed as mean ± std."))
+    sp.add_argument("run_ids", nargs="*", help="run ids (or unique prefixes)")
+    sp.add_argument("--sweep", help="every finished run of this sweep")
+    sp.add_argument("--diff", action="store_true", help="print only the config fields that differ")
     sp.add_argument("--json", action="store_true")
 
     sp = with_runs_dir(cmd("recipe", cmd_recipe, "Launch one of the tutorial's challenges (a config and its sweep); "

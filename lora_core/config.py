@@ -123,6 +123,8 @@ class DataConfig:
     max_length: int = _f(128, "Maximum tokens per example; longer ones are truncated.", min=8, max=32768)
     max_train_samples: Optional[int] = _f(None, "Use at most this many training rows (seeded shuffle).", min=1)
     max_eval_samples: Optional[int] = _f(None, "Use at most this many evaluation rows.", min=1)
+    seed: Optional[int] = _f(None, "Seed for the held-out eval split and the row samples. Empty: train.seed. A "
+                             "sweep over seeds pins it, so its runs share their data.", min=0)
     group_by_length: bool = _f(True, "Batch training rows of similar token length together (much less padding, "
                                "the same rows every epoch); the batch order stays shuffled and seeded. Evaluation "
                                "reads its rows longest first. Off: random batches.")
@@ -160,7 +162,14 @@ class TrainConfig:
     checkpoints: bool = _f(True, "Save Trainer checkpoints (at each evaluation, or every save_steps) so a failed "
                            "run can resume. Off: none while training; a stop still checkpoints.")
     early_stopping_patience: Optional[int] = _f(None, "Stop when the eval metric has not improved for N "
-                                                "evaluations.", min=1)
+                                                "evaluations; the best checkpoint is kept and saved.", min=1)
+    early_stopping_metric: Optional[Literal["accuracy", "macro_f1", "eval_loss"]] = _f(
+        None, "The eval metric early stopping watches and the best checkpoint is chosen by. Empty: accuracy for "
+              "seq-cls, eval_loss for causal-lm.")
+    max_restarts: int = _f(0, "Restart a run whose worker crashed (killed, out of memory, machine restart) from "
+                           "its last complete checkpoint (from the start when it has none, e.g. with "
+                           "train.checkpoints off), as a new linked run, at most this many times.",
+                           min=0, max=10)
 
 
 @dataclass(frozen=True)
@@ -342,6 +351,10 @@ class ExperimentConfig:
             yield ("lora.target_modules",), ConfigError(
                 "lora.target_modules", f"unknown preset {excerpt(targets)}; allowed: "
                                        + ", ".join(f"preset:{p}" for p in LORA_PRESETS))
+        if self.task == "causal-lm" and self.train.early_stopping_metric in ("accuracy", "macro_f1"):
+            yield ("train.early_stopping_metric", "task"), ConfigError(
+                "train.early_stopping_metric", f"{self.train.early_stopping_metric} is a classification metric; "
+                                               "causal-lm runs are evaluated by eval_loss")
         if self.train.precision == "fp16" and self.method == "qlora" and self.quant.compute_dtype == "bfloat16":
             yield ("quant.compute_dtype", "train.precision", "method"), ConfigError(
                 "quant.compute_dtype", "fp16 training needs compute_dtype float16 or float32, not bfloat16")
@@ -453,10 +466,11 @@ def field_help(dotted: str) -> str:
 
 
 def field_choices(dotted: str) -> tuple | None:
-    """Allowed values of a Literal field, e.g. `field_choices("method")`, else None."""
+    """Allowed values of a Literal field, e.g. `field_choices("method")` (an optional one's without None), else
+    None."""
     owner, name = _owner(dotted)
     hint = _HINTS(owner)[name]
-    args = _literal_args(hint)
+    args = _literal_args(hint) or _optional_literal_args(hint)
     return tuple(args) if args else None
 
 
@@ -488,6 +502,15 @@ def _owner(dotted: str):
 def _literal_args(hint) -> list | None:
     if typing.get_origin(hint) is Literal:
         return list(typing.get_args(hint))
+    return None
+
+
+def _optional_literal_args(hint) -> list | None:
+    """The choices of Optional[Literal[...]] (None left out), for field_choices."""
+    if typing.get_origin(hint) in (Union, types.UnionType):
+        inner = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(inner) == 1:
+            return _literal_args(inner[0])
     return None
 
 

@@ -159,6 +159,10 @@ def read_file(path: Path, label: str | None = None) -> pd.DataFrame:
     if len(df) == 0:
         columns = ", ".join(map(str, df.columns)) or "none"
         raise DataError(f"{name}: the file is empty (no data rows; columns: {columns[:300]})")
+    twice = next((c for c in df.columns[df.columns.duplicated()]), None)  # e.g. "text" and " text" once trimmed
+    if twice is not None:  # df[column] would be a table, not a column, and every check downstream would break
+        raise DataError(f"{name}: column {str(twice)!r} appears more than once (names are compared without "
+                        f"surrounding spaces); rename one of them")
     return df.reset_index(drop=True)
 
 
@@ -374,7 +378,8 @@ def check_rows(cfg: ExperimentConfig) -> Rows:
     """Read, check, split and sample the data of a config; labels mapped to ids. Everything a run does with its
     data before tokenizing, so the pre-launch check refuses what the worker would (DataError names the file,
     the column and the row)."""
-    d, seed = cfg.data, cfg.train.seed
+    d = cfg.data
+    seed = d.seed if d.seed is not None else cfg.train.seed
     train_df, train_src = read_table(d.train, subset=d.subset, split=d.train_split)
     train = _canonical(train_df, train_src, cfg)
     class_names = (train_df.attrs.get("class_names") or {}).get(d.label_column)

@@ -46,6 +46,10 @@ class StatusError(RunError):
     """An illegal status change, e.g. from a terminal state."""
 
 
+class TrainingDiverged(RunError):
+    """The loss or the gradient norm became NaN or infinite: the run ends at once, its weights are not saved."""
+
+
 class ConfigProblems(ConfigError):
     """Every problem with one config, found at once (`lora_core.checks`). `problems` holds each (a LoraLabError
     naming its field); the message is the one problem, or a count and every problem one a line, so a terminal

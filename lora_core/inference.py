@@ -102,38 +102,50 @@ class RunModels:
 
     def classify(self, texts: list[str]) -> list[dict]:
         """[{text, base: {label, probs}, tuned: {label, probs}}] for a seq-cls run."""
-        import torch
-
         if self.cfg.task != "seq-cls":
             raise ModelError("classify needs a seq-cls run; this run is causal-lm (use generate)")
-        texts = [t for t in texts if t and t.strip()]
-        if not texts:
-            return []
-        enc = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True,
-                             max_length=self.cfg.data.max_length)
-        enc = {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
         names = self.labels()
-        rows: list[dict[str, Any]] = [{"text": t} for t in texts]
-        for side, model, context in self._sides():
-            with context, torch.no_grad():
-                probs = torch.softmax(model(**enc).logits.float(), dim=-1)
-            for row, p in zip(rows, probs):
-                row[side] = {"label": names[int(p.argmax())], "probs": dict(zip(names, map(float, p)))}
-        return rows
+        return classify_sides(self.cfg, self.tokenizer, texts, self._sides(), lambda side: names)
 
     def generate(self, prompts: list[str], max_new_tokens: int | None = None) -> list[dict]:
         """[{prompt, base, tuned}]: greedy continuations for a causal-lm run."""
         if self.cfg.task != "causal-lm":
             raise ModelError("generate needs a causal-lm run; this run is seq-cls (use classify)")
-        prompts = [p for p in prompts if p and p.strip()]
-        n = max_new_tokens or self.cfg.generate.max_new_tokens
-        rows: list[dict[str, Any]] = [{"prompt": p} for p in prompts]
-        for side, model, context in self._sides():
-            with context:
-                outs = models.generate_texts(model, self.tokenizer, prompts, max_new_tokens=n)
-            for row, text in zip(rows, outs):
-                row[side] = text
-        return rows
+        return generate_sides(self.cfg, self.tokenizer, prompts, max_new_tokens, self._sides())
+
+
+def classify_sides(cfg: ExperimentConfig, tokenizer, texts: list[str], sides, names_for) -> list[dict]:
+    """[{text, <side>: {label, probs}, ...}]: each (side, model, context) of `sides` classifies the texts;
+    names_for(side) gives that side's label names."""
+    import torch
+
+    texts = [t for t in texts if t and t.strip()]
+    if not texts:
+        return []
+    enc = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=cfg.data.max_length)
+    enc = {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+    rows: list[dict[str, Any]] = [{"text": t} for t in texts]
+    for side, model, context in sides:
+        with context, torch.no_grad():
+            probs = torch.softmax(model(**enc).logits.float(), dim=-1)
+        names = names_for(side)
+        for row, p in zip(rows, probs):
+            row[side] = {"label": names[int(p.argmax())], "probs": dict(zip(names, map(float, p)))}
+    return rows
+
+
+def generate_sides(cfg: ExperimentConfig, tokenizer, prompts: list[str], max_new_tokens: int | None,
+                   sides) -> list[dict]:
+    """[{prompt, <side>: text, ...}]: greedy continuations from each (side, model, context) of `sides`."""
+    prompts = [p for p in prompts if p and p.strip()]
+    n = max_new_tokens or cfg.generate.max_new_tokens
+    rows: list[dict[str, Any]] = [{"prompt": p} for p in prompts]
+    for side, model, context in sides:
+        with context:
+            outs = models.generate_texts(model, tokenizer, prompts, max_new_tokens=n)
+        for row, text in zip(rows, outs):
+            row[side] = text
+    return rows
 
 
 def load_run(cfg: ExperimentConfig, artifacts_dir: Path) -> RunModels:
@@ -165,3 +177,81 @@ class _swapped_head:
     def __exit__(self, *exc):
         self.model.load_state_dict(self.trained, strict=False)
         return False
+
+
+# -- several adapters on one base ----------------------------------------------------------------------------------
+
+MAX_ADAPTERS = 4
+
+
+class AdapterSet:
+    """Up to four finished LoRA / QLoRA runs of one base model, answering the same inputs: the base is loaded
+    once, each run's adapter is added under its own name (PEFT's load_adapter) and switched with set_adapter.
+
+        models = AdapterSet([(run_id, cfg, artifacts_dir), ...])
+        models.classify(texts) / models.generate(prompts)   # rows: {text|prompt, "base": ..., run_id: ...}
+    """
+
+    def __init__(self, runs: list[tuple[str, ExperimentConfig, Path]]):
+        from peft import PeftModel
+
+        check_adapter_set(runs)
+        self.run_ids = [run_id for run_id, _, _ in runs]
+        self.cfg = runs[0][1]
+        self.names = {run_id: f"run{i}" for i, run_id in enumerate(self.run_ids)}  # valid PEFT adapter names
+        folders = [saved_weights(cfg, folder) for _, cfg, folder in runs]
+        self.id2label = {run_id: merge.read_label_map(Path(folder)) for run_id, _, folder in runs}
+        self.num_labels = num_labels = merge.adapter_num_labels(folders[0]) or 2
+        quant = self.cfg.quant if self.cfg.method == "qlora" else None
+        base, self.tokenizer = models.load_base(self.cfg, num_labels=num_labels, quant=quant)
+        self.model = PeftModel.from_pretrained(base, str(folders[0]), adapter_name=self.names[self.run_ids[0]])
+        for run_id, folder in zip(self.run_ids[1:], folders[1:]):
+            self.model.load_adapter(str(folder), adapter_name=self.names[run_id])
+        self.model.eval()
+
+    def _sides(self):
+        """(column, model, context): the base with every adapter off, then each run's adapter in turn."""
+        yield "base", self.model, self.model.disable_adapter()
+        for run_id in self.run_ids:
+            self.model.set_adapter(self.names[run_id])
+            yield run_id, self.model, nullcontext()
+
+    def _labels(self, side: str) -> list[str]:
+        """A run's own label names (the base side's are the first run's: its head is the untrained one)."""
+        names = self.id2label.get(self.run_ids[0] if side == "base" else side) or {}
+        return [str(names.get(i, f"LABEL_{i}")) for i in range(self.num_labels)]
+
+    def classify(self, texts: list[str]) -> list[dict]:
+        """[{text, base: {label, probs}, <run id>: {label, probs}, ...}] for seq-cls runs."""
+        if self.cfg.task != "seq-cls":
+            raise ModelError("classify needs seq-cls runs; these are causal-lm (use generate)")
+        return classify_sides(self.cfg, self.tokenizer, texts, self._sides(), self._labels)
+
+    def generate(self, prompts: list[str], max_new_tokens: int | None = None) -> list[dict]:
+        """[{prompt, base, <run id>, ...}]: greedy continuations for causal-lm runs."""
+        if self.cfg.task != "causal-lm":
+            raise ModelError("generate needs causal-lm runs; these are seq-cls (use classify)")
+        return generate_sides(self.cfg, self.tokenizer, prompts, max_new_tokens, self._sides())
+
+
+def check_adapter_set(runs: list[tuple[str, ExperimentConfig, Path]]) -> None:
+    """ModelError unless these are 2-4 adapter runs that can share one loaded base: same model, task, 4-bit
+    settings and class count."""
+    if not 2 <= len(runs) <= MAX_ADAPTERS:
+        raise ModelError(f"pick 2 to {MAX_ADAPTERS} runs to compare side by side (got {len(runs)})")
+    first_id, first, first_dir = runs[0]
+    labels = merge.adapter_num_labels(Artifacts(first_dir).adapter)
+    for run_id, cfg, folder in runs:
+        if not cfg.uses_lora:
+            raise ModelError(f"run {run_id} is a {cfg.method} run; only lora and qlora runs share a base model")
+        same = (cfg.model.source, cfg.model.revision, cfg.task, cfg.method == "qlora" and cfg.quant)
+        if same != (first.model.source, first.model.revision, first.task, first.method == "qlora" and first.quant):
+            raise ModelError(f"run {run_id} ({cfg.method} on {cfg.model.source}, {cfg.task}) cannot share a base "
+                             f"with {first_id} ({first.method} on {first.model.source}, {first.task}): pick runs of "
+                             "one model, task and method")
+        if merge.adapter_num_labels(Artifacts(folder).adapter) != labels:
+            raise ModelError(f"run {run_id} classifies into a different number of classes than {first_id}")
+
+
+def load_adapter_set(runs: list[tuple[str, ExperimentConfig, Path]]) -> AdapterSet:
+    return AdapterSet(runs)

@@ -27,6 +27,7 @@ from . import data, metrics, models, tokens
 from .config import OPTIMIZERS, ConfigError, ExperimentConfig
 from .errors import RunError, StorageError
 from .events import Event, EventStream, MemoryMeter, event_callback
+from .guards import early_stop_reason, early_stopping_metric, greater_is_better, guarded_trainer_class
 from .memory import StepPeakMeter, estimate_for_experiment
 from .paths import dir_bytes
 from .precision import resolve_here as resolve_precision
@@ -126,6 +127,8 @@ def _run(cfg: ExperimentConfig, out: Artifacts, writing: dict, on_event, should_
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         train_time = time.perf_counter() - started
         final = final_metrics(cfg, trainer, stream)
+        final["end_reason"] = early_stop_reason(cfg, trainer.state, stream.stopping)
+        final["early_stopped"] = final["end_reason"] is not None
 
         # -- save --------------------------------------------------------------------------------------------
         stream.phase("saving")
@@ -216,6 +219,7 @@ def training_arguments(cfg: ExperimentConfig, checkpoint_dir: Path):
     if t.save_steps and not t.early_stopping_patience:
         save_strategy, save_steps = "steps", t.save_steps
     early = t.early_stopping_patience is not None
+    metric = early_stopping_metric(cfg) if early else None
     flags = {k: v for k, v in precision_flags(t.precision).items() if not k.startswith("_")}
     if not t.checkpoints and not early:  # early stopping reloads the best checkpoint, so it always saves them
         save_strategy = "no"
@@ -241,7 +245,8 @@ def training_arguments(cfg: ExperimentConfig, checkpoint_dir: Path):
         save_steps=save_steps or 500,
         save_total_limit=2,
         load_best_model_at_end=early,
-        metric_for_best_model=("accuracy" if cfg.task == "seq-cls" else "eval_loss") if early else None,
+        metric_for_best_model=metric,
+        greater_is_better=greater_is_better(metric) if early else None,
         logging_strategy="steps",
         logging_steps=t.logging_steps,
         logging_first_step=True,
@@ -262,9 +267,9 @@ def training_arguments(cfg: ExperimentConfig, checkpoint_dir: Path):
 
 def build_trainer(cfg, model, tokenizer, train_ds, eval_ds, checkpoint_dir: Path, stream: EventStream,
                   should_stop, memory: MemoryMeter):
-    from transformers import EarlyStoppingCallback, Trainer
+    from transformers import EarlyStoppingCallback
 
-    class LabTrainer(Trainer):
+    class LabTrainer(guarded_trainer_class()):  # ends the run on a NaN / inf loss or gradient norm
         def _get_train_sampler(self, train_dataset=None):
             dataset = self.train_dataset if train_dataset is None else train_dataset
             if not cfg.data.group_by_length:

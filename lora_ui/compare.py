@@ -1,6 +1,7 @@
-"""The comparison table: one row per finished run, with ratios relative to full fine-tuning.
-
-Built from the registry's key results only (no file reads), so comparing a sweep of any size is fast.
+"""The comparison tables: one row per finished run, with ratios relative to full fine-tuning (built from the
+registry's key results, plus the Playground choices when given); or one row per setting, runs that differ only in
+seed summarized as mean ± std (the engine's numbers, as the `compare` CLI prints them); and the rows of a
+sweep's parallel-coordinates plot.
 """
 from __future__ import annotations
 
@@ -8,14 +9,17 @@ from collections import Counter
 
 import pandas as pd
 
+from lora_core.config import get_dotted
+from lora_ui import insight
 from lora_ui.format import method_text, primary_metric
 from lora_ui.placement import placement_text
 from lora_ui.service import RunStatus
 
 COLUMNS = ["label", "status", "method", "rank", "trainable", "trainable %", "accuracy", "macro-F1", "eval loss",
            "train time (s)", "CPU busy", "peak mem (GB)", "est. peak (GB)", "adapter (MB)", "vs full: accuracy",
-           "vs full: time", "vs full: trainable", "vs full: memory", "backend", "world size", "nodes", "job id",
-           "eval rows", "data fingerprint", "id"]
+           "vs full: time", "vs full: trainable", "vs full: memory", "preferred", "backend", "world size", "nodes",
+           "job id", "eval rows", "data fingerprint", "id"]
+STD = " ±"  # the column beside a metric holding its std across seeds
 
 
 def short_label(rec) -> str:
@@ -54,7 +58,8 @@ def busy_text(results: dict) -> str | None:
     return "busy: " + ", ".join(parts) if parts else "busy"
 
 
-def rows(records) -> list[dict]:
+def rows(records, votes: dict[str, dict] | None = None) -> list[dict]:
+    """One row per run; `votes` ({run id: insight.votes(...)}) fills the "preferred" column."""
     out = []
     for rec, label in zip(records, labels_for(records)):
         res = rec.results or {}
@@ -77,6 +82,7 @@ def rows(records) -> list[dict]:
             "peak mem (GB)": res["peak_mem_bytes"] / 1e9 if res.get("peak_mem_bytes") else None,
             "est. peak (GB)": est / 1e9 if est else None,
             "adapter (MB)": adapter / 1e6 if adapter else None,
+            "preferred": preference_text((votes or {}).get(rec.id)),
             "backend": placement_text(rec),
             "world size": rec.world_size or 1,
             "nodes": len(set(rec.nodes or [])) or None,
@@ -87,6 +93,61 @@ def rows(records) -> list[dict]:
         })
     add_relative(out)
     return out
+
+
+def preference_text(votes: dict | None) -> str | None:
+    """How often the Playground's "which answer is better" picked this run: "2 of 5" (None: never compared)."""
+    if not votes or not votes["comparisons"]:
+        return None
+    ties = f", {votes['ties']} no difference" if votes["ties"] else ""
+    return f"{votes['wins']} of {votes['comparisons']}{ties}"
+
+
+def grouped_rows(groups) -> list[dict]:
+    """One row per setting: mean and std across its seeds of each metric that any setting has, with the keys
+    the bar and frontier charts read (label, method, trainable, accuracy, eval loss, train time (s))."""
+    table = insight.group_rows(groups)
+    present = [c for c in ("accuracy", "macro-F1", "eval loss", "perplexity", "train time (s)")
+               if any(r[c] is not None for r in table)]
+    out = []
+    for group, row in zip(groups, table):
+        shown = {"label": row["setting"], "method": row["method"], "rank": row["rank"], "runs": row["runs"],
+                 "seeds": row["seeds"]}
+        for column in present:
+            shown[column], shown[column + STD] = row[column], row[column + STD]
+        shown.update({"trainable": row["trainable"], "CPU busy": group_busy_text(group.records),
+                      "peak mem (GB)": None, "ids": row["ids"]})
+        out.append(shown)
+    return out
+
+
+def group_busy_text(records) -> str | None:
+    """A setting's "CPU busy" cell: "busy: 2 of 3 runs" when some of its seeds trained on a busy machine."""
+    known = [busy_text(r.results or {}) for r in records]
+    busy = sum(1 for b in known if b and b.startswith("busy"))
+    if busy:
+        return f"busy: {busy} of {len(records)} runs"
+    return "quiet" if all(known) else None
+
+
+def busy_labels(records) -> list[str]:
+    """The labels of the runs whose training times were measured while other work shared the CPU."""
+    return [label for rec, label in zip(records, labels_for(records))
+            if (busy_text(rec.results or {}) or "").startswith("busy")]
+
+
+def parallel_rows(records, fields: list[str]) -> list[dict]:
+    """One row per run: the value of each varied config field, and its metrics by table column name."""
+    configs = insight.run_configs([r.id for r in records])
+    out = []
+    for rec, row in zip(records, rows(records)):
+        flat = {f: _hashable(get_dotted(configs[rec.id], f)) for f in fields}
+        out.append({**flat, **{k: row[k] for k in ("accuracy", "macro-F1", "eval loss", "train time (s)")}})
+    return out
+
+
+def _hashable(value):
+    return ",".join(map(str, value)) if isinstance(value, list) else value
 
 
 def add_relative(table: list[dict]) -> None:

@@ -39,12 +39,12 @@ PLAIN_FIELDS = [
     "quant.quant_type", "quant.double_quant", "quant.compute_dtype",
     "data.subset", "data.train_split", "data.eval_split", "data.eval_fraction", "data.text_column",
     "data.label_column", "data.prompt_column", "data.response_column", "data.mask_prompt", "data.max_length",
-    "data.max_train_samples", "data.max_eval_samples",
+    "data.max_train_samples", "data.max_eval_samples", "data.seed",
     "train.epochs", "train.max_steps", "train.batch_size", "train.eval_batch_size",
     "train.gradient_accumulation_steps", "train.optimizer", "train.weight_decay", "train.scheduler",
     "train.warmup_ratio", "train.max_grad_norm", "train.gradient_checkpointing", "train.precision", "train.seed",
     "train.logging_steps", "train.eval_steps", "train.save_steps", "train.early_stopping_patience",
-    "generate.max_new_tokens",
+    "train.early_stopping_metric", "train.max_restarts", "generate.max_new_tokens",
     "resources.backend", "resources.num_workers", "resources.cpus_per_worker", "resources.gpus_per_worker",
     "resources.ray_address",
 ]
@@ -238,10 +238,11 @@ def config_filename(cfg: ExperimentConfig, suffix: str = "yaml") -> str:
     return f"{safe[:80]}.{suffix}"
 
 
-def cli_command(cfg: ExperimentConfig, vary: dict[str, list] | None = None) -> str:
+def cli_command(cfg: ExperimentConfig, vary: dict[str, list] | None = None, seeds: int = 1) -> str:
     """The terminal equivalent: save the YAML, then train (or sweep) it with `python -m lora_core`."""
     path = shlex.quote(config_filename(cfg))
-    if not vary:
+    if not vary and seeds == 1:
         return f"python -m lora_core train {path} --wait"
     flags = " ".join(f"--vary {shlex.quote(k + '=' + ','.join(str(v) for v in vals))}" for k, vals in vary.items())
-    return f"python -m lora_core sweep {path} {flags}"
+    flags += f" --seeds {seeds}" if seeds > 1 else ""
+    return f"python -m lora_core sweep {path} {flags.strip()}"

@@ -30,6 +30,9 @@ NUMBER_FORMATS = {
     "eval loss": "%.4f", "train time (s)": "%.1f", "peak mem (GB)": "%.3f", "est. peak (GB)": "%.3f",
     "adapter (MB)": "%.2f", "vs full: accuracy": "%.3f×", "vs full: time": "%.3f×",
     "vs full: trainable": "%.5f×", "vs full: memory": "%.3f×",
+    # seed groups: a metric's std across seeds sits beside its mean, in the same format
+    "accuracy ±": "%.4f", "macro-F1 ±": "%.4f", "eval loss ±": "%.4f", "perplexity": "%.3f", "perplexity ±": "%.3f",
+    "train time (s) ±": "%.1f",
 }
 
 

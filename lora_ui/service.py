@@ -6,10 +6,10 @@ lora_core.errors). Three kinds of call:
 - cached reads of things that only change with their inputs (a model's layers, parameter counts, estimates,
   data previews): `st.cache_data`, keyed by plain arguments; an engine error is raised, never cached;
 - live reads of the run registry (statuses, metrics, results, logs), never cached;
-- run actions (launch, sweep, recipe, stop, cancel, move, resume, delete, merge, push, export, upload): each first
-  passes `_who_acts`, the one place that knows who is acting and checks their role (lora_core.team.access), then
-  hands the actor to the engine, which checks again and writes the audit log; returns an `ActionResult` or raises
-  the engine's `LoraLabError` (an `AccessError` when the role does not allow it).
+- run actions (launch, sweep, recipe, stop, cancel, move, resume, delete, merge, push, export, upload; vote in
+  insight.py): each first passes `_who_acts`, the one place that knows who is acting and checks their role
+  (lora_core.team.access), then hands the actor to the engine, which checks again and writes the audit log;
+  returns an `ActionResult` or raises the engine's `LoraLabError` (an `AccessError` when the role forbids it).
 
 Who is acting (`identify`) is read from the browser session on every action: a signed-in OpenID Connect user
 (st.user), a local account's session cookie, or, without sign-in, the local user (local mode) or "anonymous"
@@ -18,6 +18,7 @@ against the data roots and allowlists (lora_core.team.policy), outside the cache
 handed to someone who may not read it; and no page ever imports a model's own code (auto_map).
 
 The engine's run manager (`lora_core.runs.Runs`) is held here once per runs directory (`runs_manager()`).
+lora_ui/insight.py is the door's second half (seed groups, votes, several adapters, the adapter inspector).
 """
 from __future__ import annotations
 
@@ -67,13 +68,13 @@ def runs_manager() -> Runs:
     return _runs()
 
 
-def plan_sweep(cfg: ExperimentConfig, vary: dict[str, list]) -> list[ExperimentConfig]:
+def plan_sweep(cfg: ExperimentConfig, vary: dict[str, list], seeds: int = 1) -> list[ExperimentConfig]:
     """The configs a sweep would launch, validated, launching nothing (ConfigError names a bad field); the
     current user's paths are checked against the roots before any file is looked at."""
     actor = current_actor()
     if actor is None:
         raise AccessError("refused: sign in first")
-    return _runs().plan_sweep(cfg, vary, actor=actor)
+    return _runs().plan_sweep(cfg, vary, seeds, actor=actor)
 
 
 # -- who is acting ------------------------------------------------------------------------------------------------
@@ -496,11 +497,6 @@ def default_prompts() -> list[str]:
     return list(ExperimentConfig().generate.prompts)
 
 
-def generation_change(generations: list[dict]) -> dict:
-    """What changed between a run's before / after answers: {prompts, before, after, summary}."""
-    return recipes.format_change(generations)
-
-
 def diagnosis(records) -> diagnose.Diagnosis:
     """Why a comparison does (not) show "LoRA close to full, frozen backbone clearly worse", in sentences."""
     return diagnose.diagnose([diagnose.RunSummary.from_results(r.name, r.results or {}, r.lora_r) for r in records])
@@ -525,7 +521,7 @@ def load_run_models(run_id: str) -> inference.RunModels:
 @dataclass(frozen=True)
 class ActionResult:
     """What a run action did, in one line for the user, and who did it."""
-    action: str                    # launch, sweep, recipe, stop, cancel, move, resume, delete, merge, push, ...
+    action: str                    # launch, sweep, recipe, stop, cancel, move, resume, delete, merge, vote, push, ...
     actor: str                     # who acted (the actor's name)
     message: str
     run_id: str | None = None      # the run acted on
@@ -542,9 +538,9 @@ def launch(cfg: ExperimentConfig) -> ActionResult:
                                               "tab does not stop it.", run_id, (run_id,))
 
 
-def sweep(cfg: ExperimentConfig, vary: dict[str, list]) -> ActionResult:
+def sweep(cfg: ExperimentConfig, vary: dict[str, list], seeds: int = 1) -> ActionResult:
     actor = _who_acts("sweep")
-    sweep_id, run_ids = _runs().sweep(cfg, vary, actor=actor)
+    sweep_id, run_ids = _runs().sweep(cfg, vary, seeds, actor=actor)
     return ActionResult("sweep", actor.name, f"Sweep **{sweep_id}**: {len(run_ids)} runs queued. They start by "
                                              "themselves as slots free up; see them below and on Compare.",
                         None, tuple(run_ids), sweep_id)

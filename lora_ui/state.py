@@ -81,6 +81,7 @@ RUNS = PageState("runs_")
 COMPARE = PageState("compare_")
 MERGE = PageState("merge_")
 PLAYGROUND = PageState("play_")
+INSPECT = PageState("insp_")
 TEAM = PageState("team_")
 
 

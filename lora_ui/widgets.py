@@ -89,14 +89,17 @@ def pick_run(runs: list, key: str, empty: str, *, show_task: bool = False, label
 # -- actions -----------------------------------------------------------------------------------------------------
 
 def action_button(page: PageState, label: str, action: Callable[..., ActionResult | str], *args: Any, key: str,
-                  where=None, verb: str | None = None, why_disabled: str | None = None, **button: Any) -> None:
+                  where=None, verb: str | None = None, why_disabled: str | None = None, submit: bool = False,
+                  **button: Any) -> None:
     """A button that runs `action(*args)` as its callback and posts the outcome as the page's message: the
     result's message, or the error (prefixed by `verb` or the label, and the run id). With `why_disabled` the
-    button is drawn disabled and its tooltip says why."""
+    button is drawn disabled and its tooltip says why; with `submit` it is the submit button of the st.form it
+    is drawn in (the action reads the form's widgets from session state)."""
     if why_disabled:
         button.update(disabled=True, help=why_disabled)
     guard = f"{key}|{args!r}"
-    (where or st).button(label, key=key, on_click=_perform, args=(page, verb or label, action, args, guard), **button)
+    draw = (where or st).form_submit_button if submit else (where or st).button
+    draw(label, key=key, on_click=_perform, args=(page, verb or label, action, args, guard), **button)
 
 
 def _perform(page: PageState, verb: str, action: Callable[..., ActionResult | str], args: tuple,

@@ -291,7 +291,12 @@ def train_tab(cfg: ExperimentConfig | None = None) -> None:
         columns_of_fields([
             ("number_input", "train.save_steps", "Checkpoint every N steps", {"step": 1, "placeholder": "each eval"}),
             ("number_input", "train.early_stopping_patience", "Early-stopping patience", {"step": 1,
-                                                                                         "placeholder": "off"})])
+                                                                                         "placeholder": "off"}),
+            ("selectbox", "train.early_stopping_metric", "Early-stopping metric",
+             {"options": [None, *field_choices("train.early_stopping_metric")], "format_func": lambda v: v or "auto"})])
+        columns_of_fields([
+            ("number_input", "train.max_restarts", "Restarts after a crash", {"step": 1}),
+            ("number_input", "data.seed", "Data seed", {"step": 1, "placeholder": "= seed"})])
     if S.get("task") == "causal-lm":  # what the run answers before and after training: in sight, not tucked away
         st.markdown("**Generations before / after training**")
         field("number_input", "generate.max_new_tokens", "Generated tokens", step=8)

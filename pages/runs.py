@@ -34,9 +34,19 @@ def row(rec) -> dict:
         "train time (s)": res.get("train_time_s"),
         "peak mem (GB)": res["peak_mem_bytes"] / 1e9 if res.get("peak_mem_bytes") else None,
         "created": fmt_time(rec.created),
+        "note": run_note(rec),
         "sweep": rec.sweep_id or "",
         "id": rec.id,
     }
+
+
+def run_note(rec) -> str:
+    """What else happened to a run, in a word or two: stopped early, restarted after a crash, resumed."""
+    if (rec.results or {}).get("early_stopped"):
+        return "stopped early"
+    if rec.restarts:
+        return f"restart {rec.restarts}"
+    return "resumed" if rec.parent_id else ""
 
 
 def open_in_builder(run_id: str) -> str:
@@ -81,7 +91,8 @@ def run_header(rec) -> None:
     st.caption(f"id `{rec.id}` · by {md(rec.owner or 'unknown')} · created {fmt_time(rec.created)} · "
                f"started {fmt_time(rec.started)} · "
                f"ended {fmt_time(rec.ended)}" + (f" · sweep `{rec.sweep_id}`" if rec.sweep_id else "")
-               + (f" · resumed from `{rec.parent_id}`" if rec.parent_id else ""))
+               + (f" · automatic restart {rec.restarts} of `{rec.parent_id}` after its worker crashed" if rec.restarts
+                  else f" · resumed from `{rec.parent_id}`" if rec.parent_id else ""))
     where = f"Trained on: {placement.placement_text(rec)}"
     if rec.job_id:
         where += f" · Ray job `{rec.job_id}` on {rec.cluster}"
@@ -117,6 +128,8 @@ def run_actions(rec) -> None:
             st.code(rec.error_log, language="text")
     elif rec.status == RunStatus.STOPPED and rec.error:
         st.warning(md(rec.error))
+    elif (rec.results or {}).get("early_stopped"):
+        st.info((service.results(rec.id) or {}).get("end_reason") or "stopped early", icon=":material/flag:")
 
 
 def curves_tab(rec) -> None:
@@ -176,6 +189,11 @@ def detail_panel(run_id: str, was_live: bool) -> None:
     or running (so its loss, status and elapsed time keep up), and stops once it has ended."""
     rec = service.find_run(run_id)
     if rec is None:
+        # deleted (its Delete button reruns only this fragment): redraw the whole page once, so the table drops
+        # it and the page's message ("Deleted …") shows; the guard stops a loop if the table still lists it
+        if S.get("gone") != run_id:
+            S["gone"] = run_id
+            st.rerun()
         st.info(f"Run {run_id} no longer exists.")
         return
     if was_live and rec.status.is_terminal():

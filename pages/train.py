@@ -17,6 +17,7 @@ from lora_ui.widgets import action_button, show_error, show_message
 
 S = TRAIN
 SWEEP_RANKS = [1, 2, 4, 8, 16, 32, 64]
+MAX_SEEDS = 10
 
 
 def sweep_request(cfg, ranks: list[int], lora_methods: list[str], baselines: list[str]):
@@ -32,8 +33,8 @@ def sweep_request(cfg, ranks: list[int], lora_methods: list[str], baselines: lis
     return base, vary
 
 
-def launch_sweep(cfg, vary) -> service.ActionResult:
-    result = service.sweep(cfg, vary)
+def launch_sweep(cfg, vary, seeds: int = 1) -> service.ActionResult:
+    result = service.sweep(cfg, vary, seeds)
     focus_sweep(result.detail)  # Compare opens on this sweep
     return result
 
@@ -121,28 +122,32 @@ def launch_tab(cfg) -> None:
 
 def sweep_tab(cfg, can_launch: bool = True) -> None:
     st.markdown("One action launches a run per rank and method, with the same seed, data and eval split, "
-                "grouped under one sweep id for the Compare page.")
-    c1, c2, c3 = st.columns([2, 1, 1])
+                "grouped under one sweep id for the Compare page. With several seeds per setting, Compare shows "
+                "each setting's mean ± std.")
+    c1, c2, c3, c4 = st.columns([2, 1, 1, 1])
     ranks = c1.multiselect("LoRA ranks", SWEEP_RANKS, default=[4, 8, 16], key=S.key("sweep_ranks"),
                            persist_state="session")
     lora_methods = c2.multiselect("Adapter methods", ["lora", "qlora"], default=["lora"],
                                   key=S.key("sweep_methods"), persist_state="session")
     allowed_baselines = ["full", "head-only"] if cfg.task == "seq-cls" else ["full"]
     baselines = c3.multiselect("Baselines", allowed_baselines, default=allowed_baselines,
-                               key=S.key("sweep_baselines"), help="Run once each, for the comparison.",
+                               key=S.key("sweep_baselines"), help="Run once each per seed, for the comparison.",
                                persist_state="session")
+    seeds = int(c4.number_input("Seeds per setting", min_value=1, max_value=MAX_SEEDS, value=1, step=1,
+                                key=S.key("sweep_seeds"), persist_state="session",
+                                help="Each setting runs with train.seed = the config's seed, +1, …, on the same "
+                                     "data and eval split: Compare shows mean ± std."))
     planned, base, vary = [], None, {}
     if lora_methods or baselines:
         try:
             base, vary = sweep_request(cfg, ranks, lora_methods, baselines)
-            planned = service.plan_sweep(base, vary)
-            st.dataframe(pd.DataFrame([{"run": c.name, "method": c.method,
-                                        "rank": c.lora.r if c.uses_lora else None} for c in planned]),
-                         hide_index=True, width="content")
-            st.caption("Terminal equivalent: `" + cli_command(base, vary) + "`")
+            planned = service.plan_sweep(base, vary, seeds)
+            st.dataframe(pd.DataFrame([{"run": c.name, "method": c.method, "rank": c.lora.r if c.uses_lora else None,
+                                        "seed": c.train.seed} for c in planned]), hide_index=True, width="content")
+            st.caption("Terminal equivalent: `" + cli_command(base, vary, seeds) + "`")
         except ConfigError as exc:  # e.g. head-only with a causal-lm config
             show_error(exc)
-    action_button(S, f"Launch sweep ({len(planned)} runs)", launch_sweep, base, vary, key=S.key("sweep_go"),
+    action_button(S, f"Launch sweep ({len(planned)} runs)", launch_sweep, base, vary, seeds, key=S.key("sweep_go"),
                   verb="Sweep", icon=":material/science:", disabled=not planned or not can_launch)
 
 
@@ -203,6 +208,8 @@ def run_card(rec, x_axis: str) -> None:
             took = rec.results.get("train_time_s") or rec.duration
             st.success(f"Finished: {name} {value:.4f} · {fmt_duration(took)}" if value is not None
                        else f"Finished in {fmt_duration(took)}")
+            if rec.results.get("early_stopped"):
+                st.caption((service.results(rec.id) or {}).get("end_reason") or "stopped early")
         throughput_metrics(events, st.columns(4))
         curves(rec.name, events, key=S.key(f"curves_{rec.id}"), x=x_axis)
         with st.expander("Log tail"):

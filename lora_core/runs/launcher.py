@@ -31,6 +31,7 @@ import socket
 import subprocess
 import sys
 import time
+from typing import Callable
 
 import psutil
 
@@ -88,6 +89,9 @@ def _env_count(name: str, default: int) -> int:
     return int(env)
 
 
+OnCrash = Callable[[RunRecord, str], None]  # called for a run found dead and marked FAILED (a restart hook)
+
+
 # -- the local backend: start, is-alive, stop, kill ---------------------------------------------------------------
 
 class LocalProcesses:
@@ -96,10 +100,10 @@ class LocalProcesses:
 
     name = LOCAL
 
-    def check(self, registry: Registry, record: RunRecord) -> None:
+    def check(self, registry: Registry, record: RunRecord, on_crash: OnCrash | None = None) -> None:
         """A RUNNING run whose worker died, or whose stop is overdue, is ended (QUEUED runs wait for a slot)."""
         if record.status == RunStatus.RUNNING:
-            check_running(registry, self, record)
+            check_running(registry, self, record, on_crash)
 
     def cancelled(self, record: RunRecord) -> None:
         """Nothing runs for a queued local run."""
@@ -252,14 +256,28 @@ def _signal_name(code: int) -> str:
 
 # -- reconcile: the one routine that moves the registry forward ---------------------------------------------------
 
-def reconcile(registry: Registry, backends: dict) -> list[str]:
+def reconcile(registry: Registry, backends: dict, on_crash: OnCrash | None = None) -> list[str]:
     """Mark dead workers FAILED (or STOPPED when a stop was asked for), move cluster runs forward from their
     backend, then start local queued runs into free slots. Cheap when nothing changed; safe to call from any
-    number of processes at once. Returns the ids of local runs it started."""
+    number of processes at once. Returns the ids of local runs it started. `on_crash(record, reason)` runs once
+    for each run (of any backend) this call found dead and marked FAILED (the manager restarts it there when its
+    config allows), before the queue is drained."""
     reap()
     live = registry.list(status=[RunStatus.QUEUED, RunStatus.RUNNING])
+    crashed: list[str] = []
+
+    def crash(record: RunRecord, reason: str) -> None:
+        crashed.append(record.id)
+        on_crash(record, reason)
+
     for record in live:
-        backend_of(backends, record).check(registry, record)
+        backend_of(backends, record).check(registry, record, crash if on_crash else None)
+    if crashed:  # the restarts queued above start in this same call: a cluster's is submitted, a local one below
+        known = {r.id for r in live}
+        live = registry.list(status=[RunStatus.QUEUED, RunStatus.RUNNING])
+        for record in live:
+            if record.id not in known and not record.local:
+                backend_of(backends, record).check(registry, record)
     started = []
     if any(r.local and r.status == RunStatus.QUEUED for r in live):
         limit = max_concurrent()
@@ -275,12 +293,14 @@ def backend_of(backends: dict, record: RunRecord):
     return backends[LOCAL if record.local else record.backend]
 
 
-def check_running(registry: Registry, backend: LocalProcesses, record: RunRecord) -> None:
+def check_running(registry: Registry, backend: LocalProcesses, record: RunRecord,
+                  on_crash: OnCrash | None = None) -> None:
     """End a RUNNING run whose worker is dead, or whose stop deadline has passed (killing its group)."""
     reason = backend.dead_reason(record)
     if reason:
         backend.kill(record)
-        _end_dead(registry, record, reason)
+        if _end_dead(registry, record, reason) == RunStatus.FAILED and on_crash is not None:
+            on_crash(record, reason)
     elif record.stop_deadline and time.time() > record.stop_deadline:
         backend.kill(record)
         waited = record.stop_deadline - (record.stop_requested or record.stop_deadline)
@@ -291,14 +311,16 @@ def check_running(registry: Registry, backend: LocalProcesses, record: RunRecord
             pass  # it ended by itself meanwhile
 
 
-def _end_dead(registry: Registry, record: RunRecord, reason: str) -> None:
+def _end_dead(registry: Registry, record: RunRecord, reason: str) -> RunStatus | None:
+    """Record the end of a run whose worker died; returns the status recorded, None if someone was first."""
     status = RunStatus.STOPPED if record.stop_requested else RunStatus.FAILED
     if status == RunStatus.STOPPED:
         reason = "stopped: " + reason
     try:
         registry.set_status(record.id, status, expect=RunStatus.RUNNING, error=reason)
     except StatusError:
-        pass  # the worker (or another reconciler) recorded the end first; its word stands
+        return None  # the worker (or another reconciler) recorded the end first; its word stands
+    return status
 
 
 # -- stop and cancel ---------------------------------------------------------------------------------------------

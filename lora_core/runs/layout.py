@@ -19,6 +19,7 @@
         stop.request                        a stop asked for: every rank of a multi-process run polls it
         job.json                            a Ray job's side of the run: training pids, hosts and node ids
         outcome.json                        how a Ray job ended (status, reason), for the dashboard to record
+        votes.jsonl                         Playground "which answer is better" choices involving this run
         exit.json                           the worker's end, when the registry could not take it (disk full)
         space.reserve                       space a live worker holds back to record its end on a full disk
         artifacts/                          Artifacts: what the recipe writes (train.run_experiment's out_dir)
@@ -346,6 +347,10 @@ class RunDir:
     @property
     def outcome(self) -> Path:
         return self.path / "outcome.json"
+
+    @property
+    def votes(self) -> Path:
+        return self.path / "votes.jsonl"
 
     @property
     def exit(self) -> Path:

@@ -213,7 +213,7 @@ class Runs:
     # -- creating and launching ------------------------------------------------------------------------------
     def create(self, cfg: ExperimentConfig, *, sweep_id: str | None = None, parent_id: str | None = None,
                resume_from: Path | None = None, initial_metrics: list[dict] | None = None,
-               owner: str | None = None) -> RunRecord:
+               restarts: int | None = None, owner: str | None = None) -> RunRecord:
         """Create the run directory and its QUEUED row, without starting anything. The files are complete
         before the row exists, so no reader or launcher ever sees a half-made run. `initial_metrics` seeds the
         stream (a resumed run's inherited events); `owner` defaults to the OS user."""
@@ -232,8 +232,8 @@ class Runs:
             record = RunRecord(
                 id=rd.id, name=cfg.name, status=RunStatus.QUEUED, created=time.time(), task=cfg.task,
                 model=cfg.model.source, method=cfg.method, lora_r=cfg.lora.r if cfg.uses_lora else None,
-                sweep_id=sweep_id, parent_id=parent_id, runs_dir=str(self.root), owner=owner or access.os_user(),
-                backend=res.backend, world_size=res.num_workers, cluster=cluster,
+                sweep_id=sweep_id, parent_id=parent_id, restarts=restarts, runs_dir=str(self.root),
+                owner=owner or access.os_user(), backend=res.backend, world_size=res.num_workers, cluster=cluster,
                 resume_from=Path(resume_from).resolve().relative_to(self.root).as_posix() if resume_from else None)
             return self.registry.insert(record, queue_limit=launcher.max_queued())
         except OSError as exc:
@@ -255,29 +255,32 @@ class Runs:
         self.reconcile()
         return record.id
 
-    def plan_sweep(self, cfg: ExperimentConfig | dict, vary: dict[str, list], *,
+    def plan_sweep(self, cfg: ExperimentConfig | dict, vary: dict[str, list], seeds: int = 1, *,
                    actor: Actor | None = None) -> list[ExperimentConfig]:
         """The validated configs `sweep` would launch, without launching anything; for a browser's request, each
         config's paths are checked against the roots before prepare() looks at any file."""
         actor = actor or access.cli_actor()
-        _, planned = self._plan(cfg, vary)
+        _, planned = self._plan(cfg, vary, seeds)
         team = self.team_settings()
         for c in planned:
             policy.check_config(c, actor, self.root, team)
         return [prepare(c) for c in planned]
 
     @staticmethod
-    def _plan(cfg: ExperimentConfig | dict, vary: dict[str, list]) -> tuple[ExperimentConfig, list[ExperimentConfig]]:
-        """The base config and a sweep's configs, validated but not prepare()d: no file has been looked at yet."""
+    def _plan(cfg: ExperimentConfig | dict, vary: dict[str, list],
+              seeds: int = 1) -> tuple[ExperimentConfig, list[ExperimentConfig]]:
+        """The base config and a sweep's configs (each setting `seeds` times), validated but not prepare()d: no
+        file has been looked at yet."""
         base = ExperimentConfig.from_dict(cfg.to_dict() if isinstance(cfg, ExperimentConfig) else dict(cfg))
-        return base, sweep_configs(base, vary)
+        return base, sweep_configs(base, vary, seeds)
 
-    def sweep(self, cfg: ExperimentConfig | dict, vary: dict[str, list], *,
+    def sweep(self, cfg: ExperimentConfig | dict, vary: dict[str, list], seeds: int = 1, *,
               ignore_memory: bool = False, actor: Actor | None = None) -> tuple[str, list[str]]:
-        """Launch one run per sweep config (see sweep.sweep_configs), grouped under one sweep id. Every config is
-        checked (for a browser's request, admitted first) before the first run is created."""
+        """Launch one run per sweep config (see sweep.sweep_configs; each setting `seeds` times), grouped under
+        one sweep id. Every config is checked (for a browser's request, admitted first) before the first run is
+        created; the sweep cap counts every run, seeds included."""
         actor, _ = self._act(actor, "sweep")
-        base, planned = self._plan(cfg, vary)  # not prepare()d yet: _admit checks the roots before any file is read
+        base, planned = self._plan(cfg, vary, seeds)  # not prepare()d: _admit checks roots before reading files
         policy.check_sweep(actor, len(planned), self.team_settings())
         configs = self._admit(actor, planned, ignore_memory=ignore_memory)
         sweep_id = "sweep-" + layout.new_run_id(base.name)
@@ -301,16 +304,65 @@ class Runs:
         if found is None:
             raise RunError(f"run {parent.id} has no checkpoint to resume from (checkpoints are saved every "
                            "train.save_steps steps, at each evaluation, and when a run is stopped)")
-        step, checkpoint = found
         # admitted again, for this actor: the data may have changed, and their roots may differ from the owner's
         (cfg,) = self._admit(actor, [self.config(parent.id)], ignore_memory=ignore_memory)
-        inherited = [dict(e, inherited_from=parent.id) for e in self.metrics(parent.id)
-                     if e.get("kind") != "phase" and isinstance(e.get("step"), (int, float)) and e["step"] <= step]
-        record = self.create(cfg, parent_id=parent.id, sweep_id=parent.sweep_id, resume_from=checkpoint,
-                             initial_metrics=inherited, owner=actor.name)
-        self.audit(actor, "resume", parent.id, detail={"new_run": record.id, "step": step})
+        new_id = self._continue(parent, cfg, owner=actor.name)
+        self.audit(actor, "resume", parent.id, detail={"new_run": new_id, "step": found[0]})
         self.reconcile()
-        return record.id
+        return new_id
+
+    def _continue(self, parent: RunRecord, cfg: ExperimentConfig | None = None, restarts: int | None = None,
+                  owner: str | None = None) -> str:
+        """A new QUEUED run linked to `parent`, from its resume point (or from the start when it has none), its
+        metrics beginning with the parent's events up to that step. Owned by `owner` (default: the parent's)."""
+        step, checkpoint = self.resume_point(parent.id) or (0, None)
+        inherited = [dict(e, inherited_from=parent.id) for e in self.metrics(parent.id)
+                     if checkpoint and e.get("kind") != "phase" and isinstance(e.get("step"), (int, float))
+                     and e["step"] <= step]
+        return self.create(cfg or self.config(parent.id), parent_id=parent.id, sweep_id=parent.sweep_id,
+                           resume_from=checkpoint, initial_metrics=inherited, restarts=restarts,
+                           owner=owner or parent.owner).id
+
+    def _restart_crashed(self, record: RunRecord, reason: str) -> None:
+        """train.max_restarts: a run whose worker died continues as a linked run, if it has restarts left. Runs
+        inside reconcile, which starts the new run right after."""
+        try:
+            limit = self.config(record.id).train.max_restarts
+        except Exception:  # noqa: BLE001 - an unreadable config means no restart; the crash is recorded already
+            return
+        done = record.restarts or 0
+        if done >= limit:
+            return
+        new_id = self._continue(record, restarts=done + 1)
+        self.registry.update(record.id, error=f"{reason}; restarted automatically as {new_id} (restart "
+                                              f"{done + 1} of {limit})")
+
+    # -- Playground preferences --------------------------------------------------------------------------------
+    def record_vote(self, winner: str | None, compared: list[str], prompt: str, *,
+                    actor: Actor | None = None) -> dict:
+        """A "which answer is better" choice between the answers of `compared` runs to one input (winner None:
+        no difference), appended to the votes file of every compared run. Returns the vote."""
+        actor, _ = self._act(actor, "vote")
+        ids = [self.get(i, reconcile=False).id for i in dict.fromkeys(compared)]
+        if len(ids) < 2:
+            raise RunError("a preference compares the answers of at least two runs")
+        if winner is not None:
+            winner = self.get(winner, reconcile=False).id
+            if winner not in ids:
+                raise RunError(f"run {winner} is not one of the compared runs ({', '.join(ids)})")
+        vote = {"time": time.time(), "winner": winner, "compared": ids, "prompt": prompt[:2000],
+                "actor": actor.name}
+        for run_id in ids:
+            files.append_event(self.dir(run_id).votes, vote)
+        self.audit(actor, "vote", None, detail={"winner": winner, "compared": ids})
+        return vote
+
+    def votes(self, run_id: str) -> dict:
+        """{"wins", "comparisons", "ties"} of a run's Playground choices."""
+        events, _ = files.read_events(self.dir(run_id).votes)
+        me = self.get(run_id, reconcile=False).id
+        return {"wins": sum(e.get("winner") == me for e in events), "comparisons": len(events),
+                "ties": sum(e.get("winner") is None for e in events)}
 
     def cluster(self, address: str | None = None) -> dict:
         """A Ray cluster (`address`, else $LORA_LAB_RAY_ADDRESS): its nodes with CPUs and GPUs, total and in use,
@@ -343,9 +395,10 @@ class Runs:
 
     # -- the lifecycle -----------------------------------------------------------------------------------------
     def reconcile(self) -> list[str]:
-        """Mark dead workers FAILED, escalate overdue stops, start queued runs into free slots; returns the ids
-        of the runs it started."""
-        return launcher.reconcile(self.registry, self.backends)
+        """Mark dead workers FAILED (restarting them as linked runs when train.max_restarts allows, on the run's
+        own backend), escalate overdue stops, start queued runs into free slots; returns the ids of the runs it
+        started."""
+        return launcher.reconcile(self.registry, self.backends, on_crash=self._restart_crashed)
 
     def stop(self, run_id: str, timeout: float = 15.0, wait: bool = True, *, actor: Actor | None = None) -> RunStatus:
         """Graceful stop (the worker saves the adapter and a checkpoint), then kill after `timeout` s; a queued

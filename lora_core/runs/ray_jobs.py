@@ -161,8 +161,9 @@ class RayJobs:
             pass
 
     # -- check: the Jobs API reconciled into the registry --------------------------------------------------------
-    def check(self, registry: Registry, record: RunRecord) -> None:
-        """Move a QUEUED or RUNNING ray run forward from what Ray says about its job."""
+    def check(self, registry: Registry, record: RunRecord, on_crash=None) -> None:
+        """Move a QUEUED or RUNNING ray run forward from what Ray says about its job; `on_crash(record, reason)`
+        (launcher.OnCrash) runs when its job ended and this call recorded it FAILED."""
         if not record.job_id:
             if record.status == RunStatus.QUEUED:
                 self.submit(registry, record)
@@ -183,7 +184,9 @@ class RayJobs:
         if record.status != RunStatus.RUNNING:
             return
         if state.is_terminal():
-            self._ended(registry, record, state, info.message)
+            crash = self._ended(registry, record, state, info.message)
+            if crash and on_crash is not None:
+                on_crash(record, crash)
         elif record.stop_deadline and time.time() > record.stop_deadline:
             self.kill(record)  # the graceful stop is overdue: Ray's stop_job (SIGTERM, SIGKILL 3 s later)
 
@@ -209,8 +212,9 @@ class RayJobs:
         except StatusError:
             return registry.get(record.id)
 
-    def _ended(self, registry: Registry, record: RunRecord, state, message: str | None) -> None:
-        """Record the end of a run whose job ended (`state`: Ray's JobStatus), from its outcome.json if any."""
+    def _ended(self, registry: Registry, record: RunRecord, state, message: str | None) -> str | None:
+        """Record the end of a run whose job ended (`state`: Ray's JobStatus), from its outcome.json if any.
+        Returns the reason when this call recorded a crash (FAILED with no end of its own recorded), else None."""
         from ray.job_submission import JobStatus
 
         rd = record.dir
@@ -234,7 +238,8 @@ class RayJobs:
         try:
             registry.set_status(record.id, status, expect=RunStatus.RUNNING, error=error, **fields)
         except StatusError:
-            pass  # another reconciler recorded it first
+            return None  # another reconciler recorded it first
+        return error if status == RunStatus.FAILED and not outcome.get("status") else None
 
     # -- stop, kill, logs ----------------------------------------------------------------------------------------
     def request_stop(self, record: RunRecord) -> bool:

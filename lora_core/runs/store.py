@@ -92,6 +92,7 @@ class RunRecord:
     sweep_id: str | None = None
     parent_id: str | None = None
     resume_from: str | None = None    # checkpoint path relative to the runs dir
+    restarts: int | None = None       # automatic restarts after crashes before this run (train.max_restarts)
     pid: int | None = None
     pgid: int | None = None
     pid_created: float | None = None  # the worker's process start time, to tell a reused pid apart
@@ -153,12 +154,10 @@ class RunRecord:
 _COLUMNS = [f.name for f in dataclasses.fields(RunRecord) if f.name != "runs_dir"]
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
-    id TEXT PRIMARY KEY, name TEXT NOT NULL, status TEXT NOT NULL,
-    created REAL NOT NULL, started REAL, ended REAL,
-    task TEXT, model TEXT, method TEXT, lora_r INTEGER, results TEXT,
-    sweep_id TEXT, parent_id TEXT, resume_from TEXT,
-    pid INTEGER, pgid INTEGER, pid_created REAL, host TEXT, slot INTEGER, queue_pos INTEGER,
-    heartbeat REAL, stop_requested REAL, stop_deadline REAL, progress REAL, step INTEGER,
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, status TEXT NOT NULL, step INTEGER,
+    created REAL NOT NULL, started REAL, ended REAL, task TEXT, model TEXT, method TEXT, lora_r INTEGER, results TEXT,
+    sweep_id TEXT, parent_id TEXT, resume_from TEXT, restarts INTEGER, pid INTEGER, pgid INTEGER, pid_created REAL,
+    host TEXT, slot INTEGER, queue_pos INTEGER, heartbeat REAL, stop_requested REAL, stop_deadline REAL, progress REAL,
     error TEXT, error_log TEXT, backend TEXT, world_size INTEGER, job_id TEXT, cluster TEXT, nodes TEXT, owner TEXT
 )"""
 _INDEXES = [
@@ -200,6 +199,7 @@ _INSERT = f"INSERT INTO runs ({','.join(_COLUMNS)}) VALUES ({','.join('?' * len(
 _THREAD = threading.local()       # .immutable: this thread reads a registry it cannot write (see _reading)
 _CORRUPT_CODES = {11, 26}        # SQLITE_CORRUPT, SQLITE_NOTADB: the file is damaged; rebuild it
 _FULL_CODES = {13}               # SQLITE_FULL
+_IO_CODES = {10, 13, 14}         # SQLITE_IOERR, SQLITE_FULL, SQLITE_CANTOPEN: the disk, not the file, is the problem
 CREATE_GRACE_S = 60.0            # a run dir without status.json younger than this may still be being created
 
 
@@ -299,6 +299,8 @@ class Registry(TeamTables):
                 count = self._import_runs()
             except sqlite3.DatabaseError as exc:
                 _READY.discard(str(self.path))
+                if not missing and (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF in _IO_CODES:
+                    return  # a full disk (no room for SQLite's -shm even to check): reads use the file as is
                 if not _damaged(exc):
                     raise self._storage_error(exc) from None
                 self._rebuild_damaged(str(exc))
@@ -594,12 +596,10 @@ class Registry(TeamTables):
 
     @_guarded
     def claim_next(self, limit: int) -> RunRecord | None:
-        """Atomically move the first local QUEUED run to RUNNING if its slots are free. A run of N training
-        processes holds N slots (slot, slot+1, ..., so a multi-GPU run gets N GPUs); a run wider than the limit
-        starts only when no other local run is running, and then has the machine to itself. Runs of other
-        backends queue on their cluster, not here. The count and the claim happen in one BEGIN IMMEDIATE
-        transaction, so any number of launchers, workers and dashboards reconciling at once never exceed the
-        limit."""
+        """Atomically move the first local QUEUED run to RUNNING if its slots are free: a run of N training
+        processes holds N slots (slot..slot+N-1: a multi-GPU run gets N GPUs); one wider than the limit starts
+        only when no other local run is running. Other backends queue on their cluster. Count and claim share
+        one BEGIN IMMEDIATE transaction, so any number of reconcilers at once never exceed the limit."""
         running, queued = RunStatus.RUNNING.value, RunStatus.QUEUED.value
         with self._write() as con:
             busy = [(slot, max(1, width or 1)) for slot, width in con.execute(

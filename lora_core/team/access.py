@@ -62,6 +62,7 @@ RULES: dict[str, Rule] = {
     "sweep": Rule(Role.OPERATOR),
     "upload": Rule(Role.OPERATOR),
     "load-model": Rule(Role.OPERATOR),      # load weights into the dashboard process (QLoRA loader, Playground)
+    "vote": Rule(Role.OPERATOR),            # record a Playground preference (the Playground is an operator's page)
     "stop": Rule(Role.OPERATOR, own_only=True),
     "cancel": Rule(Role.OPERATOR, own_only=True),
     "move": Rule(Role.OPERATOR, own_only=True),

@@ -70,7 +70,7 @@ def test_playground_classifies_with_base_and_tuned(use_seeded):
     record = next(r for r in Runs(use_seeded).list()
                   if r.method == "lora" and r.lora_r == 2 and r.task == "seq-cls")
     at = open_page("playground")
-    at.selectbox(key="play_run").set_value(record.id).run()
+    at.multiselect(key="play_runs").set_value([record.id]).run()
     assert button(at, "play_go").disabled  # nothing loaded yet: no model loads on page render
     button(at, "play_load").click().run()
     no_exception(at)
@@ -86,7 +86,7 @@ def test_playground_classifies_with_base_and_tuned(use_seeded):
 def test_playground_generates(use_seeded):
     record = next(r for r in Runs(use_seeded).list() if r.name == "seed-gen")
     at = open_page("playground")
-    at.selectbox(key="play_run").set_value(record.id).run()
+    at.multiselect(key="play_runs").set_value([record.id]).run()
     button(at, "play_load").click().run()
     at.number_input(key="play_tokens").set_value(3).run()
     button(at, "play_go").click().run()

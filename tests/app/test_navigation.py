@@ -13,8 +13,8 @@ from apptest_helpers import APP, ROOT, no_exception
 
 pytestmark = pytest.mark.timeout(300)
 
-PAGES = ["train", "config_builder", "estimator", "qlora", "runs", "compare", "merge", "playground"]
-LIGHT_PAGES = ["train", "qlora", "runs", "compare", "merge", "playground"]  # no model until a button press
+PAGES = ["train", "config_builder", "estimator", "qlora", "runs", "compare", "inspect", "merge", "playground"]
+LIGHT_PAGES = ["train", "qlora", "runs", "compare", "inspect", "merge", "playground"]  # no model until a button press
 
 
 def test_every_page_renders_in_one_session(use_seeded):

@@ -31,13 +31,19 @@ def engine_imports(path: Path) -> set[str]:
     return found
 
 
+# The door: service.py, and insight.py, its second half (the analysis calls; service.py stays under 700 lines).
+# placement.py is the door to the Ray backend (whether Ray is installed, its address variable, a cluster's status).
+# signin.py's Starlette routes run outside any Streamlit session, where the session-bound service cannot act.
+DOOR = {"service.py", "insight.py", "placement.py", "signin.py"}
+
+
 def test_pages_and_lora_ui_reach_the_engine_only_through_the_service():
     allowed = {"lora_core.config", "lora_core.errors"}
     for path in UI_FILES:
         imports = engine_imports(path)
         if path.parent.name == "pages":
             assert imports <= {"lora_core.config"}, (path.name, imports)
-        elif path.name != "service.py":
+        elif path.name not in DOOR:
             assert imports <= allowed, (path.name, imports)
 
 

@@ -194,6 +194,20 @@ def shot(pg, name: str, docs: str | None = None) -> None:
         shutil.copy(SHOTS / f"{name}.png", ROOT / "docs" / "screenshots" / docs)
 
 
+def shot_element(locator, name: str) -> None:
+    """A screenshot of one element (e.g. a single chart) into test-artifacts/screenshots/."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    locator.scroll_into_view_if_needed()
+    locator.screenshot(path=str(SHOTS / f"{name}.png"))
+
+
+def plot_index(pg, predicate_js: str) -> int:
+    """The index among the page's Plotly charts of the first whose data satisfies `predicate_js` (a JS arrow
+    function of the chart's data array), or -1."""
+    return pg.evaluate(f"""() => Array.from(document.querySelectorAll('.js-plotly-plot'))
+        .findIndex(el => ({predicate_js})(el.data || []))""")
+
+
 def fill(pg, label: str, value: str) -> None:
     box = pg.get_by_label(label, exact=True)
     box.fill(value)

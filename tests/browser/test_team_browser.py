@@ -223,6 +223,8 @@ def test_roles_in_the_browser(team, way, tmp_path):
         shot(admin, f"team_admin_delete_failed_{way}")
         raise AssertionError(explain(team, admin)) from None
     assert run_id not in {r.id for r in runs.list(reconcile=False)}
+    admin.get_by_text(re.compile(r"^0 of \d+ runs")).wait_for()  # the whole page redrew: the table dropped it
+    no_exception_on_page(admin)
 
     # sign-out ends the session
     sign_out(team, front(viewer), way)

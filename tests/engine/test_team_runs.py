@@ -177,3 +177,25 @@ def test_merge_output_outside_the_roots_is_refused_before_anything_loads(quiet, 
         quiet.merge(run_id, roots[1] / "merged", actor=OTTO)
     with pytest.raises(AccessError):
         quiet.merge(run_id, actor=OLGA)
+
+
+def test_the_sweep_cap_counts_every_seed(quiet):
+    quiet.update_settings({"max_sweep_runs": 3})
+    with pytest.raises(ConfigError, match="this sweep has 4 runs; a sweep from the dashboard may have at most 3"):
+        quiet.sweep(tiny_config(), {"lora.r": [2, 4]}, 2, actor=OTTO)
+    assert len(quiet.plan_sweep(tiny_config(), {"lora.r": [2, 4]}, 2, actor=OTTO)) == 4  # planning is not capped
+    _, run_ids = quiet.sweep(tiny_config(), {"lora.r": [2]}, 3, actor=OTTO)
+    assert {quiet.get(i, reconcile=False).owner for i in run_ids} == {"otto"}
+    seed = tiny_config().train.seed
+    assert sorted(quiet.config(i).train.seed for i in run_ids) == [seed, seed + 1, seed + 2]
+
+
+def test_playground_votes_need_an_operator_and_are_audited(quiet):
+    first, second = quiet.launch(tiny_config()), quiet.launch(tiny_config())
+    with pytest.raises(AccessError, match="vote needs the operator role; vera is a viewer"):
+        quiet.record_vote(first, [first, second], "a prompt", actor=VIEWER)
+    assert quiet.votes(first) == {"wins": 0, "comparisons": 0, "ties": 0}
+    vote = quiet.record_vote(first, [first, second], "a prompt", actor=OTTO)
+    assert vote["actor"] == "otto" and quiet.votes(first)["wins"] == 1
+    entries = quiet.audit_log(action="vote")
+    assert [(e.actor, e.outcome) for e in entries] == [("otto", "ok"), ("vera", "denied")]

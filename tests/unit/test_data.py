@@ -1,5 +1,6 @@
 """Data loading: bundled samples, every file kind, splits, label maps, fingerprints, refusals, tokenization."""
 import json
+import re
 import shutil
 
 import pandas as pd
@@ -175,6 +176,15 @@ def test_empty_jsonl(tmp_path):
     path = tmp_path / "empty.jsonl"
     path.write_text("\n\n")
     with pytest.raises(DataError, match=r"empty\.jsonl: the file is empty"):
+        load_splits(cfg(train=str(path)))
+
+
+@pytest.mark.parametrize("name, content", [("dup.csv", "text, text,label\na,b,1\nc,d,0\n"),
+                                           ("dup.tsv", "text\tlabel\ttext \na\t1\tb\nc\t0\td\n")])
+def test_a_column_named_twice_is_refused_naming_the_file(tmp_path, name, content):
+    path = tmp_path / name  # once trimmed, both headers are "text": a duplicate, not a pandas AttributeError
+    path.write_text(content)
+    with pytest.raises(DataError, match=rf"{re.escape(name)}: column 'text' appears more than once"):
         load_splits(cfg(train=str(path)))
 
 

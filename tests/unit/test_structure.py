@@ -16,7 +16,8 @@ STORE = ROOT / "lora_core" / "runs" / "store.py"
 RUN_FILE_NAMES = {"adapter", "label_map.json", "generations.json", "metrics.jsonl", "results.json", "worker.log",
                   "registry.sqlite", "head.safetensors", "head.json", "trainer_state.json", "checkpoints",
                   "config.yaml", "status.json", "artifacts", "merged", "adapter_config.json",
-                  "adapter_model.safetensors", "checkpoint.done", "exit.json", "space.reserve", "registry.lock"}
+                  "adapter_model.safetensors", "checkpoint.done", "exit.json", "space.reserve", "registry.lock",
+                  "votes.jsonl"}
 PATH_PARTS = {"model", "head"}  # also dict keys elsewhere: only their use as a path part (`x / "model"`) counts
 STATUSES = {"QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "STOPPED"}
 
