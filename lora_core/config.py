@@ -288,8 +288,7 @@ class ExperimentConfig:
         return json.dumps(self.to_dict(), indent=2)
 
     def save(self, path: str | Path) -> Path:
-        """Write the config (YAML or JSON by suffix) under a temporary name and rename it into place, so a reader
-        never sees half a config."""
+        """Write the config (YAML or JSON by suffix) atomically: a reader never sees half a config."""
         path = Path(path)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
@@ -466,8 +465,7 @@ def field_help(dotted: str) -> str:
 
 
 def field_choices(dotted: str) -> tuple | None:
-    """Allowed values of a Literal field, e.g. `field_choices("method")` (an optional one's without None), else
-    None."""
+    """Allowed values of a Literal field, e.g. `field_choices("method")` (without None), else None."""
     owner, name = _owner(dotted)
     hint = _HINTS(owner)[name]
     args = _literal_args(hint) or _optional_literal_args(hint)

@@ -4,7 +4,7 @@ User text (run names, model ids, paths, user names, error messages that quote th
 `md` escapes it and `code` puts it in a code span it cannot leave, so a name like `![x](http://…)` shows as those
 characters, not as an image that makes every viewer's browser fetch a URL.
 
-Pure functions and tables (plus `number_columns` and `styled`, which build what st.dataframe shows); no engine
+Pure functions and tables (plus `styled`, which builds what st.dataframe shows); no engine
 calls. Tables show a missing value as "—", never "None", and sizes as "1.54 MB", never a raw byte count.
 """
 from __future__ import annotations
@@ -12,8 +12,6 @@ from __future__ import annotations
 import math
 import re
 import time
-
-import streamlit as st
 
 from lora_core.errors import LoraLabError
 from lora_ui.service import RunStatus
@@ -78,12 +76,6 @@ def fmt_time(ts: float | str | None) -> str:
     if isinstance(ts, str):
         return ts.replace("T", " ")[:19]
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
-
-
-def number_columns(frame) -> dict:
-    """st.dataframe column_config for the numeric run-table columns present in `frame`."""
-    return {name: st.column_config.NumberColumn(format=fmt)
-            for name, fmt in NUMBER_FORMATS.items() if name in frame.columns}
 
 
 def _printf(fmt: str):

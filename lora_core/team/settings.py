@@ -8,7 +8,7 @@ Three come from the environment, fixed for the life of the server (the `serve` c
     LORA_LAB_DATA_ROOTS    folders (separated by the OS path separator) whose files browser users may name
     LORA_LAB_MAX_UPLOAD_MB the largest dataset upload (default 50, as server.maxUploadSize)
 
-The rest (`TeamSettings`) are changed by an admin on the Team page or with `python -m lora_core settings set`,
+The rest (`TeamSettings`) are changed by an admin on the Team page or with `python -m lora_core settings KEY=VALUE`,
 kept in the run registry and written to the audit log. They are a dataclass whose fields carry their help text,
 checked by the config's own conversion routine, so a bad value is refused naming the setting.
 """
