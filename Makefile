@@ -16,7 +16,7 @@ $(VENV)/.req-app: requirements.txt requirements-nodeps.txt
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -r requirements-nodeps.txt
 	touch $@
 
-$(VENV)/.req-dev: $(VENV)/.req-app requirements-dev.txt
+$(VENV)/.req-dev: $(VENV)/.req-app requirements-dev.txt requirements-cluster.txt
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 

@@ -24,7 +24,9 @@ from .config import (BUNDLED_MODELS, ExperimentConfig, excerpt, get_dotted, pars
                      set_dotted)
 from .errors import ConfigError, ConfigProblems, LoraLabError
 from .paths import DATA_SUFFIXES, is_local_path
+from .runs.launcher import visible_gpus
 from .runs.layout import MODEL_CONFIG
+from .runs.store import LOCAL
 
 # what the model and data layers read: a problem already found in one of these skips that layer
 MODEL_FIELDS = {"task", "method", "model.source", "model.revision", "model.trust_remote_code", "lora.target_modules",
@@ -45,7 +47,7 @@ def check(cfg: ExperimentConfig | dict | None, *, deep: bool = True) -> list[Lor
         return list(found)
     bad = {e.field for e in found}
     _, path_found = local_paths(config, skip=bad)
-    found = [*found, *path_found]
+    found = [*found, *path_found, *machine_problems(config, skip=bad)]
     if not deep:
         return found
     bad |= {e.field for e in path_found}
@@ -151,8 +153,10 @@ def _check_hub_id(field: str, value: str) -> None:
 
 
 def with_local_paths(cfg: ExperimentConfig) -> ExperimentConfig:
-    """The config with its local paths checked and made absolute (ConfigProblems when one is wrong)."""
+    """The config with its local paths checked and made absolute, and its local resources checked against this
+    machine (ConfigProblems when one is wrong)."""
     changes, found = local_paths(cfg)
+    found += machine_problems(cfg)
     if found:
         raise found[0] if len(found) == 1 else ConfigProblems(found)
     if not changes:
@@ -161,6 +165,23 @@ def with_local_paths(cfg: ExperimentConfig) -> ExperimentConfig:
     for field, value in changes.items():
         set_dotted(data, field, value)
     return ExperimentConfig.from_dict(data)
+
+
+def machine_problems(cfg: ExperimentConfig, skip: set[str] = frozenset()) -> list[LoraLabError]:
+    """What this machine cannot give a local run: GPUs it does not have, more GPU workers than GPUs. A Ray run's
+    resources are the cluster's to judge."""
+    res = cfg.resources
+    if res.backend != LOCAL or skip & {"resources.backend", "resources.num_workers", "resources.gpus_per_worker"}:
+        return []
+    gpus = visible_gpus()
+    if res.gpus_per_worker and not gpus:
+        return [ConfigError("resources.gpus_per_worker", "this machine shows no GPU (CUDA_VISIBLE_DEVICES, "
+                                                         "/dev/nvidia*); set 0 to train on CPU, or use backend ray")]
+    if gpus and res.num_workers > len(gpus):
+        return [ConfigError("resources.num_workers", f"{res.num_workers} workers need one GPU each and this machine "
+                                                     f"shows {len(gpus)} ({', '.join(gpus)}); lower it, or use "
+                                                     "backend ray")]
+    return []
 
 
 def model_problems(cfg: ExperimentConfig) -> list[LoraLabError]:

@@ -1,10 +1,10 @@
 """`python -m lora_core …`: the engine from a terminal. Each handler is a thin call into the public API.
 
-Run commands (train, sweep, status, list, logs, stop, resume, delete, reindex) go through one `Runs` manager built
-from `--runs-dir`. Model commands (params, targets, merge, estimate) live in cli_models.py, the analysis commands
-(inspect, compare) in cli_insight.py and the team commands (users, audit, settings, serve) in cli_team.py; each is
-imported only when one of its commands runs: they need pandas, numpy or the model code, and `list` / `status` must
-start without them. The CLI acts as the OS user, trusted.
+Run commands (train, sweep, status, list, logs, stop, resume, delete, reindex, cluster status) go through one
+`Runs` manager built from `--runs-dir`. Model commands (params, targets, merge, estimate) live in cli_models.py,
+the analysis commands (inspect, compare) in cli_insight.py and the team commands (users, audit, settings, serve) in
+cli_team.py; each is imported only when one of its commands runs: they need pandas, numpy or the model code, and
+`list` / `status` must start without them. The CLI acts as the OS user, trusted.
 
 Every refusal is one line on stderr (`error: ...`, exit 2), never a traceback. Text that came from a user or a
 file (run names, errors) is printed with control characters escaped, so a name cannot move the cursor or fake a
@@ -21,7 +21,7 @@ from typing import Callable
 
 import yaml
 
-from .config import BUNDLED_MODELS, ConfigError, field_choices
+from .config import BUNDLED_MODELS, ConfigError, ExperimentConfig, field_choices
 from .errors import LoraLabError
 from .memory import settings as memory_settings
 from . import checks, recipes
@@ -54,10 +54,19 @@ def model_command(name: str, module: str = MODEL_COMMANDS) -> Callable:
 
 # -- run commands --------------------------------------------------------------------------------------------
 
+def with_resources(cfg: ExperimentConfig, args) -> ExperimentConfig:
+    """The config with --backend / --workers / --ray-address applied (validated like the file itself)."""
+    changes = {"resources.backend": args.backend, "resources.num_workers": args.workers,
+               "resources.ray_address": args.ray_address}
+    changes = {k: v for k, v in changes.items() if v is not None}
+    return cfg.replace(**changes) if changes else cfg
+
+
 def cmd_train(args) -> int:
     runs: Runs = args.runs
     # every problem of the file at once, as the dashboard reports them
-    run_id = runs.launch(checks.load_file(args.config), ignore_memory=args.ignore_memory_estimate)
+    run_id = runs.launch(with_resources(checks.load_file(args.config), args),
+                         ignore_memory=args.ignore_memory_estimate)
     if not args.wait:
         emit({"run_id": run_id}, args.json, run_id)
         return 0
@@ -100,13 +109,31 @@ def cmd_list(args) -> int:
         return 0
     for r in records:
         rank = "-" if r.lora_r is None else r.lora_r
-        print(f"{r.id:<48} {r.status:<10} {safe(r.method or '-'):<10} r={rank!s:<5} {safe(r.owner or '-'):<12} "
-              f"{safe(r.name)}")
+        where = f"{r.backend or 'local'}×{r.world_size or 1}"
+        print(f"{r.id:<48} {r.status:<10} {safe(r.method or '-'):<10} r={rank!s:<5} {where:<8} "
+              f"{safe(r.owner or '-'):<12} {safe(r.name)}")
     return 0
 
 
 def cmd_reindex(args) -> int:
     print(args.runs.reindex())
+    return 0
+
+
+def cmd_cluster_status(args) -> int:
+    status = args.runs.cluster(args.ray_address)
+    if args.json:
+        emit(status, True)
+        return 0
+    print(f"Ray cluster {status['address']}: {len(status['nodes'])} nodes, "
+          f"CPUs {status['cpus_used']:g}/{status['cpus']:g} used, GPUs {status['gpus_used']:g}/{status['gpus']:g} used")
+    for n in status["nodes"]:
+        print(f"  {n['node_id'][:12]}  {safe(n['host'] or n['ip']):<16} {'head ' if n['head'] else ''}"
+              f"{'alive' if n['alive'] else 'DEAD '}  CPU {n['cpus_used']:g}/{n['cpus']:g}  "
+              f"GPU {n['gpus_used']:g}/{n['gpus']:g}")
+    print(f"our runs on it: {len(status['runs'])}")
+    for r in status["runs"]:
+        print(f"  {r['id']:<48} {r['status']:<10} ×{r['world_size']}  job {r['job_id'] or '-'}")
     return 0
 
 
@@ -121,7 +148,7 @@ def cmd_resume(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    cfg = checks.load_file(args.config)
+    cfg = with_resources(checks.load_file(args.config), args)
     vary: dict[str, list] = {}
     for item in args.vary:
         key, sep, values = item.partition("=")
@@ -183,13 +210,21 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--runs-dir", help="runs directory (default: $LORA_LAB_RUNS_DIR or ./runs)")
         return sp
 
+    def with_resources_flags(sp):
+        sp.add_argument("--backend", choices=field_choices("resources.backend"),
+                        help="where it trains (default: the config's resources.backend)")
+        sp.add_argument("--workers", type=int, help="training processes (resources.num_workers)")
+        sp.add_argument("--ray-address", help="Ray dashboard address http://HOST:8265 (default: the config's, "
+                                              "else $LORA_LAB_RAY_ADDRESS)")
+        return sp
+
     def with_memory_override(sp):
         sp.add_argument("--ignore-memory-estimate", action="store_true",
                         help="launch even when the estimated peak memory exceeds this machine's")
         return sp
 
-    sp = with_memory_override(with_runs_dir(cmd("train", cmd_train, "Launch a training run in the background and "
-                                                                    "print its id.")))
+    sp = with_resources_flags(with_memory_override(with_runs_dir(cmd(
+        "train", cmd_train, "Launch a training run in the background and print its id."))))
     sp.add_argument("config", help="experiment config (YAML or JSON)")
     sp.add_argument("--wait", action="store_true", help="wait for the run to end; exit 1 unless it succeeded")
     sp.add_argument("--json", action="store_true", help="with --wait: final results as JSON on the last line")
@@ -273,8 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                                       "the new run id.")))
     sp.add_argument("run_id")
 
-    sp = with_memory_override(with_runs_dir(cmd("sweep", cmd_sweep, "Launch one run per combination of varied "
-                                                                    "fields.")))
+    sp = with_resources_flags(with_memory_override(with_runs_dir(cmd(
+        "sweep", cmd_sweep, "Launch one run per combination of varied fields."))))
     sp.add_argument("config")
     sp.add_argument("--vary", action="append", default=[], help="KEY=V1,V2 (repeatable), e.g. lora.r=4,8,16")
     sp.add_argument("--seeds", type=int, default=1, help="run each setting N times, with train.seed = the "
@@ -322,6 +357,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     with_runs_dir(cmd("reindex", cmd_reindex, "Rebuild the run registry from the run directories (the old registry "
                                               "file is kept beside it)."))
+
+    cluster = sub.add_parser("cluster", help="A Ray cluster: its nodes, free and used CPUs/GPUs, our runs on it.")
+    cluster_sub = cluster.add_subparsers(dest="cluster_command", required=True)
+    sp = with_runs_dir(cluster_sub.add_parser("status", help="Nodes, CPUs/GPUs free and used, our runs on it."))
+    sp.set_defaults(func=cmd_cluster_status)
+    sp.add_argument("--ray-address", help="http://HOST:8265 (default: $LORA_LAB_RAY_ADDRESS)")
+    sp.add_argument("--json", action="store_true")
     add_team_commands(cmd, with_runs_dir)
     return p
 

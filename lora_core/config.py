@@ -16,15 +16,16 @@ import functools
 import json
 import math
 import os
-import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
+from urllib.parse import urlparse
 
 import yaml
 
+from .config_text import MAX_CONFIG_BYTES, excerpt, parse_bytes, parse_file, parse_text  # noqa: F401
 from .errors import ConfigError
 from .samples.make_samples import EVAL_PROMPTS
 
@@ -36,8 +37,9 @@ BUNDLED_MODELS = ("minilm", "tiny-random-gpt2", "tiny-random-llama", "smollm2-13
 LORA_PRESETS = ("qv", "attention", "all-linear")
 SAMPLE_DATASETS = ("sample:sentiment-2", "sample:sentiment-3", "sample:instructions")
 SAMPLE_FOR_TASK = {"seq-cls": "sample:sentiment-2", "causal-lm": "sample:instructions"}  # the offline default
+Backend = Literal["local", "ray"]
+BACKENDS = ("local", "ray")
 
-MAX_CONFIG_BYTES = 1 << 20   # a config is a page of settings; anything near this size is not one
 MAX_INT = 2**31 - 1          # whole numbers above this overflow torch/numpy arguments somewhere downstream
 MAX_TEXT = 1024              # default bound on a text field (paths and prompts say more)
 MAX_PATH = 4096              # PATH_MAX on Linux
@@ -195,6 +197,23 @@ class GenerateConfig:
 
 
 @dataclass
+class ResourcesConfig:
+    backend: Backend = _f("local", "Where the run trains: local (worker processes on this machine) or ray (a job on a "
+                          "Ray cluster; needs requirements-cluster.txt and a cluster address).")
+    num_workers: int = _f(1, "Training processes (data-parallel ranks, one per GPU or CPU slot). More than 1 trains "
+                          "with DDP: torchrun's launcher on this machine, Ray Train across the cluster's nodes.",
+                          min=1, max=1024)
+    cpus_per_worker: Optional[int] = _f(None, "CPU cores each worker uses. Empty: ray reserves 1; local splits this "
+                                        "machine's cores evenly among the workers (one worker: all of them).",
+                                        min=1, max=1024)
+    gpus_per_worker: float = _f(0.0, "GPUs each worker uses (ray reserves them; local workers get one GPU each "
+                                "when the machine has GPUs). 0: CPU training or whatever the machine has.",
+                                min=0.0, max=64.0)
+    ray_address: Optional[str] = _f(None, "Ray cluster address (the dashboard's http://HOST:8265). Empty: "
+                                    "$LORA_LAB_RAY_ADDRESS. Tokens never go here: set RAY_AUTH_TOKEN instead.")
+
+
+@dataclass
 class TrackingConfig:
     mlflow: bool = field(default_factory=lambda: env_flag("LORA_LAB_MLFLOW"), metadata={"help": (
         "Log the config as params, every train and eval metric with its step, the results and the saved weights "
@@ -216,6 +235,8 @@ class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Where the data comes from."})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "Optimization settings."})
     generate: GenerateConfig = field(default_factory=GenerateConfig, metadata={"help": "Before/after generations."})
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig,
+                                       metadata={"help": "Where and on how many processes the run trains."})
     tracking: TrackingConfig = field(default_factory=TrackingConfig, metadata={"help": "Experiment trackers."})
 
     # -- construction -------------------------------------------------------------------------------------
@@ -301,6 +322,9 @@ class ExperimentConfig:
             self.lora.target_modules = targets = [t.strip() for t in targets.split(",") if t.strip()] or None
         if isinstance(targets, list) and not targets:
             self.lora.target_modules = None
+        address = self.resources.ray_address
+        if address is not None:  # blank means $LORA_LAB_RAY_ADDRESS; the Jobs API wants no trailing slash
+            self.resources.ray_address = address.strip().rstrip("/") or None
 
     def rule_errors(self):
         """(the fields a rule reads, its error) for every cross-field rule this config breaks, in field order."""
@@ -334,6 +358,25 @@ class ExperimentConfig:
         if self.train.precision == "fp16" and self.method == "qlora" and self.quant.compute_dtype == "bfloat16":
             yield ("quant.compute_dtype", "train.precision", "method"), ConfigError(
                 "quant.compute_dtype", "fp16 training needs compute_dtype float16 or float32, not bfloat16")
+        yield from self._resources_rule_errors()
+
+    def _resources_rule_errors(self):
+        res = self.resources
+        if res.ray_address is not None:
+            try:
+                check_ray_address(res.ray_address)
+            except ConfigError as error:
+                yield ("resources.ray_address",), error
+        gpus = res.gpus_per_worker
+        if gpus > 1 and not float(gpus).is_integer():
+            yield ("resources.gpus_per_worker",), ConfigError(
+                "resources.gpus_per_worker", f"{gpus:g}: above 1 a worker takes whole GPUs (Ray shares a GPU only "
+                                             "as a fraction below 1)")
+        if res.num_workers > 1 and 0 < gpus < 1:
+            yield ("resources.gpus_per_worker", "resources.num_workers"), ConfigError(
+                "resources.gpus_per_worker", f"{gpus:g}: data-parallel workers cannot share a GPU (NCCL refuses two "
+                                             "ranks on one device); give each worker 1 or more GPUs, or 0 to train "
+                                             "on CPU")
 
     def _data_rule_errors(self):
         train, task = self.data.train, ("data.train", "task")
@@ -368,6 +411,20 @@ class ExperimentConfig:
     def lora_scaling(self) -> float:
         r = self.lora.r
         return self.lora.alpha / (r ** 0.5 if self.lora.use_rslora else r)
+
+
+def check_ray_address(address: str) -> str:
+    """A Ray dashboard address as the Jobs API takes it (http(s)://HOST:PORT, no trailing slash), never with
+    credentials in it (a cluster token goes in RAY_AUTH_TOKEN)."""
+    address = address.strip().rstrip("/")
+    parsed = urlparse(address)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ConfigError("resources.ray_address", f"{address!r} is not a Ray dashboard address; give "
+                                                   "http://HOST:8265 (or https://...)")
+    if parsed.username or parsed.password:
+        raise ConfigError("resources.ray_address", "credentials do not go in the address: set RAY_AUTH_TOKEN "
+                                                   "(or RAY_AUTH_TOKEN_PATH) where the dashboard runs")
+    return address
 
 
 def _names_a_preset(target: str) -> bool:
@@ -495,18 +552,6 @@ def _type_name(hint) -> str:
     return getattr(hint, "__name__", str(hint))
 
 
-_SHORT = reprlib.Repr()  # Python 3.11's Repr takes no arguments
-_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxlong, _SHORT.maxother = 2, 60, 40, 60
-_SHORT.maxtuple = _SHORT.maxlist = _SHORT.maxarray = _SHORT.maxdict = _SHORT.maxset = _SHORT.maxfrozenset = 4
-
-
-def excerpt(value: Any, limit: int = 80) -> str:
-    """A short repr of a value for an error message: a bad value quoted in full could be megabytes (a YAML alias
-    bomb, a pasted file). Never walks more than a few items of a big structure."""
-    text = _SHORT.repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
 def _convert(path: str, value: Any, hint, meta) -> Any:
     origin = typing.get_origin(hint)
     if origin in (Union, types.UnionType):
@@ -599,102 +644,3 @@ def _check_range(path: str, value: float, meta) -> None:
         raise ConfigError(path, f"must be < {meta['max_excl']}, got {excerpt(value)}")
     if isinstance(value, int) and "max" not in meta and value > MAX_INT:
         raise ConfigError(path, f"must be <= {MAX_INT}, got {excerpt(value)}")
-
-
-# -- strict parsing: no aliases, no duplicate keys ---------------------------------------------------------------
-
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses aliases and duplicate keys. An alias lets a few hundred bytes expand into
-    gigabytes (each level repeats the previous one); a config never needs one, so we refuse rather than bound."""
-
-    def compose_node(self, parent, index):
-        if self.check_event(yaml.AliasEvent):
-            mark = self.peek_event().start_mark
-            raise ConfigError("", f"line {mark.line + 1}: YAML aliases (*name) are not allowed in a config; "
-                                  "write the value out")
-        return super().compose_node(parent, index)
-
-    def construct_mapping(self, node, deep=False):
-        seen: dict = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<:` merges are resolved by SafeLoader itself
-                continue
-            key = self.construct_object(key_node, deep=True)
-            line = key_node.start_mark.line + 1
-            try:
-                duplicate = key in seen
-            except TypeError:  # an unhashable key (a list or a mapping)
-                raise ConfigError("", f"line {line}: a key must be a name, got {excerpt(key)}") from None
-            if duplicate:
-                raise ConfigError("", f"line {line}: duplicate key {excerpt(key)} (first at line {seen[key]}); "
-                                      "a config says each setting once")
-            seen[key] = line
-        return super().construct_mapping(node, deep=deep)
-
-
-def _no_duplicates(pairs: list) -> dict:
-    out: dict = {}
-    for key, value in pairs:
-        if key in out:
-            raise ConfigError("", f"duplicate key {excerpt(key)}; a config says each setting once")
-        out[key] = value
-    return out
-
-
-def _load_json(text: str) -> Any:
-    return json.loads(text, object_pairs_hook=_no_duplicates)
-
-
-# -- reading config files: the one strict parser (the CLI, uploads and lora_core.checks use it) -------------------
-
-def parse_file(path: str | Path) -> dict:
-    """The settings in a YAML / JSON config file, read as parse_bytes reads them."""
-    path = Path(path)
-    try:
-        if not path.is_file():
-            raise ConfigError("", f"config file not found: {excerpt(str(path))}")
-        if path.stat().st_size > MAX_CONFIG_BYTES:
-            raise ConfigError("", f"{path}: {path.stat().st_size:,} bytes is too big for a config "
-                                  f"(at most {MAX_CONFIG_BYTES:,})")
-        raw = path.read_bytes()
-    except OSError as exc:  # a name too long, a folder, no permission: say which file
-        raise ConfigError("", f"cannot read the config file {excerpt(str(path))}: {exc.strerror or exc}") from None
-    return parse_bytes(raw, fmt="json" if path.suffix.lower() == ".json" else "yaml", source=str(path))
-
-
-def parse_bytes(raw: bytes, fmt: str = "yaml", source: str = "config") -> dict:
-    """The settings in a file's bytes: checked for size and UTF-8, then parse_text."""
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise ConfigError("", f"{source}: {len(raw):,} bytes is too big for a config (at most "
-                              f"{MAX_CONFIG_BYTES:,})")
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise ConfigError("", f"{source}: line {line} (byte {exc.start}) is not valid UTF-8 "
-                              f"({raw[exc.start:exc.start + 4]!r}); save the file as UTF-8") from None
-    return parse_text(text, fmt, source)
-
-
-def parse_text(text: str, fmt: str = "yaml", source: str = "config") -> dict:
-    """The settings in YAML or JSON text. Empty text, aliases, duplicate keys and non-finite numbers are refused:
-    a config that does not say what it means never launches the defaults or the last of two values. A parse
-    error keeps the parser's own lines (where, with its caret, and what)."""
-    if len(text) > MAX_CONFIG_BYTES:
-        raise ConfigError("", f"{source}: too big for a config (at most {MAX_CONFIG_BYTES:,} characters)")
-    if not text.strip():
-        raise ConfigError("", f"{source} is empty; a config needs at least one setting (an empty file would "
-                              "silently launch the defaults)")
-    try:
-        data = _load_json(text) if fmt == "json" else yaml.load(text, Loader=_StrictLoader)  # noqa: S506
-    except ConfigError as exc:
-        raise ConfigError(exc.field, f"{source}: {exc.message}") from None
-    except RecursionError:
-        raise ConfigError("", f"{source} is nested too deeply to be a config") from None
-    except Exception as exc:  # yaml.YAMLError / json.JSONDecodeError: say where, in the parser's own lines
-        raise ConfigError("", f"{source} is not valid {fmt.upper()}:\n{str(exc)[:1500]}") from None
-    if data is None:
-        raise ConfigError("", f"{source} has no settings (only comments or an empty document)")
-    if not isinstance(data, dict):
-        raise ConfigError("", f"{source} must be a mapping of keys to values, got {type(data).__name__}")
-    return data

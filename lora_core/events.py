@@ -40,7 +40,9 @@ class EventStream:
     def __init__(self, on_event: Callable[[Event], None] | None, cfg: ExperimentConfig):
         self.on_event = on_event
         self.task = cfg.task
-        self.samples_per_step = cfg.train.batch_size * cfg.train.gradient_accumulation_steps
+        # rows per optimizer step over all ranks (every rank takes batch_size rows per micro-step)
+        self.samples_per_step = (cfg.train.batch_size * cfg.train.gradient_accumulation_steps
+                                 * cfg.resources.num_workers)
         self.stopping = False
         self.started: float | None = None
         self.first_step = 0          # global step when this process began training (resume: the checkpoint's)

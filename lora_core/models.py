@@ -410,7 +410,8 @@ def load_model(source: str, task: str, *, num_labels: int = 2, id2label: dict | 
         with torch.device("meta"):
             skeleton = _auto_class(task).from_config(config, trust_remote_code=trust_remote_code)
         kwargs["quantization_config"] = bnb_config(quant, head_names(skeleton))
-        kwargs["device_map"] = {"": 0} if torch.cuda.is_available() else {"": "cpu"}
+        # the current device: a rank of a multi-GPU run (distributed.py) has set its own
+        kwargs["device_map"] = {"": torch.cuda.current_device()} if torch.cuda.is_available() else {"": "cpu"}
     try:
         model = _auto_class(task).from_pretrained(path, **kwargs)
     except OSError as exc:

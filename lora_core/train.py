@@ -41,19 +41,21 @@ NEARLY_FULL_BYTES = 1 << 20  # a write error with less than this free on the run
 
 def run_experiment(cfg: ExperimentConfig, out_dir: Path, *, on_event: Callable[[Event], None] | None = None,
                    should_stop: Callable[[], bool] | None = None, resume_from: Path | None = None,
-                   run_info: dict | None = None) -> dict:
+                   prepare_trainer: Callable | None = None, run_info: dict | None = None) -> dict:
     """Train `cfg` and write its artifacts to `out_dir`; returns the results dict.
 
     on_event(event) gets every phase / log / eval event. should_stop() is polled between phases and after every
     optimizer step; once true, the run checkpoints, saves what it trained and returns with stopped=True.
     resume_from: a `checkpoint-N` folder of an earlier run of the same config; step counting continues there.
+    prepare_trainer: a backend's Trainer wrapper (Ray Train's). In a multi-process run (distributed.py) every
+    rank calls this; rank 0 alone writes files and reports to the trackers.
     run_info: who the run is (run_id, sweep_id, parent_id, runs_dir), for the trackers `cfg.tracking` switches on;
     they get every event and, at the end, the results and the saved weights (tracking.py).
     """
-    tracker = Tracker.open(cfg, Path(out_dir), run_info)
+    tracker = Tracker.open(cfg, Path(out_dir), run_info) if rank() == 0 else Tracker([])
     try:
         results = _train(cfg, out_dir, on_event=tracker.wrap(on_event), should_stop=should_stop,
-                         resume_from=resume_from)
+                         resume_from=resume_from, prepare_trainer=prepare_trainer)
     except BaseException:
         tracker.finish(None, failed=True)
         raise
@@ -61,13 +63,13 @@ def run_experiment(cfg: ExperimentConfig, out_dir: Path, *, on_event: Callable[[
     return tracker.finish(results, weights)
 
 
-def _train(cfg: ExperimentConfig, out_dir: Path, *, on_event, should_stop, resume_from) -> dict:
+def _train(cfg: ExperimentConfig, out_dir: Path, *, on_event, should_stop, resume_from, prepare_trainer) -> dict:
     """setup -> train -> save (see run_experiment)."""
     out = Artifacts(out_dir)
     out.path.mkdir(parents=True, exist_ok=True)
     writing = {"what": f"the run's files in {out.path}"}  # named in the error when the disk fills up
     try:
-        return _run(cfg, out, writing, on_event, should_stop, resume_from)
+        return _run(cfg, out, writing, on_event, should_stop, resume_from, prepare_trainer)
     except Exception as exc:
         if files.is_no_space(exc) or (_nearly_full(out.path) and "writ" in str(exc).lower()):
             raise StorageError(f"no space left on device while writing {writing['what']}") from exc
@@ -79,7 +81,8 @@ def _nearly_full(path: Path) -> bool:
     return free is not None and free < NEARLY_FULL_BYTES
 
 
-def _run(cfg: ExperimentConfig, out: Artifacts, writing: dict, on_event, should_stop, resume_from) -> dict:
+def _run(cfg: ExperimentConfig, out: Artifacts, writing: dict, on_event, should_stop, resume_from,
+         prepare_trainer) -> dict:
     from transformers import set_seed
 
     resume_from = check_checkpoint(resume_from) if resume_from else None
@@ -92,7 +95,7 @@ def _run(cfg: ExperimentConfig, out: Artifacts, writing: dict, on_event, should_
         # -- setup -------------------------------------------------------------------------------------------
         stream.phase("loading_data")
         splits = data.load_splits(cfg)
-        if splits.label_map:
+        if splits.label_map and rank() == 0:
             writing["what"] = str(out.label_map)
             files.write_json(out.label_map, splits.label_map)
         if stop_requested():
@@ -104,15 +107,17 @@ def _run(cfg: ExperimentConfig, out: Artifacts, writing: dict, on_event, should_
         prepared = tokens.prepare(splits, tokenizer, cfg)  # cached per data + tokenizer; packed; ordered
         train_ds, eval_ds = prepared.train, prepared.eval
         estimate = memory_estimate(cfg, splits.num_labels or 2, train_ds)  # the run's real batch shapes
-        before = generations(cfg, model, tokenizer)
+        before = generations(cfg, model, tokenizer) if rank() == 0 else None
         if stop_requested():
             return collect_results(cfg, splits=splits, model=model, memory=memory, stopped=True,
                                    resume_from=resume_from, estimate=estimate, data_info=prepared.info)
 
         trainer = build_trainer(cfg, model, tokenizer, train_ds, eval_ds, out.checkpoints, stream, stop_requested,
                                 memory)
+        if prepare_trainer is not None:
+            trainer = prepare_trainer(trainer)
         trainer.add_callback(checkpoint_marker(out, writing))
-        baseline = None if resume_from else evaluate_before(cfg, trainer)
+        baseline = None if resume_from else evaluate_before(cfg, trainer)  # every rank: evaluation is collective
         tensor_peak = StepPeakMeter()  # exact live-tensor bytes of the largest steps, beside RSS
         trainer.add_callback(tensor_peak.callback())
 
@@ -128,10 +133,10 @@ def _run(cfg: ExperimentConfig, out: Artifacts, writing: dict, on_event, should_
         # -- save --------------------------------------------------------------------------------------------
         stream.phase("saving")
         writing["what"] = f"the trained weights ({out.weights(cfg.method)})"
-        artifact_dir = save_artifacts(cfg, trainer.model, tokenizer, out, splits)
-        after = generations(cfg, trainer.model, tokenizer)
+        artifact_dir = save_artifacts(cfg, trainer.model, tokenizer, out, splits) if rank() == 0 else None
         pairs = None
         if before is not None:
+            after = generations(cfg, trainer.model, tokenizer)
             pairs = [{"prompt": p, "before": b, "after": a} for p, b, a in zip(cfg.generate.prompts, before, after)]
             writing["what"] = str(out.generations)
             files.atomic_write(out.generations, json.dumps(pairs, indent=2, ensure_ascii=False))
@@ -142,6 +147,20 @@ def _run(cfg: ExperimentConfig, out: Artifacts, writing: dict, on_event, should_
 
 
 # -- setup helpers ---------------------------------------------------------------------------------------------
+
+def rank() -> int:
+    """This process's rank in a multi-process run (distributed.py), 0 when it trains alone."""
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    """How many processes train this run together (1 when it trains alone)."""
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
 
 def check_checkpoint(path: Path) -> Path:
     path = Path(path)
@@ -167,6 +186,8 @@ def checkpoint_marker(out: Artifacts, writing: dict):
                 writing["what"] = f"checkpoint {out.checkpoint(state.global_step)}"
 
         def on_save(self, args, state, control, **kwargs):
+            if not state.is_world_process_zero:  # rank 0 saved the checkpoint; it alone marks it
+                return
             folder = out.checkpoint(state.global_step)
             if folder.is_dir():
                 mark_checkpoint_complete(folder)
@@ -237,6 +258,9 @@ def training_arguments(cfg: ExperimentConfig, checkpoint_dir: Path):
         report_to="none",
         disable_tqdm=True,
         dataloader_num_workers=0,
+        # with several ranks the Trainer would multiply the loss by the rank count for models that take loss
+        # kwargs, which seq-cls models (plain mean cross-entropy) do not use: their loss came out doubled on 2 ranks
+        average_tokens_across_devices=False,
         **flags,
     )
 
@@ -388,6 +412,8 @@ def collect_results(cfg: ExperimentConfig, *, splits, memory: MemoryMeter, stopp
     flags = precision_flags(cfg.train.precision)
     results: dict[str, Any] = {
         "task": cfg.task, "method": cfg.method, "model": cfg.model.source,
+        "backend": cfg.resources.backend, "world_size": world_size(),
+        "global_batch_size": cfg.train.batch_size * cfg.train.gradient_accumulation_steps * world_size(),
         "stopped": stopped,
         **(final or {}),
         **(baseline or {}),

@@ -12,12 +12,13 @@ import pandas as pd
 from lora_core.config import get_dotted
 from lora_ui import insight
 from lora_ui.format import method_text, primary_metric
+from lora_ui.placement import placement_text
 from lora_ui.service import RunStatus
 
 COLUMNS = ["label", "status", "method", "rank", "trainable", "trainable %", "accuracy", "macro-F1", "eval loss",
            "train time (s)", "CPU busy", "peak mem (GB)", "est. peak (GB)", "adapter (MB)", "vs full: accuracy",
-           "vs full: time", "vs full: trainable", "vs full: memory", "preferred", "eval rows", "data fingerprint",
-           "id"]
+           "vs full: time", "vs full: trainable", "vs full: memory", "preferred", "backend", "world size", "nodes",
+           "job id", "eval rows", "data fingerprint", "id"]
 STD = " ±"  # the column beside a metric holding its std across seeds
 
 
@@ -82,6 +83,10 @@ def rows(records, votes: dict[str, dict] | None = None) -> list[dict]:
             "est. peak (GB)": est / 1e9 if est else None,
             "adapter (MB)": adapter / 1e6 if adapter else None,
             "preferred": preference_text((votes or {}).get(rec.id)),
+            "backend": placement_text(rec),
+            "world size": rec.world_size or 1,
+            "nodes": len(set(rec.nodes or [])) or None,
+            "job id": rec.job_id,
             "eval rows": res.get("eval_rows"),
             "data fingerprint": res.get("dataset_fingerprint"),
             "id": rec.id,

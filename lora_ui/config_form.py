@@ -45,9 +45,11 @@ PLAIN_FIELDS = [
     "train.warmup_ratio", "train.max_grad_norm", "train.gradient_checkpointing", "train.precision", "train.seed",
     "train.logging_steps", "train.eval_steps", "train.save_steps", "train.early_stopping_patience",
     "train.early_stopping_metric", "train.max_restarts", "generate.max_new_tokens",
+    "resources.backend", "resources.num_workers", "resources.cpus_per_worker", "resources.gpus_per_worker",
+    "resources.ray_address",
 ]
 # Optional text fields: an empty box means None.
-OPTIONAL_TEXT = {"model.revision", "data.subset", "data.eval_split"}
+OPTIONAL_TEXT = {"model.revision", "data.subset", "data.eval_split", "resources.ray_address"}
 
 
 def field_meta(dotted: str) -> dict:

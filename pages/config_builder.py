@@ -301,6 +301,13 @@ def train_tab(cfg: ExperimentConfig | None = None) -> None:
         st.markdown("**Generations before / after training**")
         field("number_input", "generate.max_new_tokens", "Generated tokens", step=8)
         field("text_area", "generate.prompts", "Prompts (one a line; keep them out of the training data)")
+    st.markdown("**Resources** — where the run trains and on how many processes")
+    columns_of_fields([
+        ("selectbox", "resources.backend", "Backend", {}),
+        ("number_input", "resources.num_workers", "Workers", {"step": 1}),
+        ("number_input", "resources.cpus_per_worker", "CPUs per worker", {"step": 1, "placeholder": "auto"}),
+        ("number_input", "resources.gpus_per_worker", "GPUs per worker", {"step": 1.0, "format": "%g"}),
+        ("text_input", "resources.ray_address", "Ray cluster address", {"placeholder": "$LORA_LAB_RAY_ADDRESS"})])
     lr_find_section(cfg)
 
 

@@ -5,7 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from lora_core.config import ConfigError
-from lora_ui import service
+from lora_ui import placement, service
 from lora_ui.config_form import apply_config
 from lora_ui.format import (STATUS_ICON, X_AXES, code, fmt_bytes, fmt_duration, fmt_time, md, method_text,
                             primary_metric, status_text, styled)
@@ -27,6 +27,7 @@ def row(rec) -> dict:
         "owner": rec.owner or "",
         "method": rec.method,
         "rank": rec.lora_r,
+        "where": placement.placement_text(rec),
         "accuracy": value if name == "accuracy" else None,
         "eval loss": res.get("eval_loss"),
         "trainable": res.get("trainable_params"),
@@ -92,6 +93,12 @@ def run_header(rec) -> None:
                f"ended {fmt_time(rec.ended)}" + (f" · sweep `{rec.sweep_id}`" if rec.sweep_id else "")
                + (f" · automatic restart {rec.restarts} of `{rec.parent_id}` after its worker crashed" if rec.restarts
                   else f" · resumed from `{rec.parent_id}`" if rec.parent_id else ""))
+    where = f"Trained on: {placement.placement_text(rec)}"
+    if rec.job_id:
+        where += f" · Ray job `{rec.job_id}` on {rec.cluster}"
+    if rec.nodes:
+        where += " · nodes " + ", ".join(f"`{n[:12]}`" for n in dict.fromkeys(rec.nodes))
+    st.caption(where)
 
 
 def run_actions(rec) -> None:
@@ -176,7 +183,11 @@ def files_tab(rec) -> None:
 
 def log_tab(rec) -> None:
     st.code(service.log_tail(rec.id, n=200) or "(empty)", language="text")
-    st.caption(json.dumps({"pid": rec.pid, "host": rec.host, "heartbeat": fmt_time(rec.heartbeat)}))
+    st.caption(json.dumps({"pid": rec.pid, "host": rec.host, "heartbeat": fmt_time(rec.heartbeat),
+                           "backend": rec.backend or "local", "job_id": rec.job_id, "cluster": rec.cluster}))
+    if rec.job_id and not rec.terminal:
+        st.caption("A cluster run's log comes from Ray's job log (get_job_logs); it is copied into the run's "
+                   "folder when the run ends.")
 
 
 def detail_panel(run_id: str, was_live: bool) -> None:

@@ -6,10 +6,10 @@ panel is a fragment that reruns every few seconds by itself, so the curves grow 
 import pandas as pd
 import streamlit as st
 
-from lora_core.config import ConfigError
-from lora_ui import service
+from lora_core.config import BACKENDS, ConfigError, field_help
+from lora_ui import placement, service
 from lora_ui.config_form import cli_command, form_config
-from lora_ui.format import X_AXES, code, fmt_duration, md, method_text, primary_metric, status_text
+from lora_ui.format import X_AXES, code, error_text, fmt_duration, md, method_text, primary_metric, status_text
 from lora_ui.live import REFRESH_S, curves, progress_line, throughput_metrics
 from lora_ui.service import RunStatus
 from lora_ui.state import BUILDER, TRAIN, current_config, focus_sweep, launched_runs
@@ -60,13 +60,67 @@ def config_panel(cfg) -> None:
             st.page_link("pages/config_builder.py", label="Edit config", icon=":material/tune:")
 
 
+def where_panel(cfg):
+    """Backend, workers and cluster address for what launches; returns that config (None while a field is
+    wrong: the error shows under the panel and the launch buttons are off)."""
+    placement.sync_from(cfg)
+    with st.container(border=True):
+        c = st.columns([1.3, 1, 2.7])
+        backend = c[0].radio("Where it trains", BACKENDS, key=S.key("backend"), horizontal=True,
+                             help=field_help("resources.backend"))
+        c[1].number_input("Workers", min_value=1, max_value=1024, step=1, key=S.key("workers"),
+                          help=field_help("resources.num_workers"))
+        c[2].text_input("Ray cluster address", key=S.key("ray_address"), disabled=backend != "ray",
+                        placeholder=placement.default_ray_address() or "http://HEAD:8265",
+                        help=field_help("resources.ray_address") + " Never expose the Ray dashboard port publicly.")
+        try:
+            launch_cfg = placement.launch_config(cfg)
+        except ConfigError as exc:
+            show_error(exc)
+            return None
+        if backend == "ray" and not placement.ray_installed():
+            st.warning(placement.ray_missing_message())
+            return None
+    if backend == "ray":
+        cluster_panel(launch_cfg.resources.ray_address or placement.default_ray_address())
+    return launch_cfg
+
+
+@st.fragment(run_every=max(REFRESH_S, 5.0))
+def cluster_panel(address: str) -> None:
+    """The cluster runs go to: nodes, CPUs and GPUs in use, our runs on it (live)."""
+    with st.expander(f"Cluster {address or '(no address yet)'}", expanded=True, icon=":material/hub:"):
+        if not address:
+            st.caption("Give the Ray dashboard's address above, or set LORA_LAB_RAY_ADDRESS for the dashboard.")
+            return
+        try:
+            status = placement.cluster_status(address)
+        except Exception as exc:  # noqa: BLE001 - an unreachable cluster is shown, the page stays
+            st.warning(error_text(exc))
+            return
+        alive = sum(n["alive"] for n in status["nodes"])
+        c = st.columns(3)
+        c[0].metric("Nodes alive", f"{alive}/{len(status['nodes'])}")
+        c[1].metric("CPUs free", f"{status['cpus'] - status['cpus_used']:g} of {status['cpus']:g}")
+        c[2].metric("GPUs free", f"{status['gpus'] - status['gpus_used']:g} of {status['gpus']:g}")
+        st.dataframe(pd.DataFrame(placement.node_rows(status)), hide_index=True, width="stretch")
+        rows = placement.run_rows(status)
+        if rows:
+            st.markdown("**Our runs on it**")
+            st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+        else:
+            st.caption("None of this dashboard's runs is queued or running there.")
+
+
 def launch_tab(cfg) -> None:
     action_button(S, "Launch run", service.launch, cfg, key=S.key("launch"), verb="Launch",
-                  icon=":material/rocket_launch:", type="primary")
+                  icon=":material/rocket_launch:", type="primary", disabled=cfg is None)
+    if cfg is None:
+        return
     st.caption("Terminal equivalent: " + f"`{cli_command(cfg)}` (after exporting the YAML on the Config builder).")
 
 
-def sweep_tab(cfg) -> None:
+def sweep_tab(cfg, can_launch: bool = True) -> None:
     st.markdown("One action launches a run per rank and method, with the same seed, data and eval split, "
                 "grouped under one sweep id for the Compare page. With several seeds per setting, Compare shows "
                 "each setting's mean ± std.")
@@ -94,7 +148,7 @@ def sweep_tab(cfg) -> None:
         except ConfigError as exc:  # e.g. head-only with a causal-lm config
             show_error(exc)
     action_button(S, f"Launch sweep ({len(planned)} runs)", launch_sweep, base, vary, seeds, key=S.key("sweep_go"),
-                  verb="Sweep", icon=":material/science:", disabled=not planned)
+                  verb="Sweep", icon=":material/science:", disabled=not planned or not can_launch)
 
 
 def launch_recipe(key: str, max_steps: int | None) -> service.ActionResult:
@@ -140,8 +194,8 @@ def run_card(rec, x_axis: str) -> None:
     events = service.metrics(rec.id)
     with st.container(border=True):
         c1, c2 = st.columns([4, 1])
-        c1.markdown(f"{status_text(rec.status)} **{md(rec.name)}** · {method_text(rec)} · `{rec.id}`"
-                    + (f" · by {md(rec.owner)}" if rec.owner else ""))
+        c1.markdown(f"{status_text(rec.status)} **{md(rec.name)}** · {method_text(rec)} · "
+                    f"{placement.placement_text(rec)} · `{rec.id}`" + (f" · by {md(rec.owner)}" if rec.owner else ""))
         run_buttons(rec, c2)
         frac, text = progress_line(rec, events)
         if rec.status == RunStatus.RUNNING and rec.stop_requested:
@@ -212,11 +266,12 @@ st.title("Train")
 config = current_config()
 config_panel(config)
 if service.can("launch"):
+    launching = where_panel(config)
     tab_one, tab_sweep, tab_recipes = st.tabs(["Launch this config", "Sweep ranks / methods", "Tutorial recipes"])
     with tab_one:
-        launch_tab(config)
+        launch_tab(launching)
     with tab_sweep:
-        sweep_tab(config)
+        sweep_tab(launching or config, can_launch=launching is not None)
     with tab_recipes:
         recipes_tab()
     if S.pop("open_compare", False):

@@ -2,6 +2,7 @@
 optimizer steps by hand, a RUNNING run that trains nothing, and stopping whatever runs a test left going."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from lora_core.runs import RunRecord, Runs, RunStatus, layout
 from lora_core.runs.launcher import this_host
 
 ROOT = Path(__file__).resolve().parents[1]
+INJECT = ROOT / "tests" / "reliability" / "inject"  # the fault injector workers load (its sitecustomize.py)
 
 # Tiny runs that train in seconds on a CPU: tiny-random-gpt2, a few steps, a few rows.
 TINY_SEQ_CLS = {
@@ -74,6 +76,22 @@ def cli(*args: str, check: bool = True, timeout: float = 120, input: str | None 
     return proc
 
 
+def steps_logged(events: list[dict]) -> list[int]:
+    """The steps of the training-step logs in a metrics stream (the end-of-training summary has no loss)."""
+    return [e["step"] for e in events if e.get("kind") == "log" and "loss" in e]
+
+
+def wait_for_steps(runs: Runs, run_id: str, n: int, timeout: float = 180.0) -> list[dict]:
+    """Wait until a RUNNING run has logged `n` training steps (failing at once if it ended); returns the events."""
+    def enough():
+        record = runs.get(run_id)
+        assert record.status in (RunStatus.QUEUED, RunStatus.RUNNING), (record.status, record.error,
+                                                                        record.error_log)
+        events = runs.metrics(run_id)
+        return events if record.status == RunStatus.RUNNING and len(steps_logged(events)) >= n else None
+    return wait_until(enough, timeout=timeout, poll=0.1, what=f"{n} logged steps of {run_id}")
+
+
 def fake_running(runs: Runs, cfg: ExperimentConfig, owner: str):
     """A RUNNING run owned by `owner` whose worker is a `sleep` in its own process group: pages show it live and
     its Stop really stops something, yet nothing trains. It is registered as RUNNING from the start, so a
@@ -122,3 +140,151 @@ def train_by_hand(cfg: ExperimentConfig, texts: list[str], labels: list[int] | N
         opt.step()
         opt.zero_grad()
     return model.eval(), tok
+
+
+# -- a real Ray cluster on loopback, ended by pid ---------------------------------------------------------------------
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# `ray start` turns 127.0.0.1 and localhost into this machine's routable address (resolve_ip_for_localhost), so
+# the nodes take another loopback address: every Ray process then advertises and listens on `lo` only.
+RAY_NODE_IP = "127.0.0.2"
+
+
+class LocalRayCluster:
+    """A head and `nodes - 1` more Ray nodes on loopback (RAY_NODE_IP), each `ray start --block` in its own process
+    session with `cpus` CPUs, free ports and its own temp dir under `root`. `close()` ends every process of those
+    sessions by pid (never `ray stop`, which ends other people's Ray processes by name). Extra environment (e.g.
+    RAY_AUTH_MODE, or a PYTHONPATH put before the repository's)
+    goes to every node through `env`."""
+
+    def __init__(self, root: Path, nodes: int = 2, cpus: int = 1, env: dict | None = None):
+        self.root, self.cpus = Path(root), cpus
+        self.env = {**os.environ, **(env or {}), "RAY_USAGE_STATS_ENABLED": "0",
+                    # the job entrypoint's `python` is this interpreter
+                    "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+                    "PYTHONPATH": os.pathsep.join(filter(None, [(env or {}).get("PYTHONPATH"), str(ROOT)]))}
+        self.procs: list[subprocess.Popen] = []
+        self.gcs_port, self.dashboard_port = free_port(), free_port()
+        self.address = f"http://127.0.0.1:{self.dashboard_port}"
+        self.node_count = nodes
+
+    def start(self, timeout: float = 180.0) -> "LocalRayCluster":
+        try:
+            self._start_node(head=True)
+            wait_until(lambda: self._check_alive() and self._dashboard_up(), timeout=timeout, poll=0.5,
+                       what="the Ray head's dashboard")
+            for _ in range(self.node_count - 1):
+                self._start_node(head=False)
+            wait_until(lambda: self._check_alive() and len(self.alive_nodes()) == self.node_count,
+                       timeout=timeout, poll=0.5, what=f"{self.node_count} Ray nodes")
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _start_node(self, head: bool) -> None:
+        index = len(self.procs)
+        args = [str(Path(sys.executable).parent / "ray"), "start", "--block", "--disable-usage-stats",
+                "--num-cpus", str(self.cpus), "--num-gpus", "0", "--node-ip-address", RAY_NODE_IP,
+                "--object-store-memory", str(100 * 1024 ** 2), "--min-worker-port", "0", "--max-worker-port", "0",
+                "--node-manager-port", str(free_port()), "--object-manager-port", str(free_port()),
+                "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
+                "--runtime-env-agent-port", str(free_port()), "--metrics-export-port", str(free_port())]
+        temp = self.root / f"n{index}"  # each node its own (a shared one makes each log monitor forward all logs)
+        temp.mkdir(parents=True, exist_ok=True)
+        if len(str(temp)) > 45:  # Ray puts sockets ~61 characters below it, and AF_UNIX paths stop at 107
+            raise ValueError(f"Ray's temp dir {temp} is too long for its socket paths; use a shorter root")
+        args += ["--temp-dir", str(temp)]
+        if head:
+            args += ["--head", "--port", str(self.gcs_port), "--dashboard-port", str(self.dashboard_port),
+                     "--dashboard-host", "127.0.0.1", "--include-dashboard", "true",
+                     "--ray-client-server-port", str(free_port())]
+        else:
+            args += ["--address", f"{RAY_NODE_IP}:{self.gcs_port}"]
+        log = open(self.root / f"ray-node-{index}.log", "ab")
+        self.procs.append(subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                           env=self.env, start_new_session=True))
+        log.close()
+
+    def _check_alive(self) -> bool:
+        """AssertionError with its log when a `ray start` has exited (instead of waiting out the timeout)."""
+        for index, proc in enumerate(self.procs):
+            if proc.poll() is not None:
+                log = (self.root / f"ray-node-{index}.log").read_text(errors="replace")[-3000:]
+                raise AssertionError(f"`ray start` of node {index} exited with {proc.returncode}:\n{log}")
+        return True
+
+    def _get(self, path: str, timeout: float):
+        """GET from the dashboard, with the cluster's token when token authentication is on."""
+        import urllib.request
+
+        token = self.env.get("RAY_AUTH_TOKEN")
+        request = urllib.request.Request(self.address + path,
+                                         headers={"Authorization": f"Bearer {token}"} if token else {})
+        with urllib.request.urlopen(request, timeout=timeout) as r:
+            return json.load(r)
+
+    def _dashboard_up(self) -> bool:
+        try:
+            return bool(self._get("/api/version", timeout=2))
+        except (OSError, ValueError):
+            return False
+
+    def alive_nodes(self) -> list[dict]:
+        try:
+            summary = self._get("/nodes?view=summary", timeout=5)["data"]["summary"]
+        except (OSError, KeyError, ValueError):
+            return []
+        return [n for n in summary if n.get("raylet", {}).get("state") == "ALIVE"]
+
+    def pids(self) -> list[int]:
+        """Every live process in the sessions of the `ray start` commands this cluster ran."""
+        import psutil
+
+        sessions = {p.pid for p in self.procs}
+        found = []
+        for proc in psutil.process_iter(["pid"]):
+            try:
+                if os.getsid(proc.pid) in sessions:
+                    found.append(proc.pid)
+            except (ProcessLookupError, PermissionError):
+                continue
+        return found
+
+    def close(self, timeout: float = 30.0) -> None:
+        """SIGTERM then SIGKILL every process of this cluster's sessions, by pid; wait until none is left."""
+        import signal
+
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in self.pids():
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.time() + (10 if sig == signal.SIGTERM else timeout)
+            while time.time() < deadline and self.pids():
+                for proc in self.procs:
+                    proc.poll()
+                time.sleep(0.2)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+        left = self.pids()
+        assert not left, f"Ray processes {left} survived SIGKILL"
+
+
+def slow_first_steps(seconds: float = 0.5, until: int = 8) -> dict:
+    """Environment under which every training process started from it (workers, their ranks, a Ray node's jobs)
+    sleeps `seconds` after each of its first `until` steps: a short run then still has a middle for a test to
+    stop or read it in, and a resumed run soon trains at full speed (the fault injector's "slow")."""
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(INJECT), os.environ.get("PYTHONPATH")])),
+            "LORA_LAB_TEST_FAULT": json.dumps({"at": "step", "do": "slow", "seconds": seconds, "until": until})}

@@ -7,8 +7,9 @@ pipe that a browser tab or dashboard has to drain, and no shell. The worker outl
 the browser or restarting the dashboard changes nothing, and any process that looks at the runs later
 (`reconcile`) sees them live again.
 
-Starting, checking and killing a worker are the four methods of `LocalProcesses`, kept together so that another
-backend (a Ray Jobs one) can sit beside it. Everything else here is backend-neutral policy over the registry:
+Starting, checking and killing a worker are the methods of `LocalProcesses`; `ray_jobs.RayJobs` has the same
+seam for runs on a Ray cluster (`check` moves a live run forward, `request_stop`, `kill`, `wait_gone`,
+`cancelled`), and each run names its backend. Everything else here is backend-neutral policy over the registry:
   * a RUNNING run whose worker is gone (SIGKILL, out-of-memory kill, segfault, reboot) becomes FAILED with the
     tail of its log (or STOPPED if a stop had been requested); metrics already written stay;
   * QUEUED runs are started, in queue order, into free slots. Claiming a slot is one atomic SQLite transaction,
@@ -16,8 +17,9 @@ backend (a Ray Jobs one) can sit beside it. Everything else here is backend-neut
 `reconcile` runs on every launch, on every look (CLI status/list, the dashboard, `wait`), and in each worker as it
 exits, so the queue drains by itself with no browser open.
 
-Concurrency limit: $LORA_LAB_MAX_CONCURRENT, else one run per visible GPU, else one on a CPU-only machine. With
-several GPUs each run is pinned to its slot's GPU through CUDA_VISIBLE_DEVICES. Queue cap: $LORA_LAB_MAX_QUEUED
+Concurrency limit (local runs only: a cluster queues its own): $LORA_LAB_MAX_CONCURRENT slots, else one per
+visible GPU, else one on a CPU-only machine. A run of N training processes (resources.num_workers) holds N slots;
+with several GPUs it is pinned to its slots' GPUs through CUDA_VISIBLE_DEVICES. Queue cap: $LORA_LAB_MAX_QUEUED
 runs waiting at once (default 100) per runs directory; `max_queued(user)` is where a per-user cap plugs in.
 """
 from __future__ import annotations
@@ -36,7 +38,7 @@ import psutil
 from ..config import ConfigError
 from ..errors import StatusError
 from . import files, layout
-from .store import Registry, RunRecord, RunStatus
+from .store import LOCAL, Registry, RunRecord, RunStatus
 
 WORKER_MODULE = "lora_core.runs.worker"
 STALE_AFTER_S = 10.0       # heartbeat age after which a worker we cannot check by pid counts as dead
@@ -87,10 +89,24 @@ def _env_count(name: str, default: int) -> int:
     return int(env)
 
 
+OnCrash = Callable[[RunRecord, str], None]  # called for a run found dead and marked FAILED (a restart hook)
+
+
 # -- the local backend: start, is-alive, stop, kill ---------------------------------------------------------------
 
 class LocalProcesses:
-    """Runs as worker processes on this machine, each the leader of its own process group."""
+    """Runs as worker processes on this machine, each the leader of its own process group (a multi-process run's
+    ranks are the worker's children, in the same group)."""
+
+    name = LOCAL
+
+    def check(self, registry: Registry, record: RunRecord, on_crash: OnCrash | None = None) -> None:
+        """A RUNNING run whose worker died, or whose stop is overdue, is ended (QUEUED runs wait for a slot)."""
+        if record.status == RunStatus.RUNNING:
+            check_running(registry, self, record, on_crash)
+
+    def cancelled(self, record: RunRecord) -> None:
+        """Nothing runs for a queued local run."""
 
     def start(self, registry: Registry, record: RunRecord, limit: int) -> None:
         """Start the worker for a claimed (RUNNING) run and record its process identity."""
@@ -101,8 +117,8 @@ class LocalProcesses:
         gpus = visible_gpus()
         if gpus:
             env["LORA_LAB_GPUS"] = ",".join(gpus)
-        if gpus and limit > 1 and record.slot is not None:  # one run per GPU: pin it to its slot's GPU
-            env["CUDA_VISIBLE_DEVICES"] = gpus[record.slot % len(gpus)]
+        if gpus and limit > 1 and record.slot is not None:  # one process per GPU: pin it to its slots' GPUs
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus[(record.slot + i) % len(gpus)] for i in range(record.slots))
         try:
             with open(rd.log, "ab") as log:
                 proc = subprocess.Popen([sys.executable, "-m", WORKER_MODULE, str(rd.path)],
@@ -240,24 +256,41 @@ def _signal_name(code: int) -> str:
 
 # -- reconcile: the one routine that moves the registry forward ---------------------------------------------------
 
-OnCrash = Callable[[RunRecord, str], None]
-
-
-def reconcile(registry: Registry, backend: LocalProcesses, on_crash: OnCrash | None = None) -> list[str]:
-    """Mark dead workers FAILED (or STOPPED when a stop was asked for), then start queued runs into free
-    slots. Cheap when nothing changed; safe to call from any number of processes at once. Returns the ids of
-    runs it started. `on_crash(record, reason)` runs once for each run this call found dead and marked FAILED
-    (the manager restarts it there when its config allows), before the queue is drained."""
+def reconcile(registry: Registry, backends: dict, on_crash: OnCrash | None = None) -> list[str]:
+    """Mark dead workers FAILED (or STOPPED when a stop was asked for), move cluster runs forward from their
+    backend, then start local queued runs into free slots. Cheap when nothing changed; safe to call from any
+    number of processes at once. Returns the ids of local runs it started. `on_crash(record, reason)` runs once
+    for each run (of any backend) this call found dead and marked FAILED (the manager restarts it there when its
+    config allows), before the queue is drained."""
     reap()
-    for record in registry.list(status=RunStatus.RUNNING):
-        check_running(registry, backend, record, on_crash)
+    live = registry.list(status=[RunStatus.QUEUED, RunStatus.RUNNING])
+    crashed: list[str] = []
+
+    def crash(record: RunRecord, reason: str) -> None:
+        crashed.append(record.id)
+        on_crash(record, reason)
+
+    for record in live:
+        backend_of(backends, record).check(registry, record, crash if on_crash else None)
+    if crashed:  # the restarts queued above start in this same call: a cluster's is submitted, a local one below
+        known = {r.id for r in live}
+        live = registry.list(status=[RunStatus.QUEUED, RunStatus.RUNNING])
+        for record in live:
+            if record.id not in known and not record.local:
+                backend_of(backends, record).check(registry, record)
     started = []
-    if registry.count(RunStatus.QUEUED):
+    if any(r.local and r.status == RunStatus.QUEUED for r in live):
         limit = max_concurrent()
+        local = backends[LOCAL]
         while (record := registry.claim_next(limit)) is not None:
-            backend.start(registry, record, limit)
+            local.start(registry, record, limit)
             started.append(record.id)
     return started
+
+
+def backend_of(backends: dict, record: RunRecord):
+    """The backend that runs `record` (rows from before backends existed are local)."""
+    return backends[LOCAL if record.local else record.backend]
 
 
 def check_running(registry: Registry, backend: LocalProcesses, record: RunRecord,
@@ -292,8 +325,7 @@ def _end_dead(registry: Registry, record: RunRecord, reason: str) -> RunStatus |
 
 # -- stop and cancel ---------------------------------------------------------------------------------------------
 
-def stop(registry: Registry, backend: LocalProcesses, run_id: str, timeout: float = 15.0,
-         wait: bool = True) -> RunStatus:
+def stop(registry: Registry, backends: dict, run_id: str, timeout: float = 15.0, wait: bool = True) -> RunStatus:
     """Stop a run; returns its status (with wait=True, the final one).
 
     QUEUED: cancelled at once (STOPPED). RUNNING: the stop and its deadline (now + `timeout`) go into the
@@ -303,9 +335,10 @@ def stop(registry: Registry, backend: LocalProcesses, run_id: str, timeout: floa
     once, for a dashboard button; the next look escalates). With wait=True no process of the group survives
     this call."""
     record = registry.get(run_id)
+    backend = backend_of(backends, record)
     if record.status == RunStatus.QUEUED:
         try:
-            return cancel(registry, record.id)
+            return cancel(registry, backends, record.id)
         except StatusError:
             record = registry.get(record.id)  # it was started meanwhile: stop it as a running run
     if record.terminal:
@@ -322,18 +355,19 @@ def stop(registry: Registry, backend: LocalProcesses, run_id: str, timeout: floa
         signalled = signalled or backend.request_stop(record)
         if not wait:
             return record.status
-        check_running(registry, backend, record)
+        backend.check(registry, record)
         time.sleep(0.1)
     backend.wait_gone(record)
-    reconcile(registry, backend)  # the freed slot goes to the next queued run
+    reconcile(registry, backends)  # the freed slot goes to the next queued run
     return record.status
 
 
-def cancel(registry: Registry, run_id: str) -> RunStatus:
-    """Cancel a QUEUED run (it becomes STOPPED with reason 'cancelled')."""
+def cancel(registry: Registry, backends: dict, run_id: str) -> RunStatus:
+    """Cancel a QUEUED run (it becomes STOPPED with reason 'cancelled'; a job waiting on a cluster is stopped)."""
     record = registry.get(run_id)
     try:  # expect=QUEUED: a run claimed by a launcher a moment ago is not marked stopped under its worker
         registry.set_status(record.id, RunStatus.STOPPED, expect=RunStatus.QUEUED, error="cancelled")
     except StatusError:
         raise StatusError(f"run {record.id} is {registry.get(record.id).status}, not QUEUED; use stop") from None
+    backend_of(backends, record).cancelled(record)
     return RunStatus.STOPPED

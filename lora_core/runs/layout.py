@@ -13,8 +13,12 @@
         config.yaml                         the experiment config, written once
         status.json                         a mirror of the run's registry row
         metrics.jsonl                       the append-only event stream
-        worker.log                          the worker's stdout and stderr
+        worker.log                          the worker's stdout and stderr (a Ray run: the job's logs, copied at
+                                            its end)
         results.json                        the recipe's results, written at the end
+        stop.request                        a stop asked for: every rank of a multi-process run polls it
+        job.json                            a Ray job's side of the run: training pids, hosts and node ids
+        outcome.json                        how a Ray job ended (status, reason), for the dashboard to record
         votes.jsonl                         Playground "which answer is better" choices involving this run
         exit.json                           the worker's end, when the registry could not take it (disk full)
         space.reserve                       space a live worker holds back to record its end on a full disk
@@ -27,6 +31,9 @@
             merged/                         where the dashboard merges an adapter into its base
             .adapter.saving-<hex>/          weights being saved; renamed to adapter/ (model/, head/) when whole
             tensorboard/                    TensorBoard event files (tracking.tensorboard: true)
+            ray-train/                      Ray Train's own storage for a multi-worker Ray run
+    <runs>/cluster-probe/<nonce>/<node>     files a probe job wrote from each node of a Ray cluster
+    <runs>/clusters.json                    clusters whose nodes were probed (address -> node ids, time)
 
 Like torchtune's checkpointer, this module owns the on-disk keys: the recipe, merge, inference, the worker, the
 CLI and the pages get every path from here.
@@ -47,6 +54,8 @@ from . import files
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REGISTRY_FILE = "registry.sqlite"
+CLUSTERS_FILE = "clusters.json"
+PROBE_DIR = "cluster-probe"
 UPLOADS_DIR = "uploads"
 UPLOAD_INFO_SUFFIX = ".info"
 REGISTRY_LOCK = "registry.lock"
@@ -85,6 +94,16 @@ def runs_root(runs_dir: str | Path | None) -> Path:
 
 def registry_path(runs_dir: Path) -> Path:
     return runs_dir / REGISTRY_FILE
+
+
+def clusters_path(runs_dir: Path) -> Path:
+    """Which Ray clusters have been probed from this runs directory (see runs.ray_jobs)."""
+    return runs_dir / CLUSTERS_FILE
+
+
+def probe_path(runs_dir: Path, nonce: str) -> Path:
+    """The folder one probe job writes into, one file per node."""
+    return runs_dir / PROBE_DIR / check_run_id(nonce)
 
 
 def uploads_dir(runs_dir: Path) -> Path:
@@ -211,6 +230,10 @@ class Artifacts:
     def merged(self) -> Path:
         return self.path / "merged"
 
+    @property
+    def ray_storage(self) -> Path:
+        return self.path / "ray-train"
+
     def weights(self, method: str) -> Path:
         """The folder a run of `method` saves its trained weights in: adapter/, model/ or head/."""
         if method in LORA_METHODS:
@@ -312,6 +335,18 @@ class RunDir:
     @property
     def results(self) -> Path:
         return self.path / RESULTS_FILE
+
+    @property
+    def stop_request(self) -> Path:
+        return self.path / "stop.request"
+
+    @property
+    def job(self) -> Path:
+        return self.path / "job.json"
+
+    @property
+    def outcome(self) -> Path:
+        return self.path / "outcome.json"
 
     @property
     def votes(self) -> Path:

@@ -41,9 +41,10 @@ from ..errors import RunError, StorageError
 from ..team import access, policy
 from ..team.access import AccessError, Actor
 from ..team.settings import TeamSettings, team_settings
-from . import files, launcher, layout
+from . import files, launcher, layout, ray_jobs
 from .layout import RunDir
-from .store import AuditEntry, Registry, RunRecord, RunStatus
+from .ray_jobs import RayJobs
+from .store import LOCAL, AuditEntry, Registry, RunRecord, RunStatus
 from .sweep import sweep_configs
 
 STREAM_CACHE_RUNS = 16  # metrics streams kept in memory for incremental reads (the dashboard's live runs)
@@ -65,6 +66,7 @@ class Runs:
         self.registry = Registry(runs_dir)
         self.root = self.registry.runs_dir
         self.backend = launcher.LocalProcesses()
+        self.backends = {LOCAL: self.backend, RayJobs.name: RayJobs()}  # resources.backend -> its process seam
         self._streams = _Streams()
 
     def __repr__(self) -> str:
@@ -78,11 +80,12 @@ class Runs:
         return self.registry.get(run_id, exact=exact)
 
     def list(self, status: RunStatus | list[RunStatus] | None = None, sweep_id: str | None = None,
-             parent_id: str | None = None, owner: str | None = None, *, reconcile: bool = True) -> list[RunRecord]:
+             parent_id: str | None = None, owner: str | None = None, backend: str | None = None, *,
+             reconcile: bool = True) -> list[RunRecord]:
         """Runs newest first (QUEUED alone: in queue order), from the registry alone: no run file is read."""
         if reconcile:
             self._look()
-        return self.registry.list(status=status, sweep_id=sweep_id, parent_id=parent_id, owner=owner)
+        return self.registry.list(status=status, sweep_id=sweep_id, parent_id=parent_id, owner=owner, backend=backend)
 
     def notices(self) -> list[str]:
         """One line per thing this manager had to repair or could not do (a registry rebuilt, a full disk)."""
@@ -134,7 +137,12 @@ class Runs:
         return files.read_json(self.dir(run_id).results)
 
     def log_tail(self, run_id: str, n: int = 50) -> str:
-        return files.log_tail(self.dir(run_id).log, n)
+        """The last n lines of the run's log: worker.log, or the Ray job's log while it runs."""
+        record = self.registry.get(run_id)
+        if record.local or record.terminal:
+            return files.log_tail(record.dir.log, n)
+        lines = self.backends[record.backend].logs(record).splitlines()
+        return "\n".join(lines[-n:]) if n > 0 else ""
 
     def checkpoints(self, run_id: str) -> list[tuple[int, Path]]:
         """Complete Trainer checkpoints as (step, path), oldest first."""
@@ -155,6 +163,9 @@ class Runs:
     def follow_log(self, run_id: str, poll: float = 0.2) -> Iterator[str]:
         """Yield the worker log's lines as they are written, until the run has ended and the log is drained."""
         record = self.get(run_id)
+        if not record.local:
+            yield from self._follow_job_log(record, poll=max(poll, 1.0))
+            return
         path = record.dir.log
         offset, pending, last_check = 0, b"", 0.0
         while True:
@@ -175,6 +186,19 @@ class Runs:
                 if time.time() - last_check > 1.0:
                     record, last_check = self.get(record.id), time.time()
 
+    def _follow_job_log(self, record: RunRecord, poll: float) -> Iterator[str]:
+        """A cluster run's log as it grows (get_job_logs), then the rest once the run has ended."""
+        shown = 0
+        while True:
+            record = self.get(record.id)
+            text = self.backends[record.backend].logs(record)
+            if len(text) > shown:
+                yield text[shown:]
+                shown = len(text)
+            if record.terminal:
+                return
+            time.sleep(poll)
+
     def wait(self, run_id: str, timeout: float | None = None, poll: float = 0.25) -> RunRecord:
         """Block until the run reaches a terminal status (reconciling meanwhile); TimeoutError after `timeout`."""
         deadline = None if timeout is None else time.time() + timeout
@@ -193,6 +217,8 @@ class Runs:
         """Create the run directory and its QUEUED row, without starting anything. The files are complete
         before the row exists, so no reader or launcher ever sees a half-made run. `initial_metrics` seeds the
         stream (a resumed run's inherited events); `owner` defaults to the OS user."""
+        res = cfg.resources
+        cluster = self.backends[res.backend].prepare(self.registry, cfg) if res.backend != LOCAL else None
         path = layout.run_path(self.root, layout.new_run_id(cfg.name))
         try:
             path.mkdir()
@@ -207,7 +233,7 @@ class Runs:
                 id=rd.id, name=cfg.name, status=RunStatus.QUEUED, created=time.time(), task=cfg.task,
                 model=cfg.model.source, method=cfg.method, lora_r=cfg.lora.r if cfg.uses_lora else None,
                 sweep_id=sweep_id, parent_id=parent_id, restarts=restarts, runs_dir=str(self.root),
-                owner=owner or access.os_user(),
+                owner=owner or access.os_user(), backend=res.backend, world_size=res.num_workers, cluster=cluster,
                 resume_from=Path(resume_from).resolve().relative_to(self.root).as_posix() if resume_from else None)
             return self.registry.insert(record, queue_limit=launcher.max_queued())
         except OSError as exc:
@@ -338,6 +364,20 @@ class Runs:
         return {"wins": sum(e.get("winner") == me for e in events), "comparisons": len(events),
                 "ties": sum(e.get("winner") is None for e in events)}
 
+    def cluster(self, address: str | None = None) -> dict:
+        """A Ray cluster (`address`, else $LORA_LAB_RAY_ADDRESS): its nodes with CPUs and GPUs, total and in use,
+        and this runs directory's queued and running runs on it."""
+        address = ray_jobs.resolve_address(address)
+        ray_jobs.require_ray()
+        nodes = ray_jobs.cluster_nodes(address)
+        alive = [n for n in nodes if n["alive"]]
+        ours = [r for r in self.list(status=[RunStatus.QUEUED, RunStatus.RUNNING], backend=RayJobs.name)
+                if r.cluster == address]
+        return {"address": address, "nodes": nodes,
+                **{key: sum(n[key] for n in alive) for key in ("cpus", "cpus_used", "gpus", "gpus_used")},
+                "runs": [{"id": r.id, "name": r.name, "status": r.status.value, "world_size": r.world_size or 1,
+                          "job_id": r.job_id, "nodes": r.nodes} for r in ours]}
+
     def merge(self, run_id: str, out: str | Path | None = None, *, overwrite: bool = False,
               actor: Actor | None = None) -> dict:
         """Merge a LoRA run's adapter into its base (into the run's merged/ folder, or `out`); the merge report
@@ -355,21 +395,22 @@ class Runs:
 
     # -- the lifecycle -----------------------------------------------------------------------------------------
     def reconcile(self) -> list[str]:
-        """Mark dead workers FAILED (restarting them as linked runs when train.max_restarts allows), escalate
-        overdue stops, start queued runs into free slots; returns the ids of the runs it started."""
-        return launcher.reconcile(self.registry, self.backend, on_crash=self._restart_crashed)
+        """Mark dead workers FAILED (restarting them as linked runs when train.max_restarts allows, on the run's
+        own backend), escalate overdue stops, start queued runs into free slots; returns the ids of the runs it
+        started."""
+        return launcher.reconcile(self.registry, self.backends, on_crash=self._restart_crashed)
 
     def stop(self, run_id: str, timeout: float = 15.0, wait: bool = True, *, actor: Actor | None = None) -> RunStatus:
         """Graceful stop (the worker saves the adapter and a checkpoint), then kill after `timeout` s; a queued
         run is cancelled. Takes the whole run id. See launcher.stop."""
         actor, record = self._act(actor, "stop", run_id)
         self.audit(actor, "stop", record.id)
-        return launcher.stop(self.registry, self.backend, record.id, timeout=timeout, wait=wait)
+        return launcher.stop(self.registry, self.backends, record.id, timeout=timeout, wait=wait)
 
     def cancel(self, run_id: str, *, actor: Actor | None = None) -> RunStatus:
         """Cancel a QUEUED run (STOPPED, reason 'cancelled'); StatusError once it has started. Whole id only."""
         actor, record = self._act(actor, "cancel", run_id)
-        status = launcher.cancel(self.registry, record.id)
+        status = launcher.cancel(self.registry, self.backends, record.id)
         self.audit(actor, "cancel", record.id)
         return status
 
@@ -386,6 +427,8 @@ class Runs:
         actor, record = self._act(actor, "delete", run_id)
         self._look()
         gone = self.registry.delete(record.id)
+        if record.status == RunStatus.QUEUED:  # a job waiting on a cluster goes too
+            launcher.backend_of(self.backends, record).cancelled(record)
         if gone is not None:
             shutil.rmtree(gone, ignore_errors=True)
         self.audit(actor, "delete", record.id)
@@ -421,8 +464,8 @@ class Runs:
         policy.check_queue(actor, self.registry, team, len(checked))
         prepared = [prepare(c) for c in checked]
         checker = preflight.Preflight()
-        for cfg in prepared:
-            checker.check(cfg, ignore_memory=ignore_memory)
+        for cfg in prepared:  # a cluster's nodes, not this machine, hold a ray run's memory
+            checker.check(cfg, ignore_memory=ignore_memory or cfg.resources.backend != LOCAL)
         return prepared
 
     def audit(self, actor: Actor, action: str, run_id: str | None = None, *, outcome: str = "ok",

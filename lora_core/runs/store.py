@@ -39,9 +39,6 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import yaml
-
-from ..config import LORA_METHODS
 from ..errors import RunError, StatusError, StorageError
 from . import files, layout
 from .files import key_results
@@ -109,11 +106,27 @@ class RunRecord:
     step: int | None = None
     error: str | None = None          # FAILED/STOPPED: the reason, one line
     error_log: str | None = None      # FAILED: the tail of worker.log when it failed
+    backend: str | None = None        # resources.backend: local (also None: rows from before backends) or ray
+    world_size: int | None = None     # training processes (resources.num_workers); slots it holds locally
+    job_id: str | None = None         # ray: the Ray job's submission id
+    cluster: str | None = None        # ray: the cluster address the job went to
+    nodes: list = dataclasses.field(default_factory=list)   # where it trained: Ray node ids, or host names
     owner: str | None = None          # who launched it (the OS user for the CLI, the signed-in user in the dashboard)
     runs_dir: str = ""
 
     def __post_init__(self):
         self.status = RunStatus.parse(self.status)
+        self.nodes = list(self.nodes or [])
+
+    @property
+    def local(self) -> bool:
+        """Trained by worker processes on this machine (the local backend), not by a cluster."""
+        return self.backend in (None, LOCAL)
+
+    @property
+    def slots(self) -> int:
+        """How many of the local concurrency slots the run holds: one per training process."""
+        return max(1, self.world_size or 1)
 
     @property
     def terminal(self) -> bool:
@@ -141,13 +154,11 @@ class RunRecord:
 _COLUMNS = [f.name for f in dataclasses.fields(RunRecord) if f.name != "runs_dir"]
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
-    id TEXT PRIMARY KEY, name TEXT NOT NULL, status TEXT NOT NULL,
-    created REAL NOT NULL, started REAL, ended REAL,
-    task TEXT, model TEXT, method TEXT, lora_r INTEGER, results TEXT,
-    sweep_id TEXT, parent_id TEXT, resume_from TEXT, restarts INTEGER,
-    pid INTEGER, pgid INTEGER, pid_created REAL, host TEXT, slot INTEGER, queue_pos INTEGER,
-    heartbeat REAL, stop_requested REAL, stop_deadline REAL, progress REAL, step INTEGER,
-    error TEXT, error_log TEXT, owner TEXT
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, status TEXT NOT NULL, step INTEGER,
+    created REAL NOT NULL, started REAL, ended REAL, task TEXT, model TEXT, method TEXT, lora_r INTEGER, results TEXT,
+    sweep_id TEXT, parent_id TEXT, resume_from TEXT, restarts INTEGER, pid INTEGER, pgid INTEGER, pid_created REAL,
+    host TEXT, slot INTEGER, queue_pos INTEGER, heartbeat REAL, stop_requested REAL, stop_deadline REAL, progress REAL,
+    error TEXT, error_log TEXT, backend TEXT, world_size INTEGER, job_id TEXT, cluster TEXT, nodes TEXT, owner TEXT
 )"""
 _INDEXES = [
     "CREATE INDEX IF NOT EXISTS runs_by_status ON runs(status, queue_pos)",
@@ -159,19 +170,27 @@ _INDEXES = [
 _RENAMED = {"rank": "lora_r"}  # old column -> new column (registries written before the rename)
 # Fields a caller may set besides status (status only changes through _transition).
 _UPDATABLE = {"pid", "pgid", "pid_created", "host", "heartbeat", "stop_requested", "stop_deadline", "progress",
-              "step", "results", "error", "error_log"}
+              "step", "results", "error", "error_log", "job_id", "cluster", "nodes"}
+_JSON = {"results": dict, "nodes": list}  # columns stored as JSON text, and what an empty one reads as
+LOCAL = "local"  # the backend of worker processes on this machine (config.BACKENDS)
+_BACKEND_IS = f"COALESCE(backend, '{LOCAL}') = ?"  # rows from before backends existed are local
 
 
 def _record(row: sqlite3.Row, runs_dir: Path) -> RunRecord:
     data = dict(row)
-    data["results"] = json.loads(data["results"]) if data.get("results") else {}
+    for column, empty in _JSON.items():
+        data[column] = json.loads(data[column]) if data.get(column) else empty()
     return RunRecord(**data, runs_dir=str(runs_dir))
 
 
+def _dumps(fields: dict) -> dict:
+    """The JSON columns of `fields` as text, as SQLite stores them."""
+    return {k: json.dumps(v or _JSON[k](), default=files.jsonable) if k in _JSON else v for k, v in fields.items()}
+
+
 def _row(record: RunRecord) -> list:
-    data = record.to_dict()
+    data = _dumps(record.to_dict())
     data["status"] = record.status.value
-    data["results"] = json.dumps(data["results"] or {}, default=files.jsonable)
     return [data[c] for c in _COLUMNS]
 
 
@@ -397,7 +416,8 @@ class Registry(TeamTables):
             return None  # not a run (or one being created: its config comes first)
         if not rd.status.exists() and time.time() - made < CREATE_GRACE_S:
             return None  # status.json is written right after the row: this run may be being created now
-        return _record_from_files(rd, made, str(self.runs_dir))
+        from .rebuild import record_from_files  # it builds RunRecords: imported here, not in a cycle
+        return record_from_files(rd, made, str(self.runs_dir))
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -463,7 +483,7 @@ class Registry(TeamTables):
 
     @_reading
     def list(self, status: RunStatus | list[RunStatus] | None = None, sweep_id: str | None = None,
-             parent_id: str | None = None, owner: str | None = None) -> list[RunRecord]:
+             parent_id: str | None = None, backend: str | None = None, owner: str | None = None) -> list[RunRecord]:
         """Newest first; QUEUED-only listings come in queue order."""
         where, args = [], []
         if owner:
@@ -479,6 +499,9 @@ class Registry(TeamTables):
         if parent_id:
             where.append("parent_id = ?")
             args.append(parent_id)
+        if backend:
+            where.append(_BACKEND_IS)
+            args.append(backend)
         order = "queue_pos, created" if statuses == [RunStatus.QUEUED] else "created DESC, id DESC"
         sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(where) if where else "") + f" ORDER BY {order}"
         with self._read() as con:
@@ -486,12 +509,15 @@ class Registry(TeamTables):
         return [_record(r, self.runs_dir) for r in rows]
 
     @_reading
-    def count(self, status: RunStatus | list[RunStatus], owner: str | None = None) -> int:
+    def count(self, status: RunStatus | list[RunStatus], owner: str | None = None, backend: str | None = None) -> int:
         statuses = [RunStatus.parse(s).value for s in ([status] if isinstance(status, str) else status)]
         sql = f"SELECT COUNT(*) FROM runs WHERE status IN ({','.join('?' * len(statuses))})"
         if owner is not None:
             sql += " AND owner = ?"
             statuses.append(owner)
+        if backend:
+            sql += f" AND {_BACKEND_IS}"
+            statuses.append(backend)
         with self._read() as con:
             return con.execute(sql, statuses).fetchone()[0]
 
@@ -519,8 +545,7 @@ class Registry(TeamTables):
         bad = set(fields) - _UPDATABLE
         if bad:
             raise RunError(f"cannot set {sorted(bad)} directly; status changes go through set_status()")
-        if "results" in fields:
-            fields["results"] = json.dumps(fields["results"] or {}, default=files.jsonable)
+        fields = _dumps(fields)
         sql = f"UPDATE runs SET {', '.join(f'{k} = ?' for k in fields)} WHERE id = ?"
         args = [*fields.values(), run_id]
         if only_if_status:
@@ -565,27 +590,29 @@ class Registry(TeamTables):
             values.setdefault("error", "failed (no reason given)")
             if not values.get("error_log"):
                 values["error_log"] = files.log_tail(RunDir(self.runs_dir / run_id).log)
-        if "results" in values:
-            values["results"] = json.dumps(values["results"] or {}, default=files.jsonable)
+        values = _dumps(values)
         con.execute(f"UPDATE runs SET {', '.join(f'{k} = ?' for k in values)} WHERE id = ?",
                     [*values.values(), run_id])
 
     @_guarded
     def claim_next(self, limit: int) -> RunRecord | None:
-        """Atomically move the first QUEUED run to RUNNING if fewer than `limit` runs are RUNNING.
-
-        The count and the claim happen in one BEGIN IMMEDIATE transaction, so any number of launchers, workers
-        and dashboards reconciling at once never exceed the limit."""
-        running = RunStatus.RUNNING.value
+        """Atomically move the first local QUEUED run to RUNNING if its slots are free: a run of N training
+        processes holds N slots (slot..slot+N-1: a multi-GPU run gets N GPUs); one wider than the limit starts
+        only when no other local run is running. Other backends queue on their cluster. Count and claim share
+        one BEGIN IMMEDIATE transaction, so any number of reconcilers at once never exceed the limit."""
+        running, queued = RunStatus.RUNNING.value, RunStatus.QUEUED.value
         with self._write() as con:
-            used = {r[0] for r in con.execute("SELECT slot FROM runs WHERE status = ?", (running,))}
-            if con.execute("SELECT COUNT(*) FROM runs WHERE status = ?", (running,)).fetchone()[0] >= limit:
-                return None
-            row = con.execute("SELECT id FROM runs WHERE status = ? ORDER BY queue_pos, created LIMIT 1",
-                              (RunStatus.QUEUED.value,)).fetchone()
+            busy = [(slot, max(1, width or 1)) for slot, width in con.execute(
+                f"SELECT slot, world_size FROM runs WHERE status = ? AND {_BACKEND_IS}", (running, LOCAL))]
+            row = con.execute(f"SELECT id, world_size FROM runs WHERE status = ? AND {_BACKEND_IS} "
+                              "ORDER BY queue_pos, created LIMIT 1", (queued, LOCAL)).fetchone()
             if row is None:
                 return None
-            slot = next(s for s in range(limit + len(used) + 1) if s not in used)
+            need = max(1, row[1] or 1)
+            if busy and sum(width for _, width in busy) + need > limit:
+                return None
+            used = {slot + i for slot, width in busy if slot is not None for i in range(width)}
+            slot = next(s for s in range(limit + len(used) + 1) if not used & set(range(s, s + need)))
             self._transition(con, row[0], RunStatus.RUNNING, {"slot": slot})
         return self._mirror(row[0])
 
@@ -671,30 +698,3 @@ class Registry(TeamTables):
             except OSError as exc:
                 print(f"lora-lab: could not write {record.dir.status}: {exc}", file=sys.stderr, flush=True)
         return record
-
-
-def _record_from_files(rd: RunDir, created: float, runs_dir: str) -> RunRecord:
-    """A run whose status.json is damaged, rebuilt from what it left: its config (name, model, method) and its
-    results (it ended, and how). Without results its end is unknown, so it is FAILED with that reason."""
-    try:
-        cfg = yaml.safe_load(rd.config.read_text(encoding="utf-8"))
-    except (OSError, ValueError, yaml.YAMLError):
-        cfg = None
-    cfg = cfg if isinstance(cfg, dict) else {}
-    section = lambda name: cfg.get(name) if isinstance(cfg.get(name), dict) else {}  # noqa: E731
-
-    results = files.read_json(rd.results)
-    method = cfg.get("method") if isinstance(cfg.get("method"), str) else None
-    rank = section("lora").get("r")
-    record = RunRecord(
-        id=rd.id, name=str(cfg.get("name") or rd.id)[:200], status=RunStatus.FAILED, created=created,
-        ended=time.time(), task=cfg.get("task") if isinstance(cfg.get("task"), str) else None,
-        model=str(section("model").get("source") or "") or None, method=method,
-        lora_r=rank if isinstance(rank, int) and method in LORA_METHODS else None, runs_dir=runs_dir,
-        error="its status was lost (status.json and the registry were unreadable); rebuilt from the run "
-              "directory, which has no results, so the run did not finish")
-    if isinstance(results, dict):
-        record.status = RunStatus.STOPPED if results.get("stopped") else RunStatus.SUCCEEDED
-        record.results, record.error = key_results(results), "stopped" if results.get("stopped") else None
-        record.ended = rd.results.stat().st_mtime
-    return record

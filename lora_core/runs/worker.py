@@ -5,8 +5,10 @@ The launcher starts this in a new session with stdout/stderr going to the run's 
      honoured;
   2. registers its pid and writes a heartbeat every ~2 s from a daemon thread (which also picks up a stop
      requested through the registry, and samples how busy the machine is while training: machine.py);
-  3. calls `train.run_experiment`, appending every event to metrics.jsonl as it arrives (a resumed run's
-     elapsed time goes on from its parent's, so its curves and its clock never go backwards);
+  3. trains: `train.run_experiment` in this process, appending every event to metrics.jsonl as it arrives, or
+     with resources.num_workers > 1 one rank per child process (distributed.py; they stay in this process
+     group, so a stop or a kill of the group reaches them all); a resumed run's elapsed time goes on from its
+     parent's, so its curves and its clock never go backwards;
   4. writes results.json (with the machine_* keys) and ends the run SUCCEEDED, STOPPED (the recipe returned
      `stopped: True`) or FAILED (the exception and the log tail);
   5. finally reconciles, which starts the next queued run: the queue drains with nobody watching.
@@ -35,8 +37,8 @@ if __name__ == "__main__":
     # "stop gracefully", even while the worker is still starting.
     signal.signal(signal.SIGTERM, lambda signum, frame: STOP.set())
 
+from ..distributed import train_run  # noqa: E402
 from ..errors import LoraLabError, StatusError, StorageError  # noqa: E402
-from ..train import run_experiment  # noqa: E402
 from . import files, launcher  # noqa: E402
 from .layout import RunDir  # noqa: E402
 from .machine import MachineMeter  # noqa: E402
@@ -108,13 +110,6 @@ def stop_note(results: dict, rd: RunDir) -> str:
     return f"stopped on request at step {results['steps']}" + (f"; saved {' and '.join(kept)}" if kept else "")
 
 
-def inherited_elapsed(runs: Runs, run_id: str) -> float:
-    """The training time a resumed run inherits: the parent's latest elapsed_s up to the checkpoint (0 for a
-    fresh run)."""
-    return max((e["elapsed_s"] for e in runs.metrics(run_id)
-                if e.get("inherited_from") and isinstance(e.get("elapsed_s"), (int, float))), default=0.0)
-
-
 def hold_space(rd: RunDir) -> None:
     """Reserve RESERVE_BYTES in the run dir (real blocks, not a sparse file) to free when the disk fills."""
     try:
@@ -170,28 +165,28 @@ def run(run_path: Path, stop_flag: threading.Event) -> int:
     rd = record.dir
     hold_space(rd)
     resume_from = record.resume_checkpoint
-    elapsed_before = inherited_elapsed(runs, run_id)
     say(f"[worker] run {run_id} pid {os.getpid()} python {sys.executable}"
         + (f" resuming from {resume_from}" if resume_from else ""))
 
-    def on_event(event: dict) -> None:
-        event = dict(event)
-        event.setdefault("time", time.time())
-        if elapsed_before and isinstance(event.get("elapsed_s"), (int, float)):
-            event["elapsed_s"] += elapsed_before
+    def observe(event: dict) -> None:
         if event.get("kind") == "phase":
             (machine.begin if event.get("phase") == "training" else machine.finish)()
-        files.append_event(rd.metrics, event)
         for key in ("progress", "step"):
             if isinstance(event.get(key), (int, float)):
                 latest[key] = event[key]
 
+    def on_event(event: dict) -> None:
+        event = dict(event)
+        event.setdefault("time", time.time())
+        files.append_event(rd.metrics, event)
+        observe(event)
+
     status, fields = RunStatus.FAILED, {}
     try:
-        results = run_experiment(runs.config(run_id), rd.artifacts, on_event=on_event,
-                                 should_stop=stop_flag.is_set, resume_from=resume_from,
-                                 run_info={"run_id": run_id, "sweep_id": record.sweep_id,
-                                           "parent_id": record.parent_id, "runs_dir": str(rd.path.parent)})
+        results = train_run(runs.config(run_id), rd, on_event=on_event, observe=observe, stop_flag=stop_flag,
+                            resume_from=resume_from,
+                            run_info={"run_id": run_id, "sweep_id": record.sweep_id, "parent_id": record.parent_id,
+                                      "runs_dir": str(rd.path.parent)})
         machine.finish()
         results.update(machine.summary())
         try:
@@ -201,7 +196,7 @@ def run(run_path: Path, stop_flag: threading.Event) -> int:
                 raise
             raise StorageError(f"no space left on device while writing {rd.results}") from exc
         status = RunStatus.STOPPED if results.get("stopped") else RunStatus.SUCCEEDED
-        fields = {"results": key_results(results)}
+        fields = {"results": key_results(results), "nodes": results.get("nodes") or []}
         if status == RunStatus.STOPPED:
             fields["error"] = stop_note(results, rd)
     except BaseException as exc:  # noqa: BLE001 - whatever ends the run is recorded, then we exit

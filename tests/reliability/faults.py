@@ -4,10 +4,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from helpers import INJECT  # noqa: F401 - the reliability tests' name for it
 from lora_core.config import ExperimentConfig
 from lora_core.runs import Runs
-
-INJECT = Path(__file__).resolve().parent / "inject"
 
 
 def create_faulty(runs: Runs, cfg: ExperimentConfig, spec: dict | None) -> str:

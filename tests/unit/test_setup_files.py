@@ -37,6 +37,14 @@ def test_requirements_are_pinned_exactly(name):
             assert re.fullmatch(r"[A-Za-z0-9_.\-]+==[0-9][0-9A-Za-z.+\-]*", line), f"not pinned: {line}"
 
 
+def test_the_cluster_extra_is_pinned_and_tested_in_ci():
+    lines = [line.split("#")[0].strip() for line in (ROOT / "requirements-cluster.txt").read_text().splitlines()]
+    for line in filter(None, lines):
+        assert re.fullmatch(r"[A-Za-z0-9_.\-]+(\[[a-z,]+\])?==[0-9][0-9A-Za-z.+\-]*", line), f"not pinned: {line}"
+    assert "-r requirements-cluster.txt" in (ROOT / "requirements-dev.txt").read_text().splitlines()
+    assert "ray" not in (ROOT / "requirements.txt").read_text()  # `make app` does not need it
+
+
 def test_no_deps_packages_are_installed_by_make_app_and_the_dockerfile():
     make = (ROOT / "Makefile").read_text()
     assert "--no-deps -r requirements-nodeps.txt" in make

@@ -16,6 +16,10 @@ A spec: {"at": WHERE, "nth": N, "do": WHAT} and optionally "name" (count only wr
          enospc          raise OSError(ENOSPC) instead of writing (a full disk, simulated)
          fill            fill the disk that holds the run directory (real ENOSPC from then on), then go on
   {"do": "quick"}        replace the training recipe by a short sleep that returns results (queue tests)
+  {"do": "slow", "seconds": S, "until": N}
+                         sleep S seconds at the end of each optimizer step up to step N, in the training
+                         thread (a test that needs a moment in the middle of a short run;
+                         tests/helpers.slow_first_steps)
 
 Patches are applied as the target modules are imported (an import hook), so modules that bind a function by
 name at import (peft and transformers bind safetensors' save_file) get the patched one.
@@ -130,6 +134,15 @@ def _patch_trainer_callback(module):
         return _act("trainer_state", json_path, lambda: original(self, json_path))
 
     module.TrainerState.save_to_json = save_to_json
+    if _SPEC.get("do") == "slow":  # events are written on another thread: slow the steps themselves
+        on_step_end = module.CallbackHandler.on_step_end
+
+        def slowed(self, args, state, control):
+            if state.global_step <= _SPEC.get("until", 0):
+                time.sleep(float(_SPEC.get("seconds", 0.5)))
+            return on_step_end(self, args, state, control)
+
+        module.CallbackHandler.on_step_end = slowed
 
 
 def _patch_files(module):

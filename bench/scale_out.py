@@ -1,0 +1,122 @@
+"""The same run on 1 and 2 workers, locally (DDP through torchrun's launcher) and on a Ray cluster (a Ray job; 2
+workers through Ray Train), side by side in one table: wall time, samples/s, final eval loss, and the overhead
+of each backend from submission to the first metric. Times are printed; nothing is asserted.
+
+    .venv/bin/python bench/scale_out.py [--steps 30] [--skip-ray]
+
+The run: MiniLM-L6, LoRA r=8 on query+value, the bundled sample:sentiment-2, max length 48, a global batch of 16
+(16 on one worker, 8 + 8 on two), the same seed, `--steps` optimizer steps, evaluated at the end. The cluster is
+started here on loopback like the tests' (a head and a second node, one CPU each, token authentication on) and
+ended by pid. On a 2-core machine no speed-up is expected: the point is equal results and what each backend
+costs before the first step (goal: under 15 s from submission to the first metric on the local cluster).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    os.environ.setdefault(var, "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+GLOBAL_BATCH, SEED = 16, 0
+
+
+def config(steps: int, workers: int, backend: str, address: str | None):
+    from lora_core.config import ExperimentConfig
+
+    return ExperimentConfig.from_dict({
+        "name": f"scale-{backend}-{workers}", "model": {"source": "minilm"},
+        "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["query", "value"]},
+        "data": {"train": "sample:sentiment-2", "max_length": 48},
+        "train": {"max_steps": steps, "batch_size": GLOBAL_BATCH // workers, "learning_rate": 1e-3, "seed": SEED,
+                  "logging_steps": 1},
+        "resources": {"backend": backend, "num_workers": workers, "ray_address": address,
+                      "cpus_per_worker": 1 if backend == "ray" else None},
+    })
+
+
+def measure(runs, cfg) -> dict:
+    """Launch, then poll: seconds to the first metric (the first logged training step) and to the end."""
+    started = time.perf_counter()
+    run_id = runs.launch(cfg)
+    first = None
+    while True:
+        record = runs.get(run_id)
+        if first is None and any("loss" in e for e in runs.metrics(run_id)):
+            first = time.perf_counter() - started
+        if record.terminal:
+            break
+        time.sleep(0.2)
+    wall = time.perf_counter() - started
+    results = runs.results(run_id) or {}
+    speeds = [e["samples_per_s"] for e in runs.metrics(run_id) if e.get("samples_per_s")]
+    return {"status": record.status, "error": record.error, "wall_s": wall, "first_metric_s": first,
+            "samples_per_s": statistics.median(speeds) if speeds else None, "eval_loss": results.get("eval_loss"),
+            "world_size": results.get("world_size"), "nodes": len(set(results.get("nodes") or [])),
+            "train_s": results.get("train_time_s")}
+
+
+def fmt(value, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--skip-ray", action="store_true", help="local backend only")
+    args = p.parse_args(argv)
+
+    from helpers import LocalRayCluster
+    from lora_core.runs import Runs, RunStatus
+
+    root = Path(tempfile.mkdtemp(prefix="scale-"))
+    os.environ["LORA_LAB_MAX_CONCURRENT"] = "2"  # a 2-worker local run takes both slots of this machine
+    runs = Runs(root / "runs")
+    print(f"MiniLM LoRA r=8, sample:sentiment-2, {args.steps} steps, global batch {GLOBAL_BATCH}, seed {SEED}; "
+          f"{os.cpu_count()} cores")
+    rows = [("local", 1, measure(runs, config(args.steps, 1, "local", None))),
+            ("local", 2, measure(runs, config(args.steps, 2, "local", None)))]
+    if not args.skip_ray:
+        token = secrets.token_hex(16)
+        os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
+        began = time.perf_counter()
+        cluster = LocalRayCluster(Path(tempfile.mkdtemp(prefix="r", dir="/tmp")), nodes=2, cpus=1,
+                                  env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}).start()
+        print(f"local Ray cluster (2 nodes × 1 CPU, token auth) up in {time.perf_counter() - began:.1f} s")
+        try:
+            for workers in (1, 2):
+                rows.append(("ray", workers, measure(runs, config(args.steps, workers, "ray", cluster.address))))
+            # the first Ray launch also probes the runs dir and uploads lora_core once: the same again, warm
+            rows.append(("ray (again)", 1, measure(runs, config(args.steps, 1, "ray", cluster.address))))
+        finally:
+            cluster.close()
+
+    print(f"\n{'backend':<12} {'workers':>7} {'nodes':>5} {'status':<10} {'wall (s)':>9} {'1st metric (s)':>15} "
+          f"{'train (s)':>10} {'samples/s':>10} {'eval loss':>10}")
+    for backend, workers, m in rows:
+        print(f"{backend:<12} {workers:>7} {m['nodes']:>5} {m['status'].value:<10} {m['wall_s']:>9.1f} "
+              f"{fmt(m['first_metric_s'], '.1f'):>15} {fmt(m['train_s'], '.1f'):>10} "
+              f"{fmt(m['samples_per_s'], '.1f'):>10} {fmt(m['eval_loss'], '.4f'):>10}")
+        if m["error"] and m["status"] is not RunStatus.SUCCEEDED:
+            print(f"    {m['error']}")
+    base = rows[0][2]["eval_loss"]
+    if base:
+        spread = max(abs(m["eval_loss"] - base) / base for _, _, m in rows if m["eval_loss"] is not None)
+        print(f"\nlargest eval-loss difference from local × 1: {spread:.2%}")
+    ray_first = [m["first_metric_s"] for b, _, m in rows if b.startswith("ray") and m["first_metric_s"]]
+    if ray_first:
+        print(f"Ray submission to first metric: {', '.join(f'{s:.1f} s' for s in ray_first)} (goal < 15 s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
