@@ -7,6 +7,7 @@ import importlib
 from pathlib import Path
 
 import streamlit as st
+from streamlit import delta_generator
 
 from lora_ui import signin
 
@@ -23,8 +24,11 @@ def run(host: str, port: int, *, team: bool, max_upload_mb: int, secrets_files: 
     working directory may or may not have."""
     for name in WARM:
         importlib.import_module(name)
+    # Streamlit's once-per-process "are we in a REPL?" check walks the caller's stack reading every frame's source
+    # (~0.15 s in a page's first element); here, before listening, the stack is short
+    getattr(delta_generator, "_maybe_print_use_warning", lambda: None)()
     app = st.App(str(APP), routes=signin.routes() if team else [])
     app.run(config={"server.address": host, "server.port": int(port), "server.headless": True,
-                    "server.fileWatcherType": "none", "runner.magicEnabled": False,
+                    "server.fileWatcherType": "none", "runner.magicEnabled": False, "runner.postScriptGC": False,
                     "browser.gatherUsageStats": False,
                     "server.maxUploadSize": int(max_upload_mb), "secrets.files": [str(p) for p in secrets_files]})
