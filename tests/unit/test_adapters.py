@@ -81,6 +81,11 @@ def test_rank_advice_pools_the_modules_and_states_its_rule():
     full = rank_advice(report([[1.0] * 8] * 3, r=8))
     assert full.advised_r is None and full.k == 8 and "a larger r may help" in full.text
     assert rank_advice(report([[1.0]], r=8)).advised_r == 1
+    # one dominant module holds 90% of the update alone, but three in four modules use 3 directions: r=4
+    dominant, spread = [30.0], [1.0, 1.0, 1.0]
+    mixed = rank_advice(report([dominant] + [spread] * 7))
+    assert mixed.advised_r == 4 and mixed.k == 3 and mixed.within == 8
+    assert "75% of the modules" in mixed.rule
     assert [next_power_of_two(k) for k in (0, 1, 2, 3, 5, 8, 9)] == [1, 1, 2, 4, 8, 8, 16]
 
 
