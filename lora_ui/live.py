@@ -14,6 +14,9 @@ try:  # how often a live panel re-reads the registry while a run is live (the br
     REFRESH_S = max(0.5, float(os.environ.get("LORA_LAB_REFRESH_S", "2")))
 except ValueError:
     REFRESH_S = 2.0
+# how often an idle page checks whether a run started elsewhere (another tab, a teammate, the CLI): one registry
+# read, no redraw
+IDLE_CHECK_S = max(REFRESH_S, 10.0)
 
 
 def last(events: list[dict], key: str, kind: str | None = None) -> Any:

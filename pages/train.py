@@ -10,7 +10,7 @@ from lora_core.config import BACKENDS, ConfigError, field_help
 from lora_ui import placement, service
 from lora_ui.config_form import cli_command, form_config
 from lora_ui.format import X_AXES, code, error_text, fmt_duration, md, method_text, primary_metric, status_text
-from lora_ui.live import REFRESH_S, curves, progress_line, throughput_metrics
+from lora_ui.live import IDLE_CHECK_S, REFRESH_S, curves, progress_line, throughput_metrics
 from lora_ui.service import RunStatus
 from lora_ui.state import BUILDER, TRAIN, current_config, focus_sweep, launched_runs
 from lora_ui.widgets import action_button, show_error, show_message
@@ -262,6 +262,12 @@ def live_panel(ticking: bool) -> None:
             run_card(rec, x_axis)
 
 
+def watch_for_runs() -> None:
+    """While nothing is live: a run started elsewhere (another tab, a teammate, the CLI) starts the clock."""
+    if service.has_live_runs():
+        st.rerun()
+
+
 st.title("Train")
 config = current_config()
 config_panel(config)
@@ -283,3 +289,5 @@ st.radio("Curves x-axis", list(X_AXES), key=S.key("x"), horizontal=True, format_
 live_now = service.has_live_runs()
 S["ticking"] = live_now
 st.fragment(live_panel, run_every=REFRESH_S if live_now else None)(live_now)
+if not live_now:
+    st.fragment(watch_for_runs, run_every=IDLE_CHECK_S)()

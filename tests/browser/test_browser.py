@@ -170,3 +170,23 @@ def test_level2_recipe_reaches_compare_with_three_runs(page, server):
     assert pg.get_by_text("not merged yet").count() == 0  # the status tile follows the merge
     no_exception_on_page(pg)
     shot(pg, "merge_fixed")
+
+
+def test_an_idle_train_page_notices_a_run_started_elsewhere(page, server):
+    """Nothing live, so the Train page's live panel has no clock; a run launched elsewhere (the CLI, a teammate)
+    still appears on it within lora_ui.live.IDLE_CHECK_S, without a reload."""
+    from helpers import tiny_config
+    from lora_core.runs import Runs
+
+    _, runs_dir = server
+    pg = page
+    pg.get_by_text("Nothing is training right now").first.wait_for()
+    settle(pg)
+    runs = Runs(runs_dir)
+    run_id = runs.launch(tiny_config(name="started-elsewhere", **{"train.max_steps": 2000}))
+    try:
+        pg.get_by_text("started-elsewhere").first.wait_for(timeout=40_000)
+        assert pg.get_by_text("Nothing is training right now").count() == 0
+        no_exception_on_page(pg)
+    finally:
+        runs.stop(run_id)
