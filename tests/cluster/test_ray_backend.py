@@ -4,7 +4,6 @@ Every run is a real Ray job training tiny-random-gpt2 on a bundled sample; a 2-w
 TorchTrainer placed on both nodes."""
 import json
 import os
-import secrets
 import signal
 import stat
 import subprocess
@@ -26,7 +25,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(420)]
 def cluster(tmp_path_factory):
     """A 2-node Ray cluster with token authentication; this process holds the token as the dashboard would.
     Its jobs sleep a little after each of their first steps, so short runs still have a middle to read or stop."""
-    env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+    env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": os.environ["RAY_AUTH_TOKEN"]}  # the session's (conftest)
     patch = pytest.MonkeyPatch()
     for key, value in env.items():
         patch.setenv(key, value)
