@@ -18,7 +18,8 @@ serve` on a free loopback port (and, beside it, a bare `streamlit run app.py`), 
 rendered its summary ("✅ Valid config", after the parameter counts and the memory estimate). One unmeasured
 visit first, so the model counts as "seen before" (the engine may keep what it learnt on disk); then
 `--first-visits` fresh servers of each kind, alternated, each timed once: `first_visit_s page=config_builder
-median=...` for `serve` (goal 1.5 s).
+median=...` for `serve` (goal 1.5 s). A third kind is Streamlit's floor: a bare page (a title and the same
+line) served by `streamlit run` and opened the same way, `first_visit_s page=bare_streamlit median=...`.
 `--first-visit-only` skips the page table (no training, no fixtures).
 
 Then the idle Train page's server CPU (`--idle-seconds`, default 20; goal under 2% of one core): a fresh
@@ -32,11 +33,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import statistics
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,6 +57,8 @@ IDLE_RUNS = 5
 IDLE_QUERY = ("?name=idle-bench&model.source=tiny-random-gpt2&train.max_steps=2&train.batch_size=8"
               "&data.max_train_samples=16&data.max_eval_samples=16&data.max_length=32")
 SUMMARY_TEXT = "✅ Valid config"  # the Config builder's summary line, drawn last
+# Streamlit's own floor on this machine: a page with a title and one line, served and opened the same way
+BARE_PAGE = 'import streamlit as st\nst.title("Bare page")\nst.caption("{text}")\n'
 
 
 def train_template(runs_dir: Path):
@@ -133,7 +138,7 @@ def first_visits(runs_dir: Path, visits: int) -> dict[str, list[float]]:
 
     if not Path(CHROMIUM).exists():
         raise SystemExit(f"{CHROMIUM} is missing: the first-visit timing needs Debian's chromium")
-    servers = {"serve": serve_server, "streamlit run": streamlit_server}
+    servers = {"serve": serve_server, "streamlit run": streamlit_server, "bare Streamlit": bare_server}
     times: dict[str, list[float]] = {name: [] for name in servers}
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
@@ -144,7 +149,7 @@ def first_visits(runs_dir: Path, visits: int) -> dict[str, list[float]]:
                         context = browser.new_context(viewport={"width": 1440, "height": 1000})
                         page = context.new_page()
                         started = time.perf_counter()
-                        page.goto(url + "/config_builder")
+                        page.goto(url + ("/" if server is bare_server else "/config_builder"))
                         page.get_by_text(SUMMARY_TEXT).first.wait_for(timeout=180_000)
                         took = time.perf_counter() - started
                         context.close()
@@ -155,6 +160,28 @@ def first_visits(runs_dir: Path, visits: int) -> dict[str, list[float]]:
     return times
 
 
+@contextmanager
+def bare_server(runs_dir: Path, log: Path):
+    """`streamlit run` of a page that draws a title and one line: what any Streamlit page costs here. Ended by
+    its process group."""
+    from browser_helpers import free_port, wait_healthy
+
+    script = runs_dir.parent / "bare_page.py"
+    script.write_text(BARE_PAGE.format(text=SUMMARY_TEXT))
+    port = free_port()
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(script), "--server.headless", "true",
+                                 "--server.port", str(port), "--server.address", "127.0.0.1",
+                                 "--browser.gatherUsageStats", "false"], cwd=script.parent, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", proc, log)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=15)
+
+
 def print_first_visits(runs_dir: Path, visits: int) -> None:
     times = first_visits(runs_dir, visits)
     print(f"\nConfig builder, first visit in a fresh server (until its summary shows), {visits} servers each:")
@@ -163,6 +190,8 @@ def print_first_visits(runs_dir: Path, visits: int) -> None:
     median = statistics.median(times["serve"])
     print(f"first_visit_s page=config_builder median={median:.3f} goal<={FIRST_VISIT_GOAL_S:g} "
           f"{'ok' if median <= FIRST_VISIT_GOAL_S else 'SLOW'} (make app: python -m lora_core serve)")
+    print(f"first_visit_s page=bare_streamlit median={statistics.median(times['bare Streamlit']):.3f} (a title "
+          "and one line: Streamlit's own first visit on this machine, the floor under any page)")
 
 
 def _server_process(url: str):

@@ -42,6 +42,10 @@ class FieldSlots:
             key = key.rpartition(".")[0]
         return None
 
+    def drawn(self, dotted: str) -> bool:
+        """Whether this field (or its section) has a slot on the page now: a closed tab draws none."""
+        return self._best(dotted) is not None
+
     def show(self, exc: BaseException, fallback=None, field: str = "", level: str = "error") -> None:
         """Show `exc` under the field it names, or under `field` (named in front) for an error that names none."""
         text = error_text(exc)
@@ -53,9 +57,9 @@ class FieldSlots:
         getattr(slot or fallback or st, level)(message_markdown(text, escape=True),
                                                icon="🚫" if level == "error" else "ℹ️")
 
-    def info(self, exc: BaseException, field: str = "") -> None:
+    def info(self, exc: BaseException, field: str = "", fallback=None) -> None:
         """A notice (not a fault) under the field it concerns."""
-        self.show(exc, field=field, level="info")
+        self.show(exc, fallback=fallback, field=field, level="info")
 
 
 # -- pickers -----------------------------------------------------------------------------------------------------

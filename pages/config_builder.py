@@ -24,6 +24,15 @@ from lora_ui.widgets import FieldSlots, attempt, choice_or_other, show_message
 
 S = BUILDER
 slots = FieldSlots()
+TABS = {"Model & method": "", "LoRA layers & knobs": "lora quant", "Data": "data",
+        "Training": "train generate resources", "Export": ""}  # the config sections each tab draws
+
+
+def tab_hint(dotted: str) -> str:
+    """' (Data tab)' for a field drawn on another tab than the open one, so an error names where to go."""
+    section = (dotted or "").split(".")[0].split("[")[0]
+    tab = next((name for name, sections in TABS.items() if section in sections.split()), "Model & method")
+    return "" if S.get("tab", "Model & method") == tab else f" ({tab} tab)"
 
 
 def field(kind: str, dotted: str, label: str, **kw):
@@ -364,15 +373,26 @@ def preview(cfg: ExperimentConfig, slot) -> int:
     return service.num_labels(cfg)
 
 
+def label_count(cfg: ExperimentConfig) -> int:
+    """The number of labels the run will train, without the preview (2 if the data is unreadable: the summary's
+    check says why)."""
+    try:
+        return service.num_labels(cfg)
+    except Exception:  # noqa: BLE001 - DataError, or a path the server refuses: reported by problems_section
+        return 2
+
+
 def problems_section(cfg: ExperimentConfig) -> bool:
     """The whole config checked as the CLI checks it (target names against the model, paths, data columns):
     every problem under its field and listed here. True when there is none."""
     problems = service.check_config(cfg)
-    for problem in problems:
-        slots.show(problem, field=service.field_of(problem))
+    for problem in problems:  # under its field when that field's tab is open; the list below has them all
+        if slots.drawn(service.field_of(problem)):
+            slots.show(problem, field=service.field_of(problem))
     if problems:
         st.error(f"{len(problems)} problem{'s' if len(problems) > 1 else ''} to fix before this config can "
-                 "launch:\n" + "\n".join(f"- {error_text(p)}" for p in problems), icon="✋")
+                 "launch:\n" + "\n".join(f"- {error_text(p)}{tab_hint(service.field_of(p))}" for p in problems),
+                 icon="✋")
     return not problems
 
 
@@ -401,8 +421,9 @@ def summary_section(cfg: ExperimentConfig, labels: int) -> None:
     c[4].metric("Scale α/r", f"{cfg.lora_scaling:.3g}" if cfg.uses_lora else "—")
     if est and est.get("terms"):
         with st.expander("Memory estimate by term"):
-            st.dataframe(pd.DataFrame([{"term": k.replace("_", " "), "bytes": fmt_bytes(v)}
-                                       for k, v in est["terms"].items() if v]), hide_index=True, width="stretch")
+            # a Markdown table: a grid here would load the grid's script on every first visit
+            st.markdown("| term | bytes |\n|---|---:|\n" + "\n".join(
+                f"| {k.replace('_', ' ')} | {fmt_bytes(v)} |" for k, v in est["terms"].items() if v))
             st.caption(f"The tutorial's rule (weights × 6) would say {fmt_bytes(est.get('naive_bytes'))}.")
     st.caption(f"✅ Valid config · {cfg.method} on {code(cfg.model.source)} · data {code(cfg.data.train)} · "
                f"lr {cfg.learning_rate:g}. Launch it from the Train page.")
@@ -420,33 +441,41 @@ def main() -> None:
     load_section()
     cfg, error = form_config(st.session_state)  # validate first; every tab reads the validated config
     layers, presets, model_error = model_structure(config_dict_from_state(st.session_state)["model"])
-    summary = st.container(border=True)  # filled once the tabs (and their error slots) exist
-    tabs = st.tabs(["Model & method", "LoRA layers & knobs", "Data", "Training", "Export"])
-    with tabs[0]:
-        model_tab()
-    with tabs[1]:
-        lora_tab(cfg, layers, presets)
-    with tabs[2]:
-        data_tab(cfg.task if cfg is not None else S.get("task", "seq-cls"), cfg)
-        preview_slot = st.container()
-    with tabs[3]:
-        train_tab(cfg)
+    summary = st.container(border=True)  # filled once the open tab (and its error slots) exists
+    # only the open tab runs (a click on another reruns the page): a first visit draws one tab, not five, and
+    # the fields of the others keep their values (persist_state)
+    model, lora, data, training, export = st.tabs(list(TABS), key=S.key("tab"), on_change="rerun")
+    if model.open:
+        with model:
+            model_tab()
+    if lora.open:
+        with lora:
+            lora_tab(cfg, layers, presets)
+    if data.open:
+        with data:
+            data_tab(cfg.task if cfg is not None else S.get("task", "seq-cls"), cfg)
+            preview_slot = st.container()
+    if training.open:
+        with training:
+            train_tab(cfg)
     labels = 2
     if model_error is not None and service.ships_code(model_error):  # a notice: the worker may still run it
-        slots.info(model_error, field="model.source")
+        slots.info(model_error, field="model.source", fallback=summary)
         model_error = None
     if model_error is not None:
-        slots.show(model_error, field="model.source")
+        slots.show(model_error, field="model.source", fallback=summary)
     if error is not None:
-        slots.show(error, fallback=summary)
-        summary.error(f"Fix **{error.field or 'config'}**: {md(error.message)}", icon="✋")
+        if slots.drawn(error.field):  # under its field when its tab is open; the summary says it either way
+            slots.show(error)
+        summary.error(f"Fix **{error.field or 'config'}**{tab_hint(error.field)}: {md(error.message)}", icon="✋")
     elif model_error is None:
         set_current_config(cfg)
-        labels = preview(cfg, preview_slot)
+        labels = preview(cfg, preview_slot) if data.open else label_count(cfg)
         with summary:
             summary_section(cfg, labels)
-    with tabs[4]:
-        export_tab(cfg, presets, labels)
+    if export.open:
+        with export:
+            export_tab(cfg, presets, labels)
 
 
 main()

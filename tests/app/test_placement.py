@@ -58,7 +58,7 @@ def test_ray_backend_without_ray_installed_names_the_file(runs_dir, monkeypatch)
 
 
 def test_the_builder_edits_resources_and_train_follows(runs_dir):
-    at = open_page("config_builder")
+    at = open_page("config_builder", {"cfg_tab": "Training"})
     at.selectbox(key="cfg_resources.backend").set_value("ray").run()
     at.number_input(key="cfg_resources.num_workers").set_value(3).run()
     at.text_input(key="cfg_resources.ray_address").set_value("http://head:8265").run()

@@ -2,7 +2,7 @@
 import pytest
 import yaml
 
-from apptest_helpers import errors, no_exception, open_page, texts
+from apptest_helpers import errors, no_exception, open_page, open_tab, texts
 from helpers import tiny_config, wait_until
 from lora_core.runs import Runs, RunStatus, files
 
@@ -76,7 +76,7 @@ def test_open_config_in_builder(use_seeded):
     at.switch_page("pages/config_builder.py").run()
     no_exception(at)
     assert at.selectbox(key="cfg_task").value == "causal-lm"
-    assert at.selectbox(key="cfg_train_choice").value == "sample:instructions"
+    assert open_tab(at, "Data").selectbox(key="cfg_train_choice").value == "sample:instructions"
 
 
 def test_stop_a_running_run(runs):

@@ -175,7 +175,7 @@ def test_file_reads_outside_the_roots_are_refused_without_contents_or_listings(t
     (secret / "people.csv").write_text(CSV)
     (secret / "config.txt").write_text("x")
     (secret / "secret-file-name.bin").write_text("x")
-    for field, session in (("data.train", {"cfg_train_choice": "Local file or hub dataset…",
+    for field, session in (("data.train", {"cfg_tab": "Data", "cfg_train_choice": "Local file or hub dataset…",
                                             "cfg_train_custom": str(secret / "people.csv")}),
                            ("model.source", {"cfg_model_choice": "Hub id or local directory…",
                                              "cfg_model_custom": str(secret)})):
@@ -191,14 +191,14 @@ def test_file_reads_outside_the_roots_are_refused_without_contents_or_listings(t
 
 def test_the_same_file_previews_in_local_mode(runs_dir, tmp_path):
     (tmp_path / "people.csv").write_text(CSV)
-    at = open_page("config_builder", {"cfg_train_choice": "Local file or hub dataset…",
+    at = open_page("config_builder", {"cfg_tab": "Data", "cfg_train_choice": "Local file or hub dataset…",
                                       "cfg_train_custom": str(tmp_path / "people.csv")})
     no_exception(at)
     assert "SECRET-CELL-1" in "".join(str(d.value) for d in at.dataframe)
 
 
 def test_an_upload_is_checked_then_becomes_the_training_data(team):
-    at = page("config_builder", "otto@example.com")
+    at = page("config_builder", "otto@example.com", {"cfg_tab": "Data"})
     at.file_uploader(key="cfg_data_upload").upload("bad.csv", b"sentence,stars\nok,5\n", "text/csv").run()
     assert any("no column 'text'" in e for e in errors(at))
     assert not any(team.root.joinpath("uploads").glob("*.csv"))
@@ -212,7 +212,8 @@ def test_an_upload_is_checked_then_becomes_the_training_data(team):
 
 
 def test_viewers_cannot_upload_and_see_no_admin_pages(team):
-    at = page("config_builder", "vera@example.com")
+    at = page("config_builder", "vera@example.com", {"cfg_tab": "Data"})
+    assert at.selectbox(key="cfg_train_choice").value  # the Data tab is drawn, without the upload
     assert not [u for u in at.file_uploader if u.key == "cfg_data_upload"]
     with pytest.raises(ValueError, match="Could not find a navigation page for .*team.py"):
         page("team", "otto@example.com")  # not in an operator's navigation

@@ -8,7 +8,7 @@ import yaml
 
 from streamlit.testing.v1 import AppTest
 
-from apptest_helpers import APP, PAGE_TIMEOUT, errors, no_exception, open_page, texts
+from apptest_helpers import APP, PAGE_TIMEOUT, errors, no_exception, open_page, open_tab, texts
 from helpers import tiny_config
 from lora_core.runs import Runs, RunStatus, layout
 from lora_ui import widgets
@@ -78,9 +78,9 @@ def test_resume_is_disabled_with_the_reason_without_a_checkpoint(runs_dir):
 # -- 3: drafts survive --------------------------------------------------------------------------------------------
 
 def test_config_lives_in_the_url_and_a_new_tab_reads_it(runs_dir):
-    at = open_page("config_builder")
+    at = open_page("config_builder", {"cfg_tab": "LoRA layers & knobs"})
     at.number_input(key="cfg_lora.r").set_value(16).run()
-    at.text_input(key="cfg_name").set_value("shared-run").run()
+    open_tab(at, "Model & method").text_input(key="cfg_name").set_value("shared-run").run()
     no_exception(at)
     params = dict(at.query_params)
     assert params.get("lora.r") in ("16", ["16"]) and params.get("name") in ("shared-run", ["shared-run"])
