@@ -252,6 +252,9 @@ def launch_ray_train(cfg: ExperimentConfig, rd: RunDir, resume_from: Path | None
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    # Ray Train's preemption watcher is one more actor (a fresh Python process, ~2.6 s here) before the first
+    # step; a run allows no retries, so a drained node fails it with or without the watcher. Set it to 1 to keep it.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     res = cfg.resources
     per_worker = {"CPU": res.cpus_per_worker or 1}
     if res.gpus_per_worker:
