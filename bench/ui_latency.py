@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import statistics
 import sys
@@ -130,8 +129,9 @@ def time_pages(repeats: int) -> list[tuple[str, float, float]]:
 
 def first_visits(runs_dir: Path, visits: int) -> dict[str, list[float]]:
     """Seconds from opening /config_builder in a fresh server until its summary shows, once per server (after
-    one unmeasured visit that lets the engine see the model), alternating the two ways to start one: `make app`'s
-    `python -m lora_core serve` (imports the engine before it listens) and a bare `streamlit run app.py`."""
+    one unmeasured visit that lets the engine see the model), alternating three ways to start one: `make app`'s
+    `python -m lora_core serve` (imports the engine before it listens), a bare `streamlit run app.py`, and
+    Streamlit's floor (`bare_server`, a page with a title and the summary's line, opened at /)."""
     sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "browser")]  # browser_helpers imports helpers
     from browser_helpers import BROWSER_ARGS, CHROMIUM, serve_server, streamlit_server
     from playwright.sync_api import sync_playwright
@@ -162,24 +162,14 @@ def first_visits(runs_dir: Path, visits: int) -> dict[str, list[float]]:
 
 @contextmanager
 def bare_server(runs_dir: Path, log: Path):
-    """`streamlit run` of a page that draws a title and one line: what any Streamlit page costs here. Ended by
-    its process group."""
-    from browser_helpers import free_port, wait_healthy
+    """`streamlit run` of a page that draws a title and one line, from the repository root like app.py (so with
+    the same .streamlit/config.toml): what any Streamlit page costs here."""
+    from browser_helpers import streamlit_server
 
     script = runs_dir.parent / "bare_page.py"
     script.write_text(BARE_PAGE.format(text=SUMMARY_TEXT))
-    port = free_port()
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(script), "--server.headless", "true",
-                                 "--server.port", str(port), "--server.address", "127.0.0.1",
-                                 "--browser.gatherUsageStats", "false"], cwd=script.parent, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_healthy(f"http://127.0.0.1:{port}", proc, log)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=15)
+    with streamlit_server(runs_dir, log, script=str(script)) as url:
+        yield url
 
 
 def print_first_visits(runs_dir: Path, visits: int) -> None:

@@ -1,11 +1,12 @@
 """Config builder: pick a model, layers, LoRA knobs, data and training settings; see counts and memory live;
 export as YAML / JSON / PEFT code / CLI; load a saved config.
 
-Every widget writes "cfg_<dotted field>" in session state (kept across pages with persist_state). Each run of
-the page validates that state first (ExperimentConfig's own validation: a ConfigError names the field, and the
-message lands under it), then draws one tab per function, reading every derived number — the α/r scale, LoRA
-parameters per layer, trainable counts, the number of labels — from the validated config and the engine. The
-valid config becomes the current config the Train page launches.
+Every widget writes "cfg_<dotted field>" in session state (kept across pages and closed tabs with persist_state).
+Each run of the page validates that state first (ExperimentConfig's own validation: a ConfigError names the field,
+and the message lands in the summary and under the field when its tab is open), then runs the open tab's function
+only, reading every derived number — the α/r scale, LoRA parameters per layer, trainable counts, the number of
+labels — from the validated config and the engine. The valid config becomes the current config the Train page
+launches.
 """
 import json
 
@@ -24,15 +25,19 @@ from lora_ui.widgets import FieldSlots, attempt, choice_or_other, show_message
 
 S = BUILDER
 slots = FieldSlots()
-TABS = {"Model & method": "", "LoRA layers & knobs": "lora quant", "Data": "data",
-        "Training": "train generate resources", "Export": ""}  # the config sections each tab draws
+# the fields (or whole config sections) each tab draws; a more specific name wins
+TABS = {"Model & method": "name task method model", "LoRA layers & knobs": "lora quant", "Data": "data",
+        "Training": "train generate resources data.seed", "Export": ""}
 
 
 def tab_hint(dotted: str) -> str:
-    """' (Data tab)' for a field drawn on another tab than the open one, so an error names where to go."""
-    section = (dotted or "").split(".")[0].split("[")[0]
-    tab = next((name for name, sections in TABS.items() if section in sections.split()), "Model & method")
-    return "" if S.get("tab", "Model & method") == tab else f" ({tab} tab)"
+    """' (Data tab)' for a field drawn on another tab than the open one, so an error names where to go ('' for
+    a field no tab draws, or one on the open tab)."""
+    field = (dotted or "").split("[")[0]
+    drawn = {name: sections.split() for name, sections in TABS.items()}
+    tab = (next((name for name, names in drawn.items() if field in names), None)
+           or next((name for name, names in drawn.items() if field.split(".")[0] in names), None))
+    return "" if tab is None or S.get("tab", "Model & method") == tab else f" ({tab} tab)"
 
 
 def field(kind: str, dotted: str, label: str, **kw):
@@ -197,7 +202,7 @@ def upload_section(cfg: ExperimentConfig | None) -> None:
             S["uploaded_file"] = upload.file_id
             try:
                 if cfg is None:
-                    raise ConfigError("", "fix the highlighted field first: the file is checked against the "
+                    raise ConfigError("", "fix the problem named above first: the file is checked against the "
                                           "task and columns chosen here")
                 use_data(service.upload_dataset(upload.name, upload.getvalue(), cfg).detail)
                 S.post("success", f"Uploaded {md(upload.name)}: it is the training data now.")
@@ -322,7 +327,7 @@ def train_tab(cfg: ExperimentConfig | None = None) -> None:
 
 def export_tab(cfg: ExperimentConfig | None, presets: dict, labels: int) -> None:
     if cfg is None:
-        st.warning("Fix the highlighted field to export this config.")
+        st.warning("Fix the problem named above the tabs to export this config.")
         return
     c1, c2 = st.columns(2)
     c1.download_button("YAML", cfg.to_yaml(), file_name=config_filename(cfg, "yaml"), mime="application/x-yaml",
@@ -384,7 +389,7 @@ def label_count(cfg: ExperimentConfig) -> int:
 
 def problems_section(cfg: ExperimentConfig) -> bool:
     """The whole config checked as the CLI checks it (target names against the model, paths, data columns):
-    every problem under its field and listed here. True when there is none."""
+    every problem listed here, and under its field when that field's tab is open. True when there is none."""
     problems = service.check_config(cfg)
     for problem in problems:  # under its field when that field's tab is open; the list below has them all
         if slots.drawn(service.field_of(problem)):

@@ -39,7 +39,6 @@ def texts(at: AppTest) -> str:
     return "\n".join(parts)
 
 
-
 def open_tab(at: AppTest, name: str) -> AppTest:
     """Open a Config builder tab and rerun: only the open tab's widgets are drawn (the others keep their values)."""
     at.session_state["cfg_tab"] = name

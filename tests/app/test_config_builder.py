@@ -102,7 +102,7 @@ def test_bad_learning_rate_is_an_error_next_to_the_field(runs_dir):
     # seen from another tab, the summary says where the field is
     assert any("Fix **train.learning_rate** (Training tab)" in e for e in errors(open_tab(at, "Data")))
     # nothing exportable while invalid
-    assert "Fix the highlighted field" in texts(open_tab(at, "Export"))
+    assert "Fix the problem named above the tabs" in texts(open_tab(at, "Export"))
 
 
 def test_cross_field_rule_shows_config_error(runs_dir):

@@ -131,8 +131,8 @@ def test_no_tick_beside_a_target_the_model_lacks(runs_dir):
     no_exception(at)
     assert any("nonexistent_layer" in e for e in errors(at)), errors(at)
     assert "✅ Valid config" not in texts(at)
-    export = [c.value for c in at.code if c.language == "yaml"]
-    assert not export or "nonexistent_layer" in export[0]  # never exported without the bad name
+    export = [c.value for c in open_tab(at, "Export").code if c.language == "yaml"]
+    assert "nonexistent_layer" in export[0]  # never exported without the bad name
 
 
 # -- 8: one click, one run ----------------------------------------------------------------------------------------

@@ -77,12 +77,13 @@ def _dashboard_env(runs: Path, refresh_s: float, **extra: str) -> dict:
 
 
 @contextmanager
-def streamlit_server(runs: Path, log: Path, refresh_s: float = 1.0):
-    """`streamlit run app.py` on a free port with LORA_LAB_RUNS_DIR=runs; yields its URL. On exit, stops the
-    runs it left going and the server's whole process group."""
+def streamlit_server(runs: Path, log: Path, refresh_s: float = 1.0, script: str = "app.py"):
+    """`streamlit run app.py` (or another script) from the repository root, on a free port with
+    LORA_LAB_RUNS_DIR=runs; yields its URL. On exit, stops the runs it left going and the server's whole process
+    group."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+    command = [sys.executable, "-m", "streamlit", "run", script, "--server.headless", "true",
                "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
                "--client.toolbarMode", "minimal"]
     try:

@@ -138,20 +138,22 @@ def load_config(pg, yaml_text: str, tmp: Path) -> None:
     path.write_text(yaml_text)
     box = pg.locator('[data-testid="stExpander"]').filter(has_text="Load a saved config (YAML or JSON)").first
     uploader = box.locator('[data-testid="stFileUploader"]')
+    is_open = box.locator("details").first
     for _ in range(3):  # open until it shows its uploader: a click while the page still draws can be lost
-        box.locator("summary").click()
+        if not is_open.evaluate("d => d.open"):
+            box.locator("summary").first.click()
         try:
             uploader.wait_for(timeout=10_000)
             break
-        except Exception:  # noqa: BLE001 - Playwright's TimeoutError: click again
+        except Exception:  # noqa: BLE001 - Playwright's TimeoutError: look again
             settle(pg)
     uploader.locator('input[type="file"]').set_input_files(str(path))
     try:
         pg.get_by_text("Loaded config.yaml").first.wait_for()
     except Exception:  # what the page showed instead: an upload error, a closed section, an exception
         shot(pg, "team_load_config_failed")
-        raise AssertionError(f"section open: {box.locator('details').evaluate('d => d.open')}; uploader: "
-                             f"{uploader.inner_text()!r}; alerts: "
+        raise AssertionError(f"section open: {is_open.evaluate('d => d.open')}; uploader: "
+                             f"{uploader.all_inner_texts()}; alerts: "
                              f"{pg.locator('[data-testid=stAlert], [data-testid=stException]').all_inner_texts()}"
                              ) from None
     settle(pg)
