@@ -15,17 +15,16 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import shutil
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-    os.environ.setdefault(var, "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from common import ROOT
+
+sys.path.insert(0, str(ROOT / "tests"))  # the tests' LocalRayCluster, ended by pid
 
 GLOBAL_BATCH, SEED = 16, 0
 
@@ -75,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-ray", action="store_true", help="local backend only")
     args = p.parse_args(argv)
 
-    from helpers import LocalRayCluster
+    from helpers import LocalRayCluster, stop_leftovers
     from lora_core.runs import Runs, RunStatus
 
     root = Path(tempfile.mkdtemp(prefix="scale-"))
@@ -83,22 +82,27 @@ def main(argv: list[str] | None = None) -> int:
     runs = Runs(root / "runs")
     print(f"MiniLM LoRA r=8, sample:sentiment-2, {args.steps} steps, global batch {GLOBAL_BATCH}, seed {SEED}; "
           f"{os.cpu_count()} cores")
-    rows = [("local", 1, measure(runs, config(args.steps, 1, "local", None))),
-            ("local", 2, measure(runs, config(args.steps, 2, "local", None)))]
-    if not args.skip_ray:
-        token = secrets.token_hex(16)
-        os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
-        began = time.perf_counter()
-        cluster = LocalRayCluster(Path(tempfile.mkdtemp(prefix="r", dir="/tmp")), nodes=2, cpus=1,
-                                  env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}).start()
-        print(f"local Ray cluster (2 nodes × 1 CPU, token auth) up in {time.perf_counter() - began:.1f} s")
-        try:
-            for workers in (1, 2):
-                rows.append(("ray", workers, measure(runs, config(args.steps, workers, "ray", cluster.address))))
-            # the first Ray launch also probes the runs dir and uploads lora_core once: the same again, warm
-            rows.append(("ray (again)", 1, measure(runs, config(args.steps, 1, "ray", cluster.address))))
-        finally:
-            cluster.close()
+    try:
+        rows = [("local", 1, measure(runs, config(args.steps, 1, "local", None))),
+                ("local", 2, measure(runs, config(args.steps, 2, "local", None)))]
+        if not args.skip_ray:
+            # the cluster's nodes take this environment (LocalRayCluster copies it)
+            os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16))
+            began = time.perf_counter()
+            cluster = LocalRayCluster(Path(tempfile.mkdtemp(prefix="r", dir="/tmp")), nodes=2, cpus=1).start()
+            print(f"local Ray cluster (2 nodes × 1 CPU, token auth) up in {time.perf_counter() - began:.1f} s")
+            try:
+                for workers in (1, 2):
+                    rows.append(("ray", workers, measure(runs, config(args.steps, workers, "ray",
+                                                                      cluster.address))))
+                # the first Ray launch also probes the runs dir and uploads lora_core once: the same again, warm
+                rows.append(("ray (again)", 1, measure(runs, config(args.steps, 1, "ray", cluster.address))))
+            finally:
+                cluster.close()
+                shutil.rmtree(cluster.root, ignore_errors=True)
+    finally:  # an interrupted bench leaves no worker training
+        stop_leftovers(runs)
+        shutil.rmtree(root, ignore_errors=True)
 
     print(f"\n{'backend':<12} {'workers':>7} {'nodes':>5} {'status':<10} {'wall (s)':>9} {'1st metric (s)':>15} "
           f"{'train (s)':>10} {'samples/s':>10} {'eval loss':>10}")

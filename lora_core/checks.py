@@ -18,7 +18,6 @@ import copy
 import os
 import re
 from pathlib import Path
-from typing import Any
 
 from .config import (BUNDLED_MODELS, ExperimentConfig, excerpt, get_dotted, parse_bytes, parse_file, parse_text,
                      set_dotted)

@@ -20,7 +20,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Optional, Union, get_args
 from urllib.parse import urlparse
 
 import yaml
@@ -38,7 +38,7 @@ LORA_PRESETS = ("qv", "attention", "all-linear")
 SAMPLE_DATASETS = ("sample:sentiment-2", "sample:sentiment-3", "sample:instructions")
 SAMPLE_FOR_TASK = {"seq-cls": "sample:sentiment-2", "causal-lm": "sample:instructions"}  # the offline default
 Backend = Literal["local", "ray"]
-BACKENDS = ("local", "ray")
+BACKENDS = get_args(Backend)
 
 MAX_INT = 2**31 - 1          # whole numbers above this overflow torch/numpy arguments somewhere downstream
 MAX_TEXT = 1024              # default bound on a text field (paths and prompts say more)

@@ -114,8 +114,8 @@ class RankWatch(threading.Thread):
 
     def run(self) -> None:
         while not self.done.wait(WATCH_S):
-            if self.stop_flag.is_set() and not self.rd.stop_request.exists():
-                files.atomic_write(self.rd.stop_request, f"{time.time()}\n")
+            if self.stop_flag.is_set():
+                self.rd.request_stop()
             events, self.offset = files.read_events(self.rd.metrics, self.offset)
             for event in events:
                 self.observe(event)
@@ -150,10 +150,7 @@ def rank_main(run_dir: str, resume_from: str | None, launcher_pid: int | None = 
         files.write_json(rd.job, {"ranks": [{"rank": r, "node": node, "pid": pid} for r, (node, pid) in
                                             enumerate(placed)], "pid": os.getpid(), "time": time.time()})
 
-    def write(event: dict) -> None:
-        files.append_event(rd.metrics, dict(event, time=event.get("time", time.time())))
-
-    events = continued(write, inherited_elapsed(rd)) if main else None
+    events = continued(rd.record_event, inherited_elapsed(rd)) if main else None
     results = train.run_experiment(cfg, rd.artifacts, on_event=events,
                                    should_stop=agreed(lambda: rd.stop_request.exists() if main else False),
                                    resume_from=Path(resume_from) if resume_from else None, prepare_trainer=prepare,

@@ -410,10 +410,11 @@ def collect_results(cfg: ExperimentConfig, *, splits, memory: MemoryMeter, stopp
         trainable, total = models.nb_params(model)
     estimate, estimate_error = estimate or (None, "the run stopped before its data was tokenized")
     flags = precision_flags(cfg.train.precision)
+    world = world_size()
     results: dict[str, Any] = {
         "task": cfg.task, "method": cfg.method, "model": cfg.model.source,
-        "backend": cfg.resources.backend, "world_size": world_size(),
-        "global_batch_size": cfg.train.batch_size * cfg.train.gradient_accumulation_steps * world_size(),
+        "backend": cfg.resources.backend, "world_size": world,
+        "global_batch_size": cfg.train.batch_size * cfg.train.gradient_accumulation_steps * world,
         "stopped": stopped,
         **(final or {}),
         **(baseline or {}),

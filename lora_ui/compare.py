@@ -12,7 +12,7 @@ import pandas as pd
 from lora_core.config import get_dotted
 from lora_ui import insight
 from lora_ui.format import method_text, primary_metric
-from lora_ui.placement import placement_text
+from lora_ui.placement import node_count, placement_text
 from lora_ui.service import RunStatus
 
 COLUMNS = ["label", "status", "method", "rank", "trainable", "trainable %", "accuracy", "macro-F1", "eval loss",
@@ -85,7 +85,7 @@ def rows(records, votes: dict[str, dict] | None = None) -> list[dict]:
             "preferred": preference_text((votes or {}).get(rec.id)),
             "backend": placement_text(rec),
             "world size": rec.world_size or 1,
-            "nodes": len(set(rec.nodes or [])) or None,
+            "nodes": node_count(rec.nodes) or None,
             "job id": rec.job_id,
             "eval rows": res.get("eval_rows"),
             "data fingerprint": res.get("dataset_fingerprint"),

@@ -43,8 +43,13 @@ def placement_text(rec) -> str:
     """'local', 'local ×2', 'ray ×2 on 2 nodes', for a run record."""
     backend, width = rec.backend or "local", rec.world_size or 1
     text = backend + (f" ×{width}" if width > 1 else "")
-    nodes = len(set(rec.nodes or []))
+    nodes = node_count(rec.nodes)
     return text + (f" on {nodes} nodes" if nodes > 1 else "")
+
+
+def node_count(nodes: list | None) -> int:
+    """How many distinct nodes a run's ranks ran on (0 when not recorded)."""
+    return len(set(nodes or []))
 
 
 def node_rows(status: dict) -> list[dict]:
@@ -57,7 +62,7 @@ def node_rows(status: dict) -> list[dict]:
 def run_rows(status: dict) -> list[dict]:
     """Our queued and running runs on the cluster."""
     return [{"run": r["name"], "status": r["status"], "workers": r["world_size"], "job id": r["job_id"] or "",
-             "nodes": len(set(r["nodes"] or []))} for r in status["runs"]]
+             "nodes": node_count(r["nodes"])} for r in status["runs"]]
 
 
 # -- clusters (the Ray backend) ------------------------------------------------------------------------------------

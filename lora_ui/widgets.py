@@ -42,9 +42,11 @@ class FieldSlots:
             key = key.rpartition(".")[0]
         return None
 
-    def drawn(self, dotted: str) -> bool:
-        """Whether this field (or its section) has a slot on the page now: a closed tab draws none."""
-        return self._best(dotted) is not None
+    def show_if_drawn(self, exc: BaseException, field: str = "") -> None:
+        """`exc` under its field when that field (or its section) is on the page now; nothing when it is not (a
+        closed tab draws none: the caller says it elsewhere)."""
+        if self._best(getattr(exc, "field", "") or field) is not None:
+            self.show(exc, field=field)
 
     def show(self, exc: BaseException, fallback=None, field: str = "", level: str = "error") -> None:
         """Show `exc` under the field it names, or under `field` (named in front) for an error that names none."""

@@ -28,16 +28,17 @@ slots = FieldSlots()
 # the fields (or whole config sections) each tab draws; a more specific name wins
 TABS = {"Model & method": "name task method model", "LoRA layers & knobs": "lora quant", "Data": "data",
         "Training": "train generate resources data.seed", "Export": ""}
+TAB_OF = {name: tab for tab, names in TABS.items() for name in names.split()}
 
 
 def tab_hint(dotted: str) -> str:
     """' (Data tab)' for a field drawn on another tab than the open one, so an error names where to go ('' for
     a field no tab draws, or one on the open tab)."""
-    field = (dotted or "").split("[")[0]
-    drawn = {name: sections.split() for name, sections in TABS.items()}
-    tab = (next((name for name, names in drawn.items() if field in names), None)
-           or next((name for name, names in drawn.items() if field.split(".")[0] in names), None))
-    return "" if tab is None or S.get("tab", "Model & method") == tab else f" ({tab} tab)"
+    key = (dotted or "").split("[")[0]
+    while key and key not in TAB_OF:  # "data.seed" is Training's, "data.train" the Data section's
+        key = key.rpartition(".")[0]
+    tab = TAB_OF.get(key)
+    return "" if tab is None or S.get("tab", next(iter(TABS))) == tab else f" ({tab} tab)"
 
 
 def field(kind: str, dotted: str, label: str, **kw):
@@ -360,27 +361,26 @@ def model_structure(model: dict) -> tuple[list[dict], dict, Exception | None]:
         return [], {}, exc
 
 
-def preview(cfg: ExperimentConfig, slot) -> int:
-    """The data preview and label counts; returns the number of labels the run will train (2 if unreadable)."""
+def preview(cfg: ExperimentConfig, slot) -> None:
+    """The data preview and label counts (on the Data tab)."""
     with slot:
         st.markdown("**Preview** — first rows as the engine reads them")
         try:
             frame, counts = service.data_preview(cfg)
         except Exception as exc:  # noqa: BLE001 - DataError names file, column and row
             slots.show(exc, field="data.train")
-            return 2
+            return
         st.dataframe(frame, hide_index=True, width="stretch")
         if counts:
             # a table with bars, not st.bar_chart: that one imports Altair, about half a second of a first visit
             st.dataframe(pd.DataFrame({"label": [str(k) for k in counts], "rows": list(counts.values())}),
                          hide_index=True, column_config={"rows": st.column_config.ProgressColumn(
                              "rows", format="%d", min_value=0, max_value=max(counts.values()))})
-    return service.num_labels(cfg)
 
 
 def label_count(cfg: ExperimentConfig) -> int:
-    """The number of labels the run will train, without the preview (2 if the data is unreadable: the summary's
-    check says why)."""
+    """The number of labels the run will train (2 if the data is unreadable: the preview and the summary's check
+    say why)."""
     try:
         return service.num_labels(cfg)
     except Exception:  # noqa: BLE001 - DataError, or a path the server refuses: reported by problems_section
@@ -391,12 +391,12 @@ def problems_section(cfg: ExperimentConfig) -> bool:
     """The whole config checked as the CLI checks it (target names against the model, paths, data columns):
     every problem listed here, and under its field when that field's tab is open. True when there is none."""
     problems = service.check_config(cfg)
-    for problem in problems:  # under its field when that field's tab is open; the list below has them all
-        if slots.drawn(service.field_of(problem)):
-            slots.show(problem, field=service.field_of(problem))
+    fields = [service.field_of(problem) for problem in problems]
+    for problem, field_name in zip(problems, fields):  # the list below has them all
+        slots.show_if_drawn(problem, field=field_name)
     if problems:
         st.error(f"{len(problems)} problem{'s' if len(problems) > 1 else ''} to fix before this config can "
-                 "launch:\n" + "\n".join(f"- {error_text(p)}{tab_hint(service.field_of(p))}" for p in problems),
+                 "launch:\n" + "\n".join(f"- {error_text(p)}{tab_hint(f)}" for p, f in zip(problems, fields)),
                  icon="✋")
     return not problems
 
@@ -470,12 +470,13 @@ def main() -> None:
     if model_error is not None:
         slots.show(model_error, field="model.source", fallback=summary)
     if error is not None:
-        if slots.drawn(error.field):  # under its field when its tab is open; the summary says it either way
-            slots.show(error)
+        slots.show_if_drawn(error)  # the summary says it either way
         summary.error(f"Fix **{error.field or 'config'}**{tab_hint(error.field)}: {md(error.message)}", icon="✋")
     elif model_error is None:
         set_current_config(cfg)
-        labels = preview(cfg, preview_slot) if data.open else label_count(cfg)
+        if data.open:
+            preview(cfg, preview_slot)
+        labels = label_count(cfg)
         with summary:
             summary_section(cfg, labels)
     if export.open:

@@ -81,18 +81,19 @@ def where_panel(cfg):
         if backend == "ray" and not placement.ray_installed():
             st.warning(placement.ray_missing_message())
             return None
-    if backend == "ray":
-        cluster_panel(launch_cfg.resources.ray_address or placement.default_ray_address())
+    address = launch_cfg.resources.ray_address or placement.default_ray_address()
+    if backend == "ray" and address:
+        cluster_panel(address)
+    elif backend == "ray":  # nothing to follow yet: drawn once, not every few seconds
+        with st.expander("Cluster (no address yet)", expanded=True, icon=":material/hub:"):
+            st.caption("Give the Ray dashboard's address above, or set LORA_LAB_RAY_ADDRESS for the dashboard.")
     return launch_cfg
 
 
 @st.fragment(run_every=max(REFRESH_S, 5.0))
 def cluster_panel(address: str) -> None:
     """The cluster runs go to: nodes, CPUs and GPUs in use, our runs on it (live)."""
-    with st.expander(f"Cluster {address or '(no address yet)'}", expanded=True, icon=":material/hub:"):
-        if not address:
-            st.caption("Give the Ray dashboard's address above, or set LORA_LAB_RAY_ADDRESS for the dashboard.")
-            return
+    with st.expander(f"Cluster {address}", expanded=True, icon=":material/hub:"):
         try:
             status = placement.cluster_status(address)
         except Exception as exc:  # noqa: BLE001 - an unreachable cluster is shown, the page stays

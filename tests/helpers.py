@@ -245,31 +245,50 @@ class LocalRayCluster:
         return [n for n in summary if n.get("raylet", {}).get("state") == "ALIVE"]
 
     def pids(self) -> list[int]:
-        """Every live process in the sessions of the `ray start` commands this cluster ran."""
+        """Every live process in the sessions of the `ray start` commands this cluster ran, and their descendants
+        (Ray starts each job's command in a session of its own)."""
         import psutil
 
         sessions = {p.pid for p in self.procs}
-        found = []
+        found: set[int] = set()
         for proc in psutil.process_iter(["pid"]):
             try:
                 if os.getsid(proc.pid) in sessions:
-                    found.append(proc.pid)
-            except (ProcessLookupError, PermissionError):
+                    found.add(proc.pid)
+                    found.update(child.pid for child in proc.children(recursive=True))
+            except (ProcessLookupError, PermissionError, psutil.Error):
                 continue
-        return found
+        return sorted(found)
 
     def close(self, timeout: float = 30.0) -> None:
-        """SIGTERM then SIGKILL every process of this cluster's sessions, by pid; wait until none is left."""
+        """SIGTERM then SIGKILL every process of this cluster's sessions and their descendants, by pid; wait until
+        none is left. The descendants are listed before any process dies: once orphaned, a job's command is in no
+        session of ours and has no parent to find it by."""
         import signal
 
+        import psutil
+
+        known = set(self.pids())
+
+        def alive() -> list[int]:
+            known.update(self.pids())
+            left = []
+            for pid in sorted(known):
+                try:
+                    if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                        left.append(pid)
+                except psutil.Error:
+                    continue
+            return left
+
         for sig in (signal.SIGTERM, signal.SIGKILL):
-            for pid in self.pids():
+            for pid in alive():
                 try:
                     os.kill(pid, sig)
                 except ProcessLookupError:
                     pass
             deadline = time.time() + (10 if sig == signal.SIGTERM else timeout)
-            while time.time() < deadline and self.pids():
+            while time.time() < deadline and alive():
                 for proc in self.procs:
                     proc.poll()
                 time.sleep(0.2)
@@ -278,7 +297,7 @@ class LocalRayCluster:
                 proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 pass
-        left = self.pids()
+        left = alive()
         assert not left, f"Ray processes {left} survived SIGKILL"
 
 

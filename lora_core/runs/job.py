@@ -70,16 +70,13 @@ def run(rd: RunDir, resume_from: Path | None, sweep_id: str | None = None, paren
     print(f"[job] run {rd.id} pid {os.getpid()} on {socket.gethostname()}"
           + (f" resuming from {resume_from}" if resume_from else ""), flush=True)
 
-    def on_event(event: dict) -> None:
-        files.append_event(rd.metrics, dict(event, time=event.get("time", time.time())))
-
     outcome: dict = {"status": RunStatus.FAILED.value}
     try:
         if cfg.resources.num_workers == 1:
             import torch
 
             torch.set_num_threads(cfg.resources.cpus_per_worker or 1)  # what the job reserved
-        results = train_run(cfg, rd, on_event=on_event, observe=lambda event: None, stop_flag=STOP,
+        results = train_run(cfg, rd, on_event=rd.record_event, observe=lambda event: None, stop_flag=STOP,
                             resume_from=resume_from,
                             run_info={"run_id": rd.id, "sweep_id": sweep_id, "parent_id": parent_id,
                                       "runs_dir": str(rd.path.parent)})

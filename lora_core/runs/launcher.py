@@ -99,6 +99,7 @@ class LocalProcesses:
     ranks are the worker's children, in the same group)."""
 
     name = LOCAL
+    poll_s = 0.1  # how often a waiting stop looks again: a signal and a pid check cost nothing
 
     def check(self, registry: Registry, record: RunRecord, on_crash: OnCrash | None = None) -> None:
         """A RUNNING run whose worker died, or whose stop is overdue, is ended (QUEUED runs wait for a slot)."""
@@ -356,7 +357,7 @@ def stop(registry: Registry, backends: dict, run_id: str, timeout: float = 15.0,
         if not wait:
             return record.status
         backend.check(registry, record)
-        time.sleep(0.1)
+        time.sleep(backend.poll_s)
     backend.wait_gone(record)
     reconcile(registry, backends)  # the freed slot goes to the next queued run
     return record.status

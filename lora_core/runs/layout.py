@@ -340,6 +340,17 @@ class RunDir:
     def stop_request(self) -> Path:
         return self.path / "stop.request"
 
+    def record_event(self, event: dict) -> dict:
+        """Append one event to the run's metrics stream, stamped with the time when it has none; returns it."""
+        event = dict(event, time=event.get("time", time.time()))
+        files.append_event(self.metrics, event)
+        return event
+
+    def request_stop(self) -> None:
+        """Ask the run's training process(es) to stop: they poll this file (job.py, distributed.RankWatch's ranks)."""
+        if self.path.is_dir() and not self.stop_request.exists():
+            files.atomic_write(self.stop_request, f"{time.time()}\n")
+
     @property
     def job(self) -> Path:
         return self.path / "job.json"

@@ -35,7 +35,6 @@ from pathlib import Path
 from ..config import ConfigError, ExperimentConfig, check_ray_address
 from ..errors import RunError, StatusError
 from . import files, layout
-from .layout import RunDir
 from .store import Registry, RunRecord, RunStatus, key_results
 
 ADDRESS_ENV = "LORA_LAB_RAY_ADDRESS"
@@ -57,8 +56,8 @@ def cluster_address(cfg: ExperimentConfig) -> str:
 
 def resolve_address(address: str | None) -> str:
     """`address`, else $LORA_LAB_RAY_ADDRESS, checked (ConfigError naming resources.ray_address)."""
-    address = (address or os.environ.get(ADDRESS_ENV, "")).strip().rstrip("/")
-    if not address:
+    address = address or os.environ.get(ADDRESS_ENV, "")
+    if not address.strip():
         raise ConfigError("resources.ray_address", f"the ray backend needs a cluster address: the Ray dashboard's "
                                                    f"http://HOST:8265, in this field, ${ADDRESS_ENV} or "
                                                    "--ray-address")
@@ -77,10 +76,9 @@ def require_ray() -> None:
 def client(address: str):
     """The Jobs API client for a cluster (one per address and process). ConfigError without Ray, RunError when
     the cluster cannot be reached or refuses the token."""
-    try:
-        from ray.job_submission import JobSubmissionClient
-    except ImportError:
-        raise ConfigError("resources.backend", RAY_MISSING) from None
+    require_ray()
+    from ray.job_submission import JobSubmissionClient
+
     # "Uploading package ..." on every submission is Ray's INFO; a dashboard or CLI wants warnings only
     logging.getLogger("ray.dashboard.modules.dashboard_sdk").setLevel(logging.WARNING)
     try:
@@ -113,6 +111,7 @@ class RayJobs:
     """Runs as Ray jobs. Holds no connection: one cached client per cluster address."""
 
     name = "ray"
+    poll_s = 1.0  # how often a waiting stop looks again: each look asks the cluster over HTTP
 
     # -- start ---------------------------------------------------------------------------------------------------
     def prepare(self, registry: Registry, cfg: ExperimentConfig) -> str:
@@ -244,8 +243,7 @@ class RayJobs:
     # -- stop, kill, logs ----------------------------------------------------------------------------------------
     def request_stop(self, record: RunRecord) -> bool:
         """The graceful stop: the job (or its rank 0) sees the run's stop.request file within a second or two."""
-        if record.dir.path.is_dir() and not record.dir.stop_request.exists():
-            files.atomic_write(record.dir.stop_request, f"{time.time()}\n")
+        record.dir.request_stop()
         return True
 
     def kill(self, record: RunRecord) -> None:

@@ -509,15 +509,12 @@ class Registry(TeamTables):
         return [_record(r, self.runs_dir) for r in rows]
 
     @_reading
-    def count(self, status: RunStatus | list[RunStatus], owner: str | None = None, backend: str | None = None) -> int:
+    def count(self, status: RunStatus | list[RunStatus], owner: str | None = None) -> int:
         statuses = [RunStatus.parse(s).value for s in ([status] if isinstance(status, str) else status)]
         sql = f"SELECT COUNT(*) FROM runs WHERE status IN ({','.join('?' * len(statuses))})"
         if owner is not None:
             sql += " AND owner = ?"
             statuses.append(owner)
-        if backend:
-            sql += f" AND {_BACKEND_IS}"
-            statuses.append(backend)
         with self._read() as con:
             return con.execute(sql, statuses).fetchone()[0]
 

@@ -176,10 +176,7 @@ def run(run_path: Path, stop_flag: threading.Event) -> int:
                 latest[key] = event[key]
 
     def on_event(event: dict) -> None:
-        event = dict(event)
-        event.setdefault("time", time.time())
-        files.append_event(rd.metrics, event)
-        observe(event)
+        observe(rd.record_event(event))
 
     status, fields = RunStatus.FAILED, {}
     try:

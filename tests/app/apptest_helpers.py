@@ -39,6 +39,11 @@ def texts(at: AppTest) -> str:
     return "\n".join(parts)
 
 
+def button(at: AppTest, key: str):
+    """The button with this key (AppTest finds buttons by index otherwise)."""
+    return next(b for b in at.button if b.key == key)
+
+
 def open_tab(at: AppTest, name: str) -> AppTest:
     """Open a Config builder tab and rerun: only the open tab's widgets are drawn (the others keep their values)."""
     at.session_state["cfg_tab"] = name

@@ -1,16 +1,12 @@
 """Merge & export, Playground and QLoRA loader pages: each main action for real on tiny models."""
 import pytest
 
-from apptest_helpers import errors, no_exception, open_page, texts
+from apptest_helpers import button, errors, no_exception, open_page, texts
 from lora_core.config import ExperimentConfig
 from lora_core.runs import Runs
 from lora_ui.format import fmt_bytes
 
 pytestmark = pytest.mark.timeout(300)
-
-
-def button(at, key):
-    return next(b for b in at.button if b.key == key)
 
 
 def metric(at, label):

@@ -4,17 +4,13 @@ import sys
 
 import pytest
 
-from apptest_helpers import errors, no_exception, open_page, texts
+from apptest_helpers import button, errors, no_exception, open_page, texts
 from helpers import free_port, tiny_config
 from lora_core.config import ExperimentConfig
 from lora_core.runs import Runs, RunStatus
 from lora_ui import placement
 
 pytestmark = pytest.mark.timeout(300)
-
-
-def button(at, key):
-    return next(b for b in at.button if b.key == key)
 
 
 def test_the_train_page_launches_with_the_workers_chosen_there(runs_dir):
