@@ -9,12 +9,17 @@ The run: MiniLM-L6, LoRA r=8 on query+value, the bundled sample:sentiment-2, max
 started here on loopback like the tests' (a head and a second node, one CPU each, token authentication on) and
 ended by pid. On a 2-core machine no speed-up is expected: the point is equal results and what each backend
 costs before the first step (goal: under 15 s from submission to the first metric on the local cluster).
+
+Beside them, Ray Train's own floor on the same cluster: a Ray job whose TorchTrainer (2 workers, one CPU each,
+SPREAD, like the run's) has a training function that only notes the time. Submission to that function running on
+both ranks is what any 2-worker Ray Train job costs here, before a model, a tokenizer or LoRA Lab is imported.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import secrets
+import shlex
 import shutil
 import statistics
 import sys
@@ -27,6 +32,21 @@ from common import ROOT
 sys.path.insert(0, str(ROOT / "tests"))  # the tests' LocalRayCluster, ended by pid
 
 GLOBAL_BATCH, SEED = 16, 0
+# the floor's job: Ray Train with 2 workers placed as a run's are, and a training function that does nothing
+FLOOR_JOB = """import os, sys, time
+from ray.train import FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+def note_time(config):
+    import ray.train
+    rank = ray.train.get_context().get_world_rank()
+    with open(os.path.join(config["out"], f"rank{rank}"), "w") as f:
+        f.write(repr(time.time()))
+
+TorchTrainer(note_time, train_loop_config={"out": sys.argv[1]},
+             scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}, placement_strategy="SPREAD"),
+             run_config=RunConfig(storage_path=sys.argv[1], failure_config=FailureConfig(max_failures=0))).fit()
+"""
 
 
 def config(steps: int, workers: int, backend: str, address: str | None):
@@ -64,6 +84,29 @@ def measure(runs, cfg) -> dict:
             "train_s": results.get("train_time_s")}
 
 
+def ray_train_floor(address: str, work: Path) -> float:
+    """Seconds from submitting FLOOR_JOB to its training function running on both ranks (as LoRA Lab submits a
+    2-worker run: entrypoint needing no CPU, Ray Train's preemption watcher off)."""
+    from ray.job_submission import JobSubmissionClient
+
+    work.mkdir(parents=True, exist_ok=True)
+    script = work / "floor_job.py"
+    script.write_text(FLOOR_JOB)
+    client = JobSubmissionClient(address)
+    started = time.time()
+    job_id = client.submit_job(entrypoint=shlex.join(["python", str(script), str(work)]), entrypoint_num_cpus=0,
+                               runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}})
+    marks = [work / "rank0", work / "rank1"]
+    while not all(m.exists() for m in marks):
+        if client.get_job_status(job_id).is_terminal():
+            raise SystemExit(f"the floor job ended before both ranks ran:\n{client.get_job_logs(job_id)[-2000:]}")
+        time.sleep(0.1)
+    while not client.get_job_status(job_id).is_terminal():  # it ends on its own; the cluster is free again
+        time.sleep(0.2)
+    time.sleep(0.2)  # both files written and closed by now; read them whole
+    return max(float(m.read_text()) for m in marks) - started
+
+
 def fmt(value, spec: str) -> str:
     return "—" if value is None else format(value, spec)
 
@@ -78,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     from lora_core.runs import Runs, RunStatus
 
     root = Path(tempfile.mkdtemp(prefix="scale-"))
+    floor = None
     os.environ["LORA_LAB_MAX_CONCURRENT"] = "2"  # a 2-worker local run takes both slots of this machine
     runs = Runs(root / "runs")
     print(f"MiniLM LoRA r=8, sample:sentiment-2, {args.steps} steps, global batch {GLOBAL_BATCH}, seed {SEED}; "
@@ -97,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                       cluster.address))))
                 # the first Ray launch also probes the runs dir and uploads lora_core once: the same again, warm
                 rows.append(("ray (again)", 1, measure(runs, config(args.steps, 1, "ray", cluster.address))))
+                floor = ray_train_floor(cluster.address, root / "floor")
             finally:
                 cluster.close()
                 shutil.rmtree(cluster.root, ignore_errors=True)
@@ -119,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     ray_first = [m["first_metric_s"] for b, _, m in rows if b.startswith("ray") and m["first_metric_s"]]
     if ray_first:
         print(f"Ray submission to first metric: {', '.join(f'{s:.1f} s' for s in ray_first)} (goal < 15 s)")
+    if floor is not None:
+        print(f"Ray Train's floor here: {floor:.1f} s from submission to a training function that does nothing "
+              "running on both ranks (2 workers, one per node)")
     return 0
 
 

@@ -6,9 +6,9 @@
     python -m lora_core.runs.job --probe RUNS_DIR NONCE     check every node can write the runs dir
 
 A job never opens the registry: SQLite in WAL mode needs a local disk, and here the runs directory is storage the
-nodes share over the network. It writes only its run's files (job.json when it starts, metrics.jsonl as it
-trains, results.json and outcome.json at its end); the dashboard side reads them and the Jobs API and records
-the run's status (`RayJobs.check`). A stop arrives as the run's stop.request file, polled here and, with several
+nodes share over the network. It writes only its run's files (worker.log as it prints, a copy of Ray's job log;
+job.json when it starts, metrics.jsonl as it trains, results.json and outcome.json at its end); the dashboard side
+reads them and the Jobs API and records the run's status (`RayJobs.check`). A stop arrives as the run's stop.request file, polled here and, with several
 ranks, by rank 0; `stop_job` (SIGTERM from Ray) means the same, but Ray kills the job 3 s later.
 """
 from __future__ import annotations
@@ -23,6 +23,7 @@ import threading
 import time
 import traceback
 from pathlib import Path
+from typing import Callable
 
 STOP = threading.Event()
 if __name__ == "__main__":  # before the heavy imports: a stop during start-up is honoured
@@ -45,6 +46,42 @@ def connect_ray() -> None:
 
     ray.init(address="auto", logging_level="ERROR", configure_logging=False)
     signal.signal(signal.SIGTERM, lambda signum, frame: STOP.set())
+
+
+def tee_output(path: Path) -> Callable[[], None]:
+    """Copy what this process writes to stdout and stderr (file descriptors 1 and 2: C libraries' output and the
+    Ray Train workers' lines Ray prints here too) into `path` as it is written, besides Ray's job log. The dashboard
+    then tails that file on the shared runs directory, as it does a local run's log, instead of downloading the
+    whole job log from the Jobs API on every refresh. Returns what puts the descriptors back and drains the copy."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    read_end, write_end = os.pipe()
+    to_ray, to_ray_err = os.dup(1), os.dup(2)  # Ray's job log takes both; the copy goes to the first
+    log = open(path, "ab", buffering=0)
+
+    def pump() -> None:
+        while chunk := os.read(read_end, 1 << 16):
+            os.write(to_ray, chunk)
+            try:
+                log.write(chunk)
+            except OSError:  # a full or unreachable runs dir must not cut Ray's copy short
+                pass
+
+    thread = threading.Thread(target=pump, name="log-copy", daemon=True)
+    thread.start()
+    os.dup2(write_end, 1)
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def close() -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(to_ray, 1)  # the pipe's last writers are gone: the pump reads to its end and stops
+        os.dup2(to_ray_err, 2)
+        thread.join(timeout=5)
+        log.close()
+
+    return close
 
 
 def watch_stop_file(rd: RunDir) -> None:
@@ -141,7 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.probe and not args.run_dir:
         return probe(Path(args.probe[0]), args.probe[1])
     if args.run_dir and not args.probe:
-        return run(RunDir(Path(args.run_dir)), Path(args.resume) if args.resume else None, args.sweep, args.parent)
+        rd = RunDir(Path(args.run_dir))
+        restore = tee_output(rd.log)
+        try:
+            return run(rd, Path(args.resume) if args.resume else None, args.sweep, args.parent)
+        finally:
+            restore()
     parser.print_usage(sys.stderr)
     return 2
 

@@ -137,10 +137,12 @@ class Runs:
         return files.read_json(self.dir(run_id).results)
 
     def log_tail(self, run_id: str, n: int = 50) -> str:
-        """The last n lines of the run's log: worker.log, or the Ray job's log while it runs."""
+        """The last n lines of the run's log: worker.log (a cluster job writes it as it runs too), or what the
+        Jobs API has of a job that has not written its first line there yet."""
         record = self.registry.get(run_id)
-        if record.local or record.terminal:
-            return files.log_tail(record.dir.log, n)
+        text = files.log_tail(record.dir.log, n)
+        if text or record.local or record.terminal:
+            return text
         lines = self.backends[record.backend].logs(record).splitlines()
         return "\n".join(lines[-n:]) if n > 0 else ""
 
@@ -163,10 +165,14 @@ class Runs:
     def follow_log(self, run_id: str, poll: float = 0.2) -> Iterator[str]:
         """Yield the worker log's lines as they are written, until the run has ended and the log is drained."""
         record = self.get(run_id)
-        if not record.local:
-            yield from self._follow_job_log(record, poll=max(poll, 1.0))
-            return
         path = record.dir.log
+        if not record.local:  # a cluster job starts its copy of the log once Ray has set it up (runs/job.py)
+            poll = max(poll, 1.0)
+            while not record.terminal and not files.log_tail(path, n=1):
+                time.sleep(poll)
+                record = self.get(record.id)
+            if not path.exists():
+                return
         offset, pending, last_check = 0, b"", 0.0
         while True:
             with open(path, "rb") as f:
@@ -185,19 +191,6 @@ class Runs:
                 time.sleep(poll)
                 if time.time() - last_check > 1.0:
                     record, last_check = self.get(record.id), time.time()
-
-    def _follow_job_log(self, record: RunRecord, poll: float) -> Iterator[str]:
-        """A cluster run's log as it grows (get_job_logs), then the rest once the run has ended."""
-        shown = 0
-        while True:
-            record = self.get(record.id)
-            text = self.backends[record.backend].logs(record)
-            if len(text) > shown:
-                yield text[shown:]
-                shown = len(text)
-            if record.terminal:
-                return
-            time.sleep(poll)
 
     def wait(self, run_id: str, timeout: float | None = None, poll: float = 0.25) -> RunRecord:
         """Block until the run reaches a terminal status (reconciling meanwhile); TimeoutError after `timeout`."""

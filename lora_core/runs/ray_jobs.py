@@ -8,10 +8,11 @@ with the same start / check / stop / kill seam as `launcher.LocalProcesses`.
     check       the Jobs API's status reconciled into the registry: PENDING -> QUEUED (also while Ray Train
                 still waits for its workers: the job has not written job.json), RUNNING, then the run's end
                 from outcome.json (SUCCEEDED / STOPPED / FAILED with the reason) or, when the job died
-                without writing one, FAILED with Ray's message; the job's log is copied into worker.log;
+                without writing one, FAILED with Ray's message (and its log copied into worker.log when the
+                job died before writing its own copy there: runs/job.py tees its output into that file);
     stop        graceful first (the run's stop.request file, which the job polls: it checkpoints and saves the
                 adapter), `stop_job` once the deadline has passed;
-    logs        `get_job_logs` while the job lives.
+    logs        `get_job_logs`, only for a live job that has not started its worker.log yet.
 
 Queueing is the cluster's: the local concurrency limit does not apply. The runs directory must be storage every
 node sees at the same path; the first use of a cluster from a runs directory runs a probe job (job.py --probe)
@@ -272,7 +273,8 @@ class RayJobs:
         raise RuntimeError(f"the Ray job {record.job_id} of run {record.id} is still running after stop_job")
 
     def logs(self, record: RunRecord) -> str:
-        """The job's log so far (get_job_logs); worker.log once it has ended."""
+        """What the Jobs API has of the job's log (get_job_logs): for a job that has not written its own copy,
+        worker.log, yet (runs/job.py); worker.log once it has ended."""
         if not record.job_id or record.terminal:
             return files.log_tail(record.dir.log, n=10 ** 6)
         try:
@@ -281,7 +283,10 @@ class RayJobs:
             return f"(the job's log cannot be read from {record.cluster}: {first_line(exc)})"
 
     def copy_log(self, record: RunRecord) -> None:
-        """Keep the ended job's log in the run's worker.log, so the run folder describes itself."""
+        """Keep the ended job's log in the run's worker.log, so the run folder describes itself: the job wrote
+        its own copy as it ran, unless it ended before its first line (e.g. in its runtime env)."""
+        if files.log_tail(record.dir.log, n=1):
+            return
         try:
             text = client(record.cluster).get_job_logs(record.job_id)
         except Exception:  # noqa: BLE001 - the log stays where Ray keeps it

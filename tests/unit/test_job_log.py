@@ -1,0 +1,32 @@
+"""A Ray job copies its output into the run's worker.log as it prints (runs/job.py tee_output), so the dashboard
+tails a file instead of downloading the job's whole log from the Jobs API on every refresh."""
+import os
+import subprocess
+import sys
+
+from helpers import ROOT
+
+CHILD = """
+import os, sys, time
+from pathlib import Path
+from lora_core.runs.job import tee_output
+
+restore = tee_output(Path(sys.argv[1]))
+print("python line", flush=True)
+os.write(2, b"stderr from C\\n")  # below Python's sys.stderr, as a library's own write
+sys.stdout.write("no newline at the end")
+restore()
+print("after the copy", flush=True)
+"""
+
+
+def test_job_output_goes_to_ray_and_to_worker_log(tmp_path):
+    log = tmp_path / "worker.log"
+    log.write_bytes(b"kept\n")  # the copy appends
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(log)], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    copied = log.read_text()
+    assert copied == "kept\npython line\nstderr from C\nno newline at the end"
+    # what Ray's job log gets (the job's stdout): everything, the copy's part and what came after it
+    assert proc.stdout == "python line\nstderr from C\nno newline at the end" + "after the copy\n"
