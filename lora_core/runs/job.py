@@ -8,8 +8,9 @@
 A job never opens the registry: SQLite in WAL mode needs a local disk, and here the runs directory is storage the
 nodes share over the network. It writes only its run's files (worker.log as it prints, a copy of Ray's job log;
 job.json when it starts, metrics.jsonl as it trains, results.json and outcome.json at its end); the dashboard side
-reads them and the Jobs API and records the run's status (`RayJobs.check`). A stop arrives as the run's stop.request file, polled here and, with several
-ranks, by rank 0; `stop_job` (SIGTERM from Ray) means the same, but Ray kills the job 3 s later.
+reads them and the Jobs API and records the run's status (`RayJobs.check`). A stop arrives as the run's
+stop.request file, polled here and, with several ranks, by rank 0; `stop_job` (SIGTERM from Ray) means the same,
+but Ray kills the job 3 s later.
 """
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ def tee_output(path: Path) -> Callable[[], None]:
     sys.stdout.flush()
     sys.stderr.flush()
     read_end, write_end = os.pipe()
-    to_ray, to_ray_err = os.dup(1), os.dup(2)  # Ray's job log takes both; the copy goes to the first
+    to_ray, to_ray_err = os.dup(1), os.dup(2)  # both go to Ray's one job log file: the copy writes to the first
     log = open(path, "ab", buffering=0)
 
     def pump() -> None:

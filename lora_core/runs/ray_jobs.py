@@ -273,8 +273,8 @@ class RayJobs:
         raise RuntimeError(f"the Ray job {record.job_id} of run {record.id} is still running after stop_job")
 
     def logs(self, record: RunRecord) -> str:
-        """What the Jobs API has of the job's log (get_job_logs): for a job that has not written its own copy,
-        worker.log, yet (runs/job.py); worker.log once it has ended."""
+        """The job's log as the Jobs API has it (get_job_logs), for a live job that has not started its own
+        copy in worker.log yet (runs/job.py); worker.log once it has ended."""
         if not record.job_id or record.terminal:
             return files.log_tail(record.dir.log, n=10 ** 6)
         try:

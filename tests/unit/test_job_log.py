@@ -7,7 +7,7 @@ import sys
 from helpers import ROOT
 
 CHILD = """
-import os, sys, time
+import os, sys
 from pathlib import Path
 from lora_core.runs.job import tee_output
 
