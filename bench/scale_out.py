@@ -89,18 +89,23 @@ def ray_train_floor(address: str, work: Path) -> float:
     2-worker run: entrypoint needing no CPU, Ray Train's preemption watcher off)."""
     from ray.job_submission import JobSubmissionClient
 
+    from lora_core.runs import ray_jobs
+
     work.mkdir(parents=True, exist_ok=True)
     script = work / "floor_job.py"
     script.write_text(FLOOR_JOB)
     client = JobSubmissionClient(address)
     started = time.time()
-    job_id = client.submit_job(entrypoint=shlex.join(["python", str(script), str(work)]), entrypoint_num_cpus=0,
+    python = os.environ.get(ray_jobs.PYTHON_ENV, "python")  # the interpreter LoRA Lab's jobs use on the nodes
+    job_id = client.submit_job(entrypoint=shlex.join([python, str(script), str(work)]), entrypoint_num_cpus=0,
                                runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}})
-    marks = [work / "rank0", work / "rank1"]
+    marks, checked = [work / "rank0", work / "rank1"], time.time()
     while not all(m.exists() for m in marks):
-        if client.get_job_status(job_id).is_terminal():
-            raise SystemExit(f"the floor job ended before both ranks ran:\n{client.get_job_logs(job_id)[-2000:]}")
-        time.sleep(0.1)
+        if time.time() - checked > 1.0:  # the Jobs API once a second: the files are the clock
+            checked = time.time()
+            if client.get_job_status(job_id).is_terminal():
+                raise SystemExit(f"the floor job ended before both ranks ran:\n{client.get_job_logs(job_id)[-2000:]}")
+        time.sleep(0.05)
     while not client.get_job_status(job_id).is_terminal():  # it ends on its own; the cluster is free again
         time.sleep(0.2)
     time.sleep(0.2)  # both files written and closed by now; read them whole

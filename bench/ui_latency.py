@@ -21,7 +21,8 @@ visit first, so the model counts as "seen before" (the engine may keep what it l
 median=...` for `serve` (goal 1.5 s). A third kind is Streamlit's floor: a bare page (a title and the same
 line) served by `streamlit run` and opened the same way, `first_visit_s page=bare_streamlit median=...`. Each
 `serve` server is then visited once more in a new browser context, `first_visit_s
-page=config_builder_warm_server`: the server's part is cached by then, so that figure is the browser's share.
+page=config_builder_warm_server`: by then the engine's answers are cached in the server, which only reruns the
+page script for the new session (~0.05 s), so that figure is mostly the browser's share.
 `--first-visit-only` skips the page table (no training, no fixtures).
 
 Then the idle Train page's server CPU (`--idle-seconds`, default 20; goal under 2% of one core): a fresh
@@ -58,7 +59,7 @@ IDLE_RUNS = 5
 IDLE_QUERY = ("?name=idle-bench&model.source=tiny-random-gpt2&train.max_steps=2&train.batch_size=8"
               "&data.max_train_samples=16&data.max_eval_samples=16&data.max_length=32")
 SUMMARY_TEXT = "✅ Valid config"  # the Config builder's summary line, drawn last
-WARM_SERVER = "serve, again"  # the second visit to a serve server: its script's work is cached by then
+WARM_SERVER = "serve, again"  # the second visit to a serve server: the engine's answers are cached by then
 # Streamlit's own floor on this machine: a page with a title and one line, served and opened the same way
 BARE_PAGE = 'import streamlit as st\nst.title("Bare page")\nst.caption("{text}")\n'
 
@@ -193,7 +194,8 @@ def print_first_visits(runs_dir: Path, visits: int) -> None:
     print(f"first_visit_s page=bare_streamlit median={statistics.median(times['bare Streamlit']):.3f} (a title "
           "and one line: Streamlit's own first visit on this machine, the floor under any page)")
     print(f"first_visit_s page=config_builder_warm_server median={statistics.median(times[WARM_SERVER]):.3f} (the "
-          "same page again from the same server, in a new browser context: what the browser alone takes to draw it)")
+          "same page again from the same server, in a new browser context: the server only reruns the script with "
+          "the engine's answers cached, so this is mostly the browser drawing the page)")
 
 
 def _server_process(url: str):

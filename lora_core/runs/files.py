@@ -210,6 +210,14 @@ def tail_events(path: Path, enough) -> list[dict]:
         return []
 
 
+def has_content(path: Path) -> bool:
+    """Whether the file exists and is not empty."""
+    try:
+        return path.stat().st_size > 0
+    except OSError:
+        return False
+
+
 def log_tail(path: Path, n: int = LOG_TAIL_LINES, max_bytes: int = 256_000) -> str:
     """The last `n` lines of a log (undecodable bytes replaced), reading at most its last `max_bytes`."""
     try:

@@ -15,8 +15,10 @@ but Ray kills the job 3 s later.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
+import select
 import signal
 import socket
 import sys
@@ -36,6 +38,8 @@ from .layout import RunDir  # noqa: E402
 from .store import RunStatus  # noqa: E402
 
 POLL_S = 1.0
+COPY_SYNC_S = 0.5  # the log copy reaches storage at most this long after a line is printed
+COPY_DRAIN_S = 5.0  # how long a job that ends waits for its log copy to finish
 PROBE_TIMEOUT_S = 60.0
 PROBE_MARK = "[lora-lab probe] "  # the probe's one line of JSON in the job log
 
@@ -53,36 +57,78 @@ def tee_output(path: Path) -> Callable[[], None]:
     """Copy what this process writes to stdout and stderr (file descriptors 1 and 2: C libraries' output and the
     Ray Train workers' lines Ray prints here too) into `path` as it is written, besides Ray's job log. The dashboard
     then tails that file on the shared runs directory, as it does a local run's log, instead of downloading the
-    whole job log from the Jobs API on every refresh. Returns what puts the descriptors back and drains the copy."""
+    whole job log from the Jobs API on every refresh. Returns what puts the descriptors back.
+
+    The copier is a forked process in a session of its own, not a thread: it drains the pipe to the end even when
+    this process is killed (Ray's stop_job sends SIGKILL to the job's process group 3 s after SIGTERM), so a
+    dying job's last lines reach both copies, and no C library can block it by holding the GIL."""
+    if not hasattr(os, "fork"):  # no fork (Windows): the pages read the Jobs API's log, as before this copy
+        return lambda: None
     sys.stdout.flush()
     sys.stderr.flush()
     read_end, write_end = os.pipe()
-    to_ray, to_ray_err = os.dup(1), os.dup(2)  # both go to Ray's one job log file: the copy writes to the first
-    log = open(path, "ab", buffering=0)
-
-    def pump() -> None:
-        while chunk := os.read(read_end, 1 << 16):
-            os.write(to_ray, chunk)
-            try:
-                log.write(chunk)
-            except OSError:  # a full or unreachable runs dir must not cut Ray's copy short
-                pass
-
-    thread = threading.Thread(target=pump, name="log-copy", daemon=True)
-    thread.start()
+    copier = os.fork()  # before any thread or Ray connection of this process exists
+    if copier == 0:
+        try:
+            os.close(write_end)
+            os.setsid()
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            copy_until_closed(read_end, to_ray=1, path=path)
+        finally:
+            os._exit(0)
+    os.close(read_end)
+    to_ray, to_ray_err = os.dup(1), os.dup(2)
     os.dup2(write_end, 1)
     os.dup2(write_end, 2)
     os.close(write_end)
 
-    def close() -> None:
+    def restore() -> None:
         sys.stdout.flush()
         sys.stderr.flush()
-        os.dup2(to_ray, 1)  # the pipe's last writers are gone: the pump reads to its end and stops
+        os.dup2(to_ray, 1)  # the pipe's last writer is gone: the copier reads to its end and exits
         os.dup2(to_ray_err, 2)
-        thread.join(timeout=5)
+        deadline = time.time() + COPY_DRAIN_S
+        while os.waitpid(copier, os.WNOHANG) == (0, 0) and time.time() < deadline:
+            time.sleep(0.02)
+
+    return restore
+
+
+def copy_until_closed(source: int, to_ray: int, path: Path) -> None:
+    """The copier: everything read from `source` goes to `to_ray` and is appended to `path`, synced at least every
+    COPY_SYNC_S while it grows (a dashboard on another machine then sees it soon on network storage), until end
+    of file."""
+    try:
+        log = open(path, "ab", buffering=0)
+    except OSError:  # a runs dir this node cannot write: Ray's copy goes on
+        log = None
+    sinks = [functools.partial(os.write, to_ray)] + ([log.write] if log else [])
+    synced, dirty = time.monotonic(), False
+    while True:
+        if select.select([source], [], [], COPY_SYNC_S)[0]:
+            chunk = os.read(source, 1 << 16)
+            if not chunk:
+                break
+            for sink in sinks:
+                try:
+                    sink(chunk)
+                except OSError:  # a full disk on either side must not stop the copy (the job would block on output)
+                    pass
+            dirty = log is not None
+        if dirty and time.monotonic() - synced >= COPY_SYNC_S:
+            sync(log)
+            synced, dirty = time.monotonic(), False
+    if log is not None:
+        sync(log)
         log.close()
 
-    return close
+
+def sync(log) -> None:
+    try:
+        os.fsync(log.fileno())
+    except OSError:
+        pass
 
 
 def watch_stop_file(rd: RunDir) -> None:
@@ -183,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
         restore = tee_output(rd.log)
         try:
             return run(rd, Path(args.resume) if args.resume else None, args.sweep, args.parent)
+        except BaseException:  # before training (joining Ray, reading the config): the reason goes in both logs
+            traceback.print_exc()
+            return 1
         finally:
             restore()
     parser.print_usage(sys.stderr)

@@ -13,8 +13,8 @@
         config.yaml                         the experiment config, written once
         status.json                         a mirror of the run's registry row
         metrics.jsonl                       the append-only event stream
-        worker.log                          the worker's stdout and stderr (a Ray run: the job's logs, copied at
-                                            its end)
+        worker.log                          the worker's stdout and stderr (a Ray run: the job's, copied by the
+                                            job as it prints, besides Ray's job log)
         results.json                        the recipe's results, written at the end
         stop.request                        a stop asked for: every rank of a multi-process run polls it
         job.json                            a Ray job's side of the run: training pids, hosts and node ids

@@ -140,9 +140,8 @@ class Runs:
         """The last n lines of the run's log: worker.log (a cluster job writes it as it runs too), or what the
         Jobs API has of a job that has not written its first line there yet."""
         record = self.registry.get(run_id)
-        text = files.log_tail(record.dir.log, n)
-        if text or record.local or record.terminal:
-            return text
+        if record.local or record.terminal or files.has_content(record.dir.log):
+            return files.log_tail(record.dir.log, n)
         lines = self.backends[record.backend].logs(record).splitlines()
         return "\n".join(lines[-n:]) if n > 0 else ""
 
@@ -168,7 +167,7 @@ class Runs:
         path = record.dir.log
         if not record.local:  # a cluster job starts its copy of the log once Ray has set it up (runs/job.py)
             poll = max(poll, 1.0)
-            while not record.terminal and not files.log_tail(path, n=1):
+            while not record.terminal and not files.has_content(path):
                 time.sleep(poll)
                 record = self.get(record.id)
             if not path.exists():

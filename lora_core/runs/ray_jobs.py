@@ -285,7 +285,7 @@ class RayJobs:
     def copy_log(self, record: RunRecord) -> None:
         """Keep the ended job's log in the run's worker.log, so the run folder describes itself: the job wrote
         its own copy as it ran, unless it ended before its first line (e.g. in its runtime env)."""
-        if files.log_tail(record.dir.log, n=1):
+        if files.has_content(record.dir.log):
             return
         try:
             text = client(record.cluster).get_job_logs(record.job_id)

@@ -30,3 +30,24 @@ def test_job_output_goes_to_ray_and_to_worker_log(tmp_path):
     assert copied == "kept\npython line\nstderr from C\nno newline at the end"
     # what Ray's job log gets (the job's stdout): everything, the copy's part and what came after it
     assert proc.stdout == "python line\nstderr from C\nno newline at the end" + "after the copy\n"
+
+
+KILLED = """
+import os, signal, sys
+from pathlib import Path
+from lora_core.runs.job import tee_output
+
+tee_output(Path(sys.argv[1]))
+print("last words before the kill", flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_killed_jobs_last_lines_reach_both_logs(tmp_path):
+    """The copier is a process of its own: it drains what the job wrote before it was killed."""
+    log = tmp_path / "worker.log"
+    proc = subprocess.run([sys.executable, "-c", KILLED, str(log)], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+    assert proc.returncode == -9
+    assert log.read_text() == "last words before the kill\n"
+    assert proc.stdout == "last words before the kill\n"

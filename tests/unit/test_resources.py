@@ -189,6 +189,21 @@ def test_jobs_api_states_reconcile_into_the_registry(runs, fake):
     assert rd.log.read_text() == "the whole job log\n"  # the run folder keeps the job's log
 
 
+def test_a_live_jobs_log_is_read_from_its_own_copy_not_the_jobs_api(runs, fake):
+    run_id = runs.launch(ray_config())
+    fake.state, fake.logs = JobStatus.RUNNING, "what the Jobs API has\n"
+    assert runs.log_tail(run_id) == "what the Jobs API has"  # the job has not written its copy yet
+    rd = runs.dir(run_id)
+    rd.log.write_text("the job's own copy\n")
+    fake.get_job_logs = lambda job_id: pytest.fail("the Jobs API was asked for a log the run folder has")
+    assert runs.log_tail(run_id) == "the job's own copy"
+    files.write_json(rd.job, {"pid": 1})
+    files.write_json(rd.outcome, {"status": SUCCEEDED.value, "error": None})
+    fake.state = JobStatus.SUCCEEDED
+    assert runs.get(run_id).status is SUCCEEDED
+    assert rd.log.read_text() == "the job's own copy\n"  # kept, not replaced by Ray's at the end
+
+
 def test_a_job_that_dies_without_an_end_fails_with_rays_message(runs, fake):
     run_id = runs.launch(ray_config())
     files.write_json(runs.dir(run_id).job, {"pid": 1})
