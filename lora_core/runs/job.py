@@ -15,7 +15,6 @@ but Ray kills the job 3 s later.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import select
@@ -59,25 +58,35 @@ def tee_output(path: Path) -> Callable[[], None]:
     then tails that file on the shared runs directory, as it does a local run's log, instead of downloading the
     whole job log from the Jobs API on every refresh. Returns what puts the descriptors back.
 
-    The copier is a forked process in a session of its own, not a thread: it drains the pipe to the end even when
-    this process is killed (Ray's stop_job sends SIGKILL to the job's process group 3 s after SIGTERM), so a
-    dying job's last lines reach both copies, and no C library can block it by holding the GIL."""
+    The copier is a process of its own, not a thread, so no C library holding the GIL can block it; and it is
+    nobody's child here (forked twice, in a session of its own): Ray's stop_job kills the job and its children
+    (SIGKILL 3 s after SIGTERM), and the copier outlives them to drain what the job wrote last into both logs."""
     if not hasattr(os, "fork"):  # no fork (Windows): the pages read the Jobs API's log, as before this copy
         return lambda: None
     sys.stdout.flush()
     sys.stderr.flush()
     read_end, write_end = os.pipe()
-    copier = os.fork()  # before any thread or Ray connection of this process exists
-    if copier == 0:
+    done_read, done_write = os.pipe()  # end of file here once the copier has exited
+    try:
+        middle = os.fork()  # before any thread or Ray connection of this process exists
+    except OSError:
+        for fd in (read_end, write_end, done_read, done_write):
+            os.close(fd)
+        return lambda: None
+    if middle == 0:
         try:
-            os.close(write_end)
             os.setsid()
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            copy_until_closed(read_end, to_ray=1, path=path)
+            if os.fork() == 0:  # the copier; the middle process exits at once, so init adopts it
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                os.close(write_end)
+                os.close(done_read)
+                copy_until_closed(read_end, to_ray=1, path=path)
         finally:
             os._exit(0)
+    os.waitpid(middle, 0)
     os.close(read_end)
+    os.close(done_write)
     to_ray, to_ray_err = os.dup(1), os.dup(2)
     os.dup2(write_end, 1)
     os.dup2(write_end, 2)
@@ -88,9 +97,8 @@ def tee_output(path: Path) -> Callable[[], None]:
         sys.stderr.flush()
         os.dup2(to_ray, 1)  # the pipe's last writer is gone: the copier reads to its end and exits
         os.dup2(to_ray_err, 2)
-        deadline = time.time() + COPY_DRAIN_S
-        while os.waitpid(copier, os.WNOHANG) == (0, 0) and time.time() < deadline:
-            time.sleep(0.02)
+        select.select([done_read], [], [], COPY_DRAIN_S)
+        os.close(done_read)
 
     return restore
 
@@ -98,35 +106,44 @@ def tee_output(path: Path) -> Callable[[], None]:
 def copy_until_closed(source: int, to_ray: int, path: Path) -> None:
     """The copier: everything read from `source` goes to `to_ray` and is appended to `path`, synced at least every
     COPY_SYNC_S while it grows (a dashboard on another machine then sees it soon on network storage), until end
-    of file."""
+    of file. Whatever goes wrong with the copy, the pipe is drained into Ray's log: a job whose output nobody
+    reads would block, or die of a broken pipe."""
+    log = None
     try:
-        log = open(path, "ab", buffering=0)
-    except OSError:  # a runs dir this node cannot write: Ray's copy goes on
-        log = None
-    sinks = [functools.partial(os.write, to_ray)] + ([log.write] if log else [])
-    synced, dirty = time.monotonic(), False
-    while True:
-        if select.select([source], [], [], COPY_SYNC_S)[0]:
-            chunk = os.read(source, 1 << 16)
-            if not chunk:
-                break
-            for sink in sinks:
-                try:
-                    sink(chunk)
-                except OSError:  # a full disk on either side must not stop the copy (the job would block on output)
-                    pass
-            dirty = log is not None
-        if dirty and time.monotonic() - synced >= COPY_SYNC_S:
-            sync(log)
-            synced, dirty = time.monotonic(), False
-    if log is not None:
+        log = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        synced, dirty = time.monotonic(), False
+        while True:
+            if select.select([source], [], [], COPY_SYNC_S)[0]:
+                chunk = os.read(source, 1 << 16)
+                if not chunk:
+                    break
+                write_all(to_ray, chunk)
+                write_all(log, chunk)
+                dirty = True
+            if dirty and time.monotonic() - synced >= COPY_SYNC_S:
+                sync(log)
+                synced, dirty = time.monotonic(), False
         sync(log)
-        log.close()
+    except Exception:  # noqa: BLE001 - e.g. a runs dir this node cannot write: Ray's copy goes on
+        while chunk := os.read(source, 1 << 16):
+            write_all(to_ray, chunk)
+    finally:
+        if log is not None:
+            os.close(log)
 
 
-def sync(log) -> None:
+def write_all(fd: int, data: bytes) -> None:
+    """All of `data` to `fd`; a full disk drops it (the copy must not stop: the job would block on output)."""
     try:
-        os.fsync(log.fileno())
+        while data:
+            data = data[os.write(fd, data):]
+    except OSError:
+        pass
+
+
+def sync(fd: int) -> None:
+    try:
+        os.fsync(fd)
     except OSError:
         pass
 
