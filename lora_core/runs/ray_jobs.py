@@ -273,10 +273,10 @@ class RayJobs:
         raise RuntimeError(f"the Ray job {record.job_id} of run {record.id} is still running after stop_job")
 
     def logs(self, record: RunRecord) -> str:
-        """The job's log as the Jobs API has it (get_job_logs), for a live job that has not started its own
-        copy in worker.log yet (runs/job.py); worker.log once it has ended."""
-        if not record.job_id or record.terminal:
-            return files.log_tail(record.dir.log, n=10 ** 6)
+        """The job's log as the Jobs API has it (get_job_logs): Runs.log_tail asks only for a live job that has
+        not started its own copy in worker.log yet (runs/job.py)."""
+        if not record.job_id:  # not submitted yet
+            return ""
         try:
             return client(record.cluster).get_job_logs(record.job_id)
         except Exception as exc:  # noqa: BLE001

@@ -20,11 +20,16 @@ print("after the copy", flush=True)
 """
 
 
+def run_child(script: str, log) -> subprocess.CompletedProcess:
+    """`script` in a fresh interpreter with the log's path as its argument; its stdout stands for Ray's job log."""
+    return subprocess.run([sys.executable, "-c", script, str(log)], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+
+
 def test_job_output_goes_to_ray_and_to_worker_log(tmp_path):
     log = tmp_path / "worker.log"
     log.write_bytes(b"kept\n")  # the copy appends
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(log)], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+    proc = run_child(CHILD, log)
     assert proc.returncode == 0, proc.stderr
     copied = log.read_text()
     assert copied == "kept\npython line\nstderr from C\nno newline at the end"
@@ -50,8 +55,7 @@ def test_a_killed_jobs_last_lines_reach_both_logs(tmp_path):
     """The copier is a process of its own and not the job's child: it outlives a stop's SIGKILL to the job and
     its children, and drains what the job wrote before."""
     log = tmp_path / "worker.log"
-    proc = subprocess.run([sys.executable, "-c", KILLED, str(log)], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+    proc = run_child(KILLED, log)
     assert proc.returncode == -9
     assert log.read_text() == "last words before the kill\n"
     assert proc.stdout == "last words before the kill\n"
