@@ -243,7 +243,7 @@ def require_columns(df: pd.DataFrame, source: str, columns: dict[str, str]) -> N
 def _is_blank(value: Any) -> bool:
     if isinstance(value, str):
         return not value.strip()
-    if isinstance(value, (list, dict, tuple)):
+    if isinstance(value, (list, dict, tuple, np.ndarray)):  # a parquet list cell arrives as an array
         return False
     return value is None or bool(pd.isna(value))
 

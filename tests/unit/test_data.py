@@ -371,3 +371,12 @@ def test_tokenized_preview_shows_what_the_loss_sees(tokenizer):
     flags = causal["in_loss"]
     assert len(flags) == len(causal["tokens"]) and not flags[0] and flags[-1]
     assert flags == sorted(flags)  # prompt tokens first (masked), then the response (in the loss)
+
+
+def test_a_parquet_list_cell_is_checked_like_a_json_list(tmp_path):
+    """pandas hands a parquet list cell over as a numpy array; an empty one used to crash the blank check
+    (found by tests/reliability/test_properties.py)."""
+    path = tmp_path / "lists.parquet"
+    pd.DataFrame({"text": [[], ["a", "b"]], "label": ["0", "1"]}).to_parquet(path)
+    frame = pd.read_parquet(path)
+    assert data.check_text(frame, str(path), "text") == [str(v) for v in frame["text"].tolist()]
